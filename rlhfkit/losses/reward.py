@@ -1,0 +1,161 @@
+"""Reward-model losses: Bradley–Terry with margins and confidence weights, and two likelihoods that model ties.
+
+All take per-pair scalar rewards r_chosen, r_rejected of shape (B,) and return per-pair losses (B,) fp32; reduce them
+with `aggregation.aggregate(losses, None, "token-mean")` or a plain mean.
+Notation: d = r_a - r_b, p = exp(r) (the "worth" of a response), σ = logistic sigmoid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "TIE_MODELS",
+    "bradley_terry_loss",
+    "davidson_log_probs",
+    "rao_kupper_log_probs",
+    "reward_loss",
+    "tie_log_probs",
+    "tie_loss",
+]
+
+Scalar = float | Tensor
+
+
+def _difference(r_a: Tensor, r_b: Tensor) -> Tensor:
+    if r_a.shape != r_b.shape:
+        raise ValueError(f"reward shapes differ: {tuple(r_a.shape)} vs {tuple(r_b.shape)}")
+    return r_a.float() - r_b.float()  # fp32 even for bf16 reward heads
+
+
+def bradley_terry_loss(
+    r_chosen: Tensor, r_rejected: Tensor, margin: Scalar | None = None, weight: Scalar | None = None
+) -> Tensor:
+    """Bradley & Terry 1952 pairwise NLL: -log σ(r_w - r_l - m) (Ouyang et al. 2022 eq. 1; margin m: Llama 2 §3.2.2).
+
+    r_chosen, r_rejected: (B,). margin: float or (B,), e.g. larger for "significantly better" pairs.
+    weight: float or (B,) per-pair confidence that multiplies the pair's loss. Returns (B,) fp32.
+    """
+    d = _difference(r_chosen, r_rejected)
+    if margin is not None:
+        d = d - margin
+    loss = -F.logsigmoid(d)  # (B,)
+    return loss if weight is None else loss * weight
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ties
+
+
+def _param(param: Scalar, like: Tensor) -> Tensor:
+    return torch.as_tensor(param, dtype=like.dtype, device=like.device)
+
+
+def davidson_log_probs(d: Tensor, nu: Scalar = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Davidson 1970: log P(a≻b), log P(b≻a), log P(tie) for d = r_a - r_b, with ν >= 0.
+
+    P(a≻b) = p_a / (p_a + p_b + ν√(p_a p_b)),  P(tie) = ν√(p_a p_b) / (same denominator).
+    Dividing through by √(p_a p_b): denominator = e^{d/2} + e^{-d/2} + ν, computed with logsumexp.
+    ν = 0 is Bradley–Terry exactly (no ties possible).
+    """
+    if isinstance(nu, (int, float)) and not nu >= 0:
+        raise ValueError(f"Davidson ν must be >= 0, got {nu}")
+    half = d / 2
+    log_nu = torch.log(_param(nu, d)).expand_as(d)  # log 0 = -inf is fine inside logsumexp
+    log_denom = torch.logsumexp(torch.stack([half, -half, log_nu]), dim=0)
+    return half - log_denom, -half - log_denom, log_nu - log_denom
+
+
+def rao_kupper_log_probs(d: Tensor, theta: Scalar = 2.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Rao & Kupper 1967: log P(a≻b), log P(b≻a), log P(tie) for d = r_a - r_b, with θ > 1.
+
+    P(a≻b) = p_a / (p_a + θ p_b) = σ(d - log θ),
+    P(tie) = (θ² - 1) p_a p_b / ((p_a + θ p_b)(p_b + θ p_a)) = (θ² - 1) σ(d - log θ) σ(-d - log θ).
+    θ → 1 recovers Bradley–Terry (P(tie) → 0).
+    """
+    if isinstance(theta, (int, float)) and not theta > 1:
+        raise ValueError(f"Rao–Kupper θ must be > 1 (θ = 1 allows no ties), got {theta}")
+    theta_t = _param(theta, d)
+    log_theta = torch.log(theta_t)
+    log_win = -F.softplus(log_theta - d)  # log σ(d - log θ)
+    log_loss = -F.softplus(log_theta + d)  # log σ(-d - log θ)
+    log_theta_sq_m1 = torch.log(theta_t - 1) + torch.log1p(theta_t)  # log(θ² - 1) without cancellation near θ = 1
+    return log_win, log_loss, log_theta_sq_m1 + log_win + log_loss
+
+
+TIE_MODELS: dict[str, Callable[[Tensor, Scalar], tuple[Tensor, Tensor, Tensor]]] = {
+    "davidson": davidson_log_probs,
+    "rao-kupper": rao_kupper_log_probs,
+}
+
+
+def _tie_model(model: str) -> Callable[[Tensor, Scalar], tuple[Tensor, Tensor, Tensor]]:
+    try:
+        return TIE_MODELS[model]
+    except KeyError:
+        raise ValueError(f"unknown tie model {model!r}; valid: {sorted(TIE_MODELS)}") from None
+
+
+def tie_log_probs(r_a: Tensor, r_b: Tensor, model: str = "davidson", param: Scalar = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """(log P(a≻b), log P(b≻a), log P(tie)), each (B,), under `model` ("davidson": param = ν; "rao-kupper": θ)."""
+    return _tie_model(model)(_difference(r_a, r_b), param)
+
+
+def tie_loss(
+    r_a: Tensor,
+    r_b: Tensor,
+    tie: Tensor,
+    model: str = "davidson",
+    param: Scalar = 1.0,
+    margin: Scalar | None = None,
+) -> Tensor:
+    """Per-pair NLL under a tie-aware Bradley–Terry likelihood (Davidson 1970 or Rao & Kupper 1967).
+
+    r_a, r_b: (B,) rewards, a = the preferred response on non-tie rows. tie: (B,) bool.
+    Non-tie rows: -log P(a≻b) with d shifted by `margin` (float or (B,)); tie rows: -log P(tie) (symmetric in a, b).
+    param: ν >= 0 for Davidson, θ > 1 for Rao–Kupper; a float or a learnable scalar tensor. Returns (B,) fp32.
+    """
+    d = _difference(r_a, r_b)
+    tie = tie.to(device=d.device, dtype=torch.bool)
+    if tie.shape != d.shape:
+        raise ValueError(f"tie shape {tuple(tie.shape)} does not match rewards shape {tuple(d.shape)}")
+    fn = _tie_model(model)
+    if margin is not None:  # margins express "how much better", meaningless for ties
+        d = d - torch.where(tie, torch.zeros_like(d), _param(margin, d).expand_as(d))
+    log_win, _, log_tie = fn(d, param)
+    return -torch.where(tie, log_tie, log_win)
+
+
+def reward_loss(
+    r_chosen: Tensor,
+    r_rejected: Tensor,
+    *,
+    tie: Tensor | None = None,
+    margin: Scalar | None = None,
+    weight: Scalar | None = None,
+    tie_model: str = "davidson",
+    tie_param: Scalar = 1.0,
+    magnitude_penalty: float = 0.0,
+) -> Tensor:
+    """The reward-model objective used by the trainer: per-pair losses (B,) fp32.
+
+    tie None: Bradley–Terry with optional margin. tie (B,) bool: `tie_loss` under `tie_model` / `tie_param`
+    (margins on non-tie rows only). weight (float or (B,)) multiplies each pair's likelihood term.
+    magnitude_penalty c adds c·(r_w² + r_l²)/2 per pair, pulling rewards toward zero so their scale stays identifiable
+    (BT only sees differences); the auxiliary zero-mean / reward-centering term of Eisenstein et al. 2023.
+    """
+    if tie is None:
+        loss = bradley_terry_loss(r_chosen, r_rejected, margin=margin)
+    else:
+        loss = tie_loss(r_chosen, r_rejected, tie, model=tie_model, param=tie_param, margin=margin)
+    if weight is not None:
+        loss = loss * weight
+    if magnitude_penalty:
+        if magnitude_penalty < 0:
+            raise ValueError(f"magnitude_penalty must be >= 0, got {magnitude_penalty}")
+        loss = loss + magnitude_penalty * (r_chosen.float().square() + r_rejected.float().square()) / 2
+    return loss

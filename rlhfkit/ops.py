@@ -1,0 +1,291 @@
+"""Tensor operations shared by every loss and trainer: token log-probs, masked statistics, entropy, KL estimators.
+
+Torch only. The vocabulary-sized functions (`token_logprobs`, `entropy_from_logits`) work on blocks of rows so that a
+full (B, T, V) fp32 copy of the logits is never built: each block is upcast on its own, and the backward pass
+recomputes the softmax block by block instead of keeping every fp32 block alive for autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "entropy_from_logits",
+    "kl_estimate",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "sequence_logprobs",
+    "token_logprobs",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# blocks over the flattened (B*T) rows
+
+
+def _as_3d(logits: Tensor, name: str = "logits") -> Tensor:
+    if logits.dim() == 3:
+        return logits
+    if logits.dim() == 2:  # (N, V): a single "batch row"
+        return logits.unsqueeze(0)
+    raise ValueError(f"{name} must have shape (B, T, V) or (N, V), got {tuple(logits.shape)}")
+
+
+def _blocks(batch: int, time: int, chunk_size: int) -> Iterator[tuple[slice, slice]]:
+    """Rectangular (batch-slice, time-slice) blocks of about `chunk_size` rows of the flattened B*T dimension.
+
+    Blocks are cut from the 3-D tensor (not from a flattened view) so that a non-contiguous input such as
+    `logits[:, :-1]` is never copied whole; only each block is copied, when it is upcast.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if time <= chunk_size:  # several whole sequences per block
+        rows = max(1, chunk_size // max(time, 1))
+        for b0 in range(0, batch, rows):
+            yield slice(b0, min(b0 + rows, batch)), slice(0, time)
+    else:  # long sequences: pieces of one sequence per block
+        for b in range(batch):
+            for t0 in range(0, time, chunk_size):
+                yield slice(b, b + 1), slice(t0, min(t0 + chunk_size, time))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# token log-probabilities
+
+
+def _valid_and_index(labels: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
+    # Any label outside [0, V) (e.g. -100) is "ignored"; clamp so gather never indexes out of range.
+    valid = (labels >= 0) & (labels < vocab)
+    return valid, labels.clamp(0, vocab - 1)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(z / temperature)[label], blockwise; backward recomputes the softmax per block."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, temperature: float, chunk_size: int) -> Tensor:  # type: ignore[override]
+        batch, time, vocab = logits.shape
+        out = torch.zeros(batch, time, dtype=torch.float32, device=logits.device)
+        valid, index = _valid_and_index(labels, vocab)
+        for bs, ts in _blocks(batch, time, chunk_size):
+            z = logits[bs, ts].float()  # (b, t, V) fp32 for this block only
+            if temperature != 1.0:
+                z = z / temperature
+            picked = z.gather(-1, index[bs, ts].unsqueeze(-1)).squeeze(-1)  # z[label]
+            out[bs, ts] = picked - torch.logsumexp(z, dim=-1)  # log p(label) = z[label] - logsumexp(z)
+        out = out.masked_fill(~valid, 0.0)
+        ctx.save_for_backward(logits, index, valid)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+        logits, index, valid = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        temperature: float = ctx.temperature
+        batch, time, _ = logits.shape
+        grad_logits = torch.empty_like(logits)
+        g = (grad_out.float() * valid) / temperature  # (B, T); ignored positions get no gradient
+        for bs, ts in _blocks(batch, time, ctx.chunk_size):
+            z = logits[bs, ts].float()
+            if temperature != 1.0:
+                z = z / temperature
+            # d log p_y / d z = onehot(y) - softmax(z), then chain rule through z = logits / temperature
+            block = -torch.softmax(z, dim=-1)
+            block.scatter_add_(-1, index[bs, ts].unsqueeze(-1), torch.ones_like(block[..., :1]))
+            grad_logits[bs, ts] = (block * g[bs, ts].unsqueeze(-1)).to(logits.dtype)
+        return grad_logits, None, None, None
+
+
+def token_logprobs(logits: Tensor, labels: Tensor, temperature: float = 1.0, chunk_size: int = 1024) -> Tensor:
+    """Per-token log p(label) under softmax(logits / temperature).
+
+    logits: (B, T, V) any float dtype, already aligned with labels (the caller shifts: logits[:, :-1] vs
+    input_ids[:, 1:]). labels: (B, T) long; any value outside [0, V) (e.g. -100) is ignored and gives 0.
+    Returns (B, T) fp32. Temperature divides the logits exactly as at sampling time, so old/new log-probs agree.
+    Rows are processed in blocks of about `chunk_size` of the flattened B*T dimension; gradients flow to `logits`.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    squeeze = logits.dim() == 2
+    logits3 = _as_3d(logits)
+    labels3 = labels.unsqueeze(0) if squeeze else labels
+    if labels3.shape != logits3.shape[:2]:
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} does not match logits shape {tuple(logits.shape)} without the "
+            "vocabulary dimension; shift before calling (logits[:, :-1] with labels input_ids[:, 1:])"
+        )
+    out = _TokenLogprobs.apply(logits3, labels3.long(), float(temperature), int(chunk_size))
+    return out.squeeze(0) if squeeze else out
+
+
+def sequence_logprobs(
+    logits: Tensor, labels: Tensor, mask: Tensor, temperature: float = 1.0, chunk_size: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """Summed masked token log-probs and token counts per sequence.
+
+    logits (B, T, V), labels (B, T), mask (B, T) (1 = response token). Returns (sum (B,) fp32, count (B,) fp32);
+    the per-token average (used by IPO, SimPO, ORPO) is `sum / count`.
+    """
+    lp = token_logprobs(logits, labels, temperature=temperature, chunk_size=chunk_size)  # (B, T)
+    mask_f = mask.to(lp.dtype)
+    return masked_sum(lp, mask_f, dim=-1), mask_f.sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# masked statistics
+
+
+def _safe_denominator(count: Tensor) -> Tensor:
+    # An empty mask gives a zero numerator; dividing by 1 then returns 0 without inf/NaN in value or gradient.
+    return torch.where(count > 0, count, torch.ones_like(count))
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Sum of x * mask over `dim` (all elements if None). Masked-out entries contribute 0 even if they are inf/NaN."""
+    mask = mask.to(x.dtype) if x.is_floating_point() else mask.float()
+    prod = torch.where(mask != 0, x * mask, torch.zeros((), dtype=mask.dtype, device=x.device))
+    return prod.sum() if dim is None else prod.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Mean of x over positions where mask != 0 (mask may hold weights). An empty mask gives 0."""
+    mask_f = mask.to(x.dtype) if x.is_floating_point() else mask.float()
+    count = mask_f.sum() if dim is None else mask_f.sum(dim)
+    return masked_sum(x, mask_f, dim) / _safe_denominator(count)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of x over all masked positions (scalar). With `unbiased`, Bessel's correction n / (n - 1) is applied.
+
+    Raises ValueError when the mask is empty, or holds a single element and `unbiased` is set (the variance is undefined).
+    """
+    mask_f = mask.to(x.dtype)
+    mean = masked_mean(x, mask_f)
+    var = masked_mean((x - mean) ** 2, mask_f)
+    if unbiased:
+        n = float(mask_f.sum())
+        if n == 0:
+            raise ValueError("masked_var: the mask selects no elements")
+        if n == 1:
+            raise ValueError("masked_var: the mask selects one element; the unbiased variance needs at least two")
+        var = var * (n / (n - 1))
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / sqrt(var + eps) with mean and unbiased var taken over the masked positions.
+
+    With shift_mean=False the mean is added back (only the scale changes), as used for rewards. Values at masked-out
+    positions are transformed too but carry no meaning; mask them downstream.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=True)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    return whitened if shift_mean else whitened + mean
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# entropy
+
+
+class _EntropyFromLogits(torch.autograd.Function):
+    """H(softmax(z)) = logsumexp(z) - sum p z, blockwise; backward recomputes per block."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, temperature: float, chunk_size: int) -> Tensor:  # type: ignore[override]
+        batch, time, _ = logits.shape
+        out = torch.empty(batch, time, dtype=torch.float32, device=logits.device)
+        for bs, ts in _blocks(batch, time, chunk_size):
+            z = logits[bs, ts].float()
+            if temperature != 1.0:
+                z = z / temperature
+            p = torch.softmax(z, dim=-1)
+            out[bs, ts] = torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
+        ctx.save_for_backward(logits, out)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+        logits, entropy = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        temperature: float = ctx.temperature
+        batch, time, _ = logits.shape
+        grad_logits = torch.empty_like(logits)
+        g = grad_out.float() / temperature
+        for bs, ts in _blocks(batch, time, ctx.chunk_size):
+            z = logits[bs, ts].float()
+            if temperature != 1.0:
+                z = z / temperature
+            logp = torch.log_softmax(z, dim=-1)
+            # dH/dz_j = -p_j (log p_j + H)
+            block = -logp.exp() * (logp + entropy[bs, ts].unsqueeze(-1))
+            grad_logits[bs, ts] = (block * g[bs, ts].unsqueeze(-1)).to(logits.dtype)
+        return grad_logits, None, None
+
+
+def entropy_from_logits(logits: Tensor, chunk_size: int = 1024, temperature: float = 1.0) -> Tensor:
+    """Entropy of softmax(logits / temperature) per position. logits (B, T, V) any dtype -> (B, T) fp32, differentiable."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    squeeze = logits.dim() == 2
+    out = _EntropyFromLogits.apply(_as_3d(logits), float(temperature), int(chunk_size))
+    return out.squeeze(0) if squeeze else out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# KL estimators (Schulman 2020, "Approximating KL divergence"); all estimate KL(pi || ref) from samples of pi.
+
+
+def _kl_k1(log_ratio: Tensor) -> Tensor:
+    return log_ratio  # k1 = log pi - log ref: unbiased, high variance, can be negative
+
+
+def _kl_k2(log_ratio: Tensor) -> Tensor:
+    return 0.5 * log_ratio.square()  # k2 = (log r)^2 / 2: biased, low variance, >= 0
+
+
+def _kl_k3(log_ratio: Tensor) -> Tensor:
+    # k3 = (r - 1) - log r with r = ref/pi = exp(-log_ratio): unbiased and >= 0; expm1 keeps small ratios exact
+    neg = -log_ratio
+    return torch.expm1(neg) - neg
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {
+    "k1": _kl_k1,
+    "k2": _kl_k2,
+    "k3": _kl_k3,
+}
+
+
+def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1", log_ratio_clip: float | None = None) -> Tensor:
+    """Per-token estimate of KL(pi || ref) from log pi(a_t) and log ref(a_t) of sampled tokens (same shape).
+
+    kind: "k1" = logp - ref_logp, "k2" = 0.5 (logp - ref_logp)^2, "k3" = (r - 1) - log r with r = exp(ref_logp - logp)
+    (Schulman 2020). `log_ratio_clip` optionally clamps logp - ref_logp to [-c, c] first (k3 overflows otherwise for
+    tokens the reference finds far likelier; OpenRLHF uses 10).
+    """
+    try:
+        fn = KL_ESTIMATORS[kind]
+    except KeyError:
+        raise ValueError(f"unknown KL estimator {kind!r}; valid: {sorted(KL_ESTIMATORS)}") from None
+    log_ratio = logp.float() - ref_logp.float()
+    if log_ratio_clip is not None:
+        if not (log_ratio_clip > 0 and math.isfinite(log_ratio_clip)):
+            raise ValueError(f"log_ratio_clip must be a positive finite number, got {log_ratio_clip}")
+        log_ratio = log_ratio.clamp(-log_ratio_clip, log_ratio_clip)
+    return fn(log_ratio)

@@ -1,0 +1,136 @@
+"""What every offline trainer does before and after the loop: load and clean data, write the output directory."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhfkit.config import DataConfig, to_dict
+
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "tasks" / "data"
+SAMPLES = {"sft": "sft.jsonl", "prefs": "prefs.jsonl", "prompts": "review_prompts.jsonl"}
+
+
+def resolve_data_path(source: str) -> str:
+    """`sample:NAME` -> the file shipped in the package; anything else is returned unchanged."""
+    if source.startswith("sample:"):
+        name = source.split(":", 1)[1]
+        if name not in SAMPLES:
+            raise FileNotFoundError(f"unknown sample data {source!r}; choose one of: sample:" + ", sample:".join(SAMPLES))
+        return str(SAMPLE_DIR / SAMPLES[name])
+    return source
+
+
+def load_train_eval(data: DataConfig, kind: str, seed: int) -> tuple[list[Any], list[Any], list[str]]:
+    """Load, curate and split; returns (train, eval, human-readable notes on what was dropped or changed)."""
+    from rlhfkit.data import curate, load_examples, train_eval_split
+
+    if not data.train:
+        raise FileNotFoundError("data.train is empty: give a data file, e.g. data.train=prefs.jsonl or sample:prefs")
+    notes: list[str] = []
+    train = load_examples(resolve_data_path(data.train), kind)
+    c = data.curation
+    train, report = curate(
+        train,
+        dedupe=c.dedupe,
+        near_dedupe=c.near_dedupe,
+        near_threshold=c.near_threshold,
+        scrub_pii=c.scrub_pii,
+        min_chars=c.min_chars,
+        max_chars=c.max_chars,
+    )
+    notes.append(f"curation: {report}")
+    if data.eval:
+        evals = load_examples(resolve_data_path(data.eval), kind)
+    elif data.eval_fraction > 0:
+        train, evals = train_eval_split(train, data.eval_fraction, seed)
+    else:
+        evals = []
+    if data.max_rows is not None and len(train) > data.max_rows:
+        train = train[: data.max_rows]  # train_eval_split already shuffled with the seed
+        notes.append(f"max_rows: kept {data.max_rows} training rows")
+    return train, evals, notes
+
+
+def encode_all(examples: list[Any], encode: Any) -> list[Any]:
+    """Encode rows, dropping the ones the truncation policy rejects (encode returns None)."""
+    out = []
+    for ex in examples:
+        enc = encode(ex)
+        if enc is not None:
+            out.append(enc)
+    return out
+
+
+def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump({"command": command, **to_dict(cfg)}, sort_keys=False))
+
+
+def write_summary(out_dir: Path, command: str, summary: dict[str, Any]) -> str:
+    """summary.json for machines and summary.md for people; returns the markdown."""
+    import rlhfkit
+
+    full = {
+        "command": command,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "rlhfkit": rlhfkit.__version__,
+        "python": platform.python_version(),
+        **summary,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(full, indent=2, default=str))
+    lines = [f"# rlhfkit {command}: {out_dir}", ""]
+    for k, v in full.items():
+        if isinstance(v, dict):
+            lines.append(f"- **{k}**:")
+            lines.extend(f"  - {kk}: {_fmt(vv)}" for kk, vv in v.items())
+        elif isinstance(v, list):
+            lines.append(f"- **{k}**:")
+            lines.extend(f"  - {_fmt(x)}" for x in v)
+        else:
+            lines.append(f"- **{k}**: {_fmt(v)}")
+    md = "\n".join(lines) + "\n"
+    (out_dir / "summary.md").write_text(md)
+    return md
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def load_for_training(model_cfg: Any, kind: str = "causal") -> tuple[Any, Any]:
+    """(model, tokenizer) from a ModelConfig: a causal LM or a scalar-head reward model, with LoRA when enabled."""
+    from rlhfkit.models import apply_lora, load_causal_lm, load_reward_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code)
+    lora = model_cfg.lora
+    if kind == "causal":
+        model = load_causal_lm(
+            model_cfg.name_or_path,
+            dtype=model_cfg.dtype,
+            trust_remote_code=model_cfg.trust_remote_code,
+            gradient_checkpointing=model_cfg.gradient_checkpointing,
+            load_in_4bit=lora.enabled and lora.load_in_4bit,
+        )
+    else:
+        model = load_reward_model(
+            model_cfg.name_or_path, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code
+        )
+        if model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora.enabled:
+        targets = lora.target_modules if lora.target_modules == "all-linear" else lora.target_modules.split(",")
+        model = apply_lora(
+            model,
+            r=lora.r,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM" if kind == "causal" else "SEQ_CLS",
+        )
+    return model, tokenizer

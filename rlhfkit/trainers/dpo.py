@@ -1,0 +1,209 @@
+"""Direct preference optimization and its family (IPO, robust/conservative DPO, hinge, SimPO, ORPO).
+
+Chosen and rejected sequences go through the policy in ONE forward pass (stacked on the batch dimension). The reference
+log-probs are computed once before training (`loss.reference=precompute`; with LoRA the reference is the same network with
+adapters disabled, so no second copy is held) or in every step (`live`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhfkit.config import DPOConfig, PreferenceLossConfig, to_dict
+from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE
+from rlhfkit.ops import sequence_logprobs
+from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
+from rlhfkit.trainers.loop import run_loop
+from rlhfkit.trainers.rm import EncodedPair, collate_pair_batch, encode_pairs
+
+
+@dataclass(frozen=True)
+class DPORow:
+    pair: EncodedPair
+    ref_chosen: float = 0.0
+    ref_rejected: float = 0.0
+
+
+def completion_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probs (2B,), completion token counts (2B,)) of the completions in a collated pair batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_logprobs(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:].float())
+
+
+class Reference:
+    """Where reference log-probs come from: the policy with adapters disabled (LoRA), a frozen model, or nothing."""
+
+    def __init__(self, policy: torch.nn.Module, model: torch.nn.Module | None):
+        self.policy, self.model = policy, model
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.model is not None:
+            yield self.model
+        elif hasattr(self.policy, "disable_adapter"):
+            with self.policy.disable_adapter():
+                yield self.policy
+        else:
+            raise RuntimeError("no reference model: pass one or train with LoRA")
+
+
+class DPOObjective:
+    def __init__(
+        self, pad_id: int, loss_cfg: PreferenceLossConfig, reference: Reference | None, eval_batch_size: int = 8
+    ):
+        self.pad_id, self.cfg, self.reference, self.eval_batch_size = pad_id, loss_cfg, reference, eval_batch_size
+        self.loss_fn = PREFERENCE_LOSSES[loss_cfg.name]
+        self.live = loss_cfg.reference == "live" and loss_cfg.name not in REFERENCE_FREE
+
+    def collate(self, rows: Sequence[DPORow]) -> dict[str, torch.Tensor]:
+        batch = collate_pair_batch([r.pair for r in rows], self.pad_id)
+        batch["ref_chosen"] = torch.tensor([r.ref_chosen for r in rows], dtype=torch.float32)
+        batch["ref_rejected"] = torch.tensor([r.ref_rejected for r in rows], dtype=torch.float32)
+        return batch
+
+    def count(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(batch["ref_chosen"].numel())
+
+    def _losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        logps, counts = completion_logps(model, batch)
+        b = logps.shape[0] // 2
+        ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
+        if self.live:
+            with torch.no_grad(), self.reference() as ref_model:
+                ref_logps, _ = completion_logps(ref_model, batch)
+            ref_c, ref_r = ref_logps[:b], ref_logps[b:]
+        c = self.cfg
+        losses, r_c, r_r = self.loss_fn(
+            logps[:b],
+            logps[b:],
+            ref_c,
+            ref_r,
+            beta=c.beta,
+            label_smoothing=c.label_smoothing,
+            gamma=c.gamma,
+            lam=c.lam,
+            chosen_len=counts[:b],
+            rejected_len=counts[b:],
+        )
+        return losses, r_c, r_r, logps[:b], logps[b:]
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, r_c, r_r, pi_c, pi_r = self._losses(model, batch)
+        metrics = {
+            "rewards/chosen": float(r_c.mean()),
+            "rewards/rejected": float(r_r.mean()),
+            "rewards/accuracy": float((r_c > r_r).float().mean()),
+            "rewards/margin": float((r_c - r_r).mean()),
+            "logps/chosen": float(pi_c.detach().mean()),
+            "logps/rejected": float(pi_r.detach().mean()),
+        }
+        return losses.sum(), metrics
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, rows: Sequence[DPORow]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        parts: dict[str, list[np.ndarray]] = {"loss": [], "r_c": [], "r_r": []}
+        for i in range(0, len(rows), self.eval_batch_size):
+            batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.eval_batch_size]).items()}
+            losses, r_c, r_r, _, _ = self._losses(model, batch)
+            parts["loss"].append(losses.cpu().numpy())
+            parts["r_c"].append(r_c.cpu().numpy())
+            parts["r_r"].append(r_r.cpu().numpy())
+        loss, r_c, r_r = (np.concatenate(parts[k]) for k in ("loss", "r_c", "r_r"))
+        return {
+            "loss": float(loss.mean()),
+            "rewards/accuracy": float((r_c > r_r).mean()),
+            "rewards/margin": float((r_c - r_r).mean()),
+            "rewards/chosen": float(r_c.mean()),
+            "rewards/rejected": float(r_r.mean()),
+        }
+
+
+@torch.no_grad()
+def precompute_reference(
+    rows: Sequence[EncodedPair], reference: Reference, pad_id: int, batch_size: int = 8
+) -> list[DPORow]:
+    """One pass of the reference over every pair; the logps are stored on the rows."""
+    out: list[DPORow] = []
+    with reference() as ref_model:
+        device = next(ref_model.parameters()).device
+        was_training = ref_model.training
+        ref_model.eval()
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            batch = {k: v.to(device) for k, v in collate_pair_batch(chunk, pad_id).items()}
+            logps, _ = completion_logps(ref_model, batch)
+            b = len(chunk)
+            out.extend(DPORow(p, float(c), float(r)) for p, c, r in zip(chunk, logps[:b], logps[b:]))
+        ref_model.train(was_training)
+    return out
+
+
+def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
+    """Optimize cfg.model on preference pairs with cfg.loss; writes cfg.train.output_dir."""
+    from rlhfkit.data import ChatFormatter
+    from rlhfkit.eval.divergence import sampled_kl
+    from rlhfkit.models import load_causal_lm, save_model
+
+    out = Path(cfg.train.output_dir)
+    write_run_files(out, cfg, "dpo")
+    if cfg.loss.name not in PREFERENCE_LOSSES:
+        raise ValueError(f"loss.name={cfg.loss.name!r}: choose one of {', '.join(PREFERENCE_LOSSES)}")
+    # 1. policy, and the reference: adapters off under LoRA, else a frozen copy (or another checkpoint)
+    model, tokenizer = load_for_training(cfg.model, "causal")
+    needs_ref_later = cfg.loss.reference == "live" or cfg.eval_kl_samples > 0
+    if cfg.reference:
+        ref_model = load_causal_lm(cfg.reference, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+    elif cfg.model.lora.enabled:
+        ref_model = None
+    elif needs_ref_later:
+        ref_model = copy.deepcopy(model)
+    else:
+        ref_model = model  # before the first step the policy IS the reference; no copy is kept
+    if ref_model is not None and ref_model is not model:
+        ref_model.requires_grad_(False).eval()
+    reference = Reference(model, ref_model)
+    # 2. data -> tokenized pairs
+    train_ex, eval_ex, notes = load_train_eval(cfg.data, "preference", cfg.train.seed)
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    train_pairs, eval_pairs = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
+    notes.append(f"truncation: {fmt.report}")
+    # 3. reference log-probs once, before the policy moves
+    pad = tokenizer.pad_token_id
+    if cfg.loss.name in REFERENCE_FREE or cfg.loss.reference == "live":
+        train_rows, eval_rows = [DPORow(p) for p in train_pairs], [DPORow(p) for p in eval_pairs]
+    else:
+        train_rows = precompute_reference(train_pairs, reference, pad)
+        eval_rows = precompute_reference(eval_pairs, reference, pad)
+    # 4. the loop
+    objective = DPOObjective(pad, cfg.loss, reference)
+    result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
+    # 5. KL to the reference on the policy's own samples (held-out prompts)
+    kl = {}
+    if eval_pairs and cfg.eval_kl_samples > 0:
+        prompts = [p.prompt_ids for p in eval_pairs[: cfg.eval_kl_samples]]
+        eos = [tokenizer.eos_token_id]
+        kl = sampled_kl(model, reference, prompts, pad, eos, max_new_tokens=cfg.eval_kl_tokens, seed=cfg.train.seed)
+    # 6. save and summarize
+    save_model(model, tokenizer, out / "model", merge_lora=True)
+    summary = {
+        "model": str(out / "model"),
+        "loss": cfg.loss.name,
+        "train_pairs": len(train_rows),
+        "eval_pairs": len(eval_rows),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "final_train": result.last_metrics,
+        "eval": {**result.eval_metrics, **{f"kl/{k}": v for k, v in kl.items()}},
+        "notes": notes,
+    }
+    print(write_summary(out, "dpo", summary))
+    return summary

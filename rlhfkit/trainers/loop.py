@@ -1,0 +1,337 @@
+"""The one training loop.
+
+Every offline trainer (SFT, reward model, DPO family) hands this loop an `Objective`: how to turn a micro-batch into a
+summed loss, and how many units (tokens or sequences) that micro-batch contributes to the normalizer. The loop does the
+rest, with accelerate doing the distributed work:
+
+    for each optimizer step:
+        1. take this step's rows (a deterministic permutation per epoch; this process's share of them)
+        2. split them into micro-batches; sum their normalizer counts across micro-batches AND processes
+        3. for each micro-batch: loss = loss_sum / global_count * num_processes, backward (no gradient sync until the last)
+        4. stop on a non-finite loss or gradient norm, keeping a good checkpoint
+        5. clip, optimizer step, scheduler step
+        6. log (progress bar + metrics.jsonl + sinks), evaluate, checkpoint
+
+Because the normalizer is global, 1 micro-batch of 8 and 8 micro-batches of 1 give the same update (tested), and so do one
+and two processes (DDP averages gradients, hence the `* num_processes`).
+Checkpoints hold the trainable weights (safetensors), optimizer, scheduler, RNG states and the data position; they load with
+safetensors and `torch.load(weights_only=True)` only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from rlhfkit.config import TrainConfig
+from rlhfkit.tracking import MetricsLogger
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss or the gradient is NaN/Inf; the message names the step, the rows and the good checkpoint."""
+
+
+class Objective(Protocol):
+    def collate(self, rows: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Rows (already encoded) -> a tensor batch."""
+
+    def count(self, batch: dict[str, torch.Tensor]) -> float:
+        """This micro-batch's share of the loss normalizer (e.g. completion tokens or pairs)."""
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(summed loss over the micro-batch's units, metrics averaged over its rows)."""
+
+    def evaluate(self, model: torch.nn.Module, rows: Sequence[Any]) -> dict[str, float]:
+        """Held-out metrics."""
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    seconds: float
+    last_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    tokens_per_second: float
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *[x for x in np_state[2:]]],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_s = state["numpy"]
+    np.random.set_state((np_s[0], np.array(np_s[1], dtype=np.uint32), *np_s[2:]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+class DataOrder:
+    """Deterministic order of rows: a fresh permutation per epoch, seeded by (seed, epoch); position = optimizer step."""
+
+    def __init__(self, n_rows: int, global_batch: int, seed: int):
+        if n_rows < global_batch:
+            raise ValueError(
+                f"only {n_rows} training rows for a global batch of {global_batch}: lower train.batch_size or add data"
+            )
+        self.n_rows, self.global_batch, self.seed = n_rows, global_batch, seed
+        self.steps_per_epoch = n_rows // global_batch  # the partial last batch is dropped: every step has one shape
+        self._cache: tuple[int, list[int]] | None = None
+
+    def rows_for_step(self, step: int) -> list[int]:
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        if self._cache is None or self._cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache = (epoch, torch.randperm(self.n_rows, generator=g).tolist())
+        start = offset * self.global_batch
+        return self._cache[1][start : start + self.global_batch]
+
+
+def total_steps(cfg: TrainConfig, n_rows: int, num_processes: int = 1) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = max(1, n_rows // (cfg.batch_size * num_processes))
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, extra: dict[str, Any]
+) -> None:
+    """Write atomically: a temp directory renamed into place, so a killed save never replaces a good checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {n: p.detach().to("cpu").contiguous().clone() for n, p in _trainable(model).items()}
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    state = {"step": step, "rng": _rng_state(), **extra}
+    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = _trainable(model)
+    missing = set(params) - set(weights)
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks trainable weights {sorted(missing)[:3]}… (was the model changed?)")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    state = json.loads((path / "trainer_state.json").read_text())
+    _set_rng_state(state["rng"])
+    return state
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    ckpts = sorted((out_dir / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _prune(out_dir: Path, keep: int) -> None:
+    ckpts = sorted((out_dir / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    for old in ckpts[: max(0, len(ckpts) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def run_loop(
+    model: torch.nn.Module,
+    objective: Objective,
+    train_rows: Sequence[Any],
+    eval_rows: Sequence[Any],
+    cfg: TrainConfig,
+    out_dir: Path,
+    run_config: dict[str, Any] | None = None,
+    accelerator: Accelerator | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> LoopResult:
+    """Train `model` on `train_rows` with `objective`; see the module docstring for the order of things."""
+    accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    world, rank = accelerator.num_processes, accelerator.process_index
+    out_dir = Path(out_dir)
+    order = DataOrder(len(train_rows), cfg.batch_size * world, cfg.seed)
+    n_steps = total_steps(cfg, len(train_rows), world)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
+    scheduler = get_scheduler(
+        cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * n_steps), num_training_steps=n_steps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start = 0
+    set_seed(cfg.seed + rank)
+    if cfg.resume:
+        ckpt = latest_checkpoint(out_dir)
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+            start = state["step"]
+            accelerator.print(f"resuming from {ckpt} (step {start}/{n_steps})")
+
+    logger = MetricsLogger(out_dir, cfg.report_to, run_config) if accelerator.is_main_process else None
+    bar = tqdm(
+        total=n_steps,
+        initial=start,
+        desc=out_dir.name,
+        disable=not (cfg.progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
+    t0, tokens_seen = time.perf_counter(), 0
+    last: dict[str, float] = {}
+    evals: dict[str, float] = {}
+    good_ckpt = latest_checkpoint(out_dir)
+
+    def checkpoint(step: int) -> Path:
+        path = out_dir / "checkpoints" / f"step-{step:06d}"
+        if accelerator.is_main_process:
+            save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, step, {"n_steps": n_steps})
+            _prune(out_dir, cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return path
+
+    model.train()
+    for step in range(start, n_steps):
+        # 1-2. this process's rows, micro-batches, global normalizer
+        rows_idx = order.rows_for_step(step)[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+        micro = [rows_idx[i : i + cfg.micro] for i in range(0, len(rows_idx), cfg.micro)]
+        batches = [_to_device(objective.collate([train_rows[i] for i in m]), accelerator.device) for m in micro]
+        local = torch.tensor(sum(objective.count(b) for b in batches), dtype=torch.float64, device=accelerator.device)
+        global_count = accelerator.reduce(local, reduction="sum").item()
+
+        # 3. forward/backward per micro-batch
+        metric_sums: dict[str, float] = {}
+        loss_total = 0.0
+        for i, batch in enumerate(batches):
+            sync = accelerator.no_sync(model) if i < len(batches) - 1 else _nullcontext()
+            with sync, accelerator.autocast():
+                loss_sum, metrics = objective.loss(model, batch)
+                loss = loss_sum / max(global_count, 1e-12) * world
+            if not torch.isfinite(loss):
+                optimizer.zero_grad(set_to_none=True)
+                raise _diverged(step, "loss", float(loss.detach()), micro[i], checkpoint(step), good_ckpt)
+            accelerator.backward(loss)
+            loss_total += float(loss.detach()) / world
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * len(micro[i]) / len(rows_idx)
+            tokens_seen += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+
+        # 4-5. clip, check, step
+        if cfg.max_grad_norm > 0:
+            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+        else:
+            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        if not math.isfinite(grad_norm):
+            optimizer.zero_grad(set_to_none=True)
+            raise _diverged(step, "gradient norm", grad_norm, rows_idx, checkpoint(step), good_ckpt)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # 6. log, evaluate, checkpoint
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        last = {
+            "loss": loss_total,
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_seen * world / max(elapsed, 1e-9),
+            **metric_sums,
+        }
+        if done % cfg.log_every == 0 or done == n_steps:
+            bar.set_postfix(loss=f"{loss_total:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{last['tokens_per_s']:.0f}")
+            if logger:
+                logger.log(done, {f"train/{k}": v for k, v in last.items()} | {"epoch": done / order.steps_per_epoch})
+        if on_step:
+            on_step(done, last)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < n_steps and eval_rows:
+            evals = _evaluate(objective, accelerator, model, eval_rows)
+            if logger:
+                logger.log(done, {f"eval/{k}": v for k, v in evals.items()})
+        if cfg.save_every and done % cfg.save_every == 0 and done < n_steps:
+            good_ckpt = checkpoint(done)
+        bar.update(1)
+    bar.close()
+
+    if eval_rows:
+        evals = _evaluate(objective, accelerator, model, eval_rows)
+        if logger:
+            logger.log(n_steps, {f"eval/{k}": v for k, v in evals.items()})
+    if n_steps > start:
+        checkpoint(n_steps)
+    seconds = time.perf_counter() - t0
+    if logger:
+        logger.close()
+    return LoopResult(
+        steps=n_steps,
+        seconds=seconds,
+        last_metrics=last,
+        eval_metrics=evals,
+        tokens_per_second=tokens_seen * world / max(seconds, 1e-9),
+    )
+
+
+def _evaluate(objective: Objective, accelerator: Accelerator, model: torch.nn.Module, rows: Sequence[Any]):
+    model.eval()
+    with torch.no_grad():
+        out = objective.evaluate(accelerator.unwrap_model(model), rows)
+    model.train()
+    return out
+
+
+def _diverged(step: int, what: str, value: float, rows: list[int], saved: Path, previous: Path | None):
+    return TrainingDiverged(
+        f"step {step}: {what} is {value} on training rows {rows[:16]}; the weights before this step are saved in "
+        f"{saved}" + (f" (previous checkpoint: {previous})" if previous else "")
+    )
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,187 @@
+"""Reward model: a scalar head on a causal LM, trained with Bradley–Terry (ties, margins, confidence weights)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhfkit.config import RMConfig, RewardLossConfig, to_dict
+from rlhfkit.losses.reward import reward_loss
+from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
+from rlhfkit.trainers.loop import run_loop
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    """A tokenized preference pair and its feedback metadata."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    tie: bool = False
+    strength: float = 0.0
+    confidence: float = 1.0
+    rater: str | None = None
+    index: int = 0
+
+
+def encode_pairs(examples: Sequence[Any], formatter: Any) -> list[EncodedPair]:
+    """Tokenize preference examples; rows the truncation policy drops are skipped (the formatter counts them)."""
+    out = []
+    for i, ex in enumerate(examples):
+        enc = formatter.encode_pair(ex)
+        if enc is None:
+            continue
+        p, c, r = enc
+        out.append(
+            EncodedPair(
+                p,
+                c,
+                r,
+                tie=bool(ex.tie),
+                strength=float(ex.strength or 0.0),
+                confidence=1.0 if ex.confidence is None else float(ex.confidence),
+                rater=ex.rater,
+                index=i,
+            )
+        )
+    return out
+
+
+def collate_pair_batch(rows: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows first, then rejected rows: one forward pass scores both. Adds tie/strength/confidence tensors."""
+    from rlhfkit.data import collate_pairs
+
+    batch = collate_pairs([(r.prompt_ids, r.chosen_ids, r.rejected_ids) for r in rows], pad_id)
+    batch["tie"] = torch.tensor([r.tie for r in rows], dtype=torch.bool)
+    batch["strength"] = torch.tensor([r.strength for r in rows], dtype=torch.float32)
+    batch["confidence"] = torch.tensor([r.confidence for r in rows], dtype=torch.float32)
+    batch["index"] = torch.tensor([r.index for r in rows], dtype=torch.long)
+    return batch
+
+
+def pair_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen (B,), r_rejected (B,)) from one forward over the 2B concatenated sequences."""
+    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+    b = scores.shape[0] // 2
+    return scores[:b], scores[b:]
+
+
+class RewardObjective:
+    def __init__(self, pad_id: int, loss_cfg: RewardLossConfig, eval_batch_size: int = 8, gap_rows: Sequence = ()):
+        self.pad_id, self.cfg, self.eval_batch_size = pad_id, loss_cfg, eval_batch_size
+        self.gap_rows = list(gap_rows)  # a training sample scored at evaluation for the train-held-out gap
+
+    def collate(self, rows: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
+        return collate_pair_batch(rows, self.pad_id)
+
+    def count(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(batch["tie"].numel())  # sequence-mean over pairs
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        r_c, r_r = pair_scores(model, batch)
+        c = self.cfg
+        per_pair = reward_loss(
+            r_c,
+            r_r,
+            tie=batch["tie"],
+            margin=batch["strength"] * c.margin_scale if c.use_margin else None,
+            weight=batch["confidence"] if c.use_confidence else None,
+            tie_model=c.tie_model,
+            tie_param=c.tie_param,
+            magnitude_penalty=c.magnitude_penalty,
+        )
+        decided = ~batch["tie"]
+        acc = float(((r_c > r_r).float()[decided]).mean()) if decided.any() else float("nan")
+        return per_pair.sum(), {"accuracy": acc, "margin": float((r_c - r_r).mean())}
+
+    @torch.no_grad()
+    def score_pairs(self, model: torch.nn.Module, rows: Sequence[EncodedPair]) -> tuple[np.ndarray, np.ndarray]:
+        device = next(model.parameters()).device
+        chosen, rejected = [], []
+        for i in range(0, len(rows), self.eval_batch_size):
+            batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.eval_batch_size]).items()}
+            r_c, r_r = pair_scores(model, batch)
+            chosen.append(r_c.cpu().numpy())
+            rejected.append(r_r.cpu().numpy())
+        return np.concatenate(chosen), np.concatenate(rejected)
+
+    def evaluate(self, model: torch.nn.Module, rows: Sequence[EncodedPair]) -> dict[str, float]:
+        return reward_model_report(self, model, rows, self.gap_rows)
+
+
+def reward_model_report(
+    objective: RewardObjective, model: torch.nn.Module, rows: Sequence[EncodedPair], train_sample: Sequence = ()
+) -> dict[str, float]:
+    """Held-out accuracy, ROC AUC, calibration error, mean margin, per-rater accuracy and the train-held-out gap."""
+    from rlhfkit.eval.metrics import expected_calibration_error, pairwise_accuracy, pairwise_auc, per_group_accuracy
+
+    r_c, r_r = objective.score_pairs(model, rows)
+    tie = np.array([r.tie for r in rows], dtype=bool)
+    decided = ~tie
+    out: dict[str, float] = {"pairs": float(len(rows)), "ties": float(tie.sum())}
+    if decided.any():
+        out["accuracy"] = float(pairwise_accuracy(r_c[decided], r_r[decided]))
+        out["auc"] = float(pairwise_auc(r_c[decided], r_r[decided]))
+        # P(chosen wins) = sigma(r_c - r_r); scored in both orders so the labels are not all 1
+        p = 1.0 / (1.0 + np.exp(-(r_c[decided] - r_r[decided])))
+        probs, labels = np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)])
+        out["ece"] = float(expected_calibration_error(probs, labels))
+        out["margin"] = float(np.mean(r_c[decided] - r_r[decided]))
+        raters = [r.rater for r, d in zip(rows, decided) if d]
+        if any(raters):
+            for rater, (acc, n) in per_group_accuracy(
+                r_c[decided], r_r[decided], [x or "unknown" for x in raters]
+            ).items():
+                out[f"accuracy/{rater}"] = float(acc)
+                out[f"pairs/{rater}"] = float(n)
+    if train_sample:
+        t_c, t_r = objective.score_pairs(model, train_sample)
+        t_tie = np.array([r.tie for r in train_sample], dtype=bool)
+        if (~t_tie).any():
+            out["train_accuracy"] = float(pairwise_accuracy(t_c[~t_tie], t_r[~t_tie]))
+            if "accuracy" in out:
+                out["train_heldout_gap"] = out["train_accuracy"] - out["accuracy"]
+    out["score_mean"] = float(np.mean(np.concatenate([r_c, r_r])))
+    out["score_std"] = float(np.std(np.concatenate([r_c, r_r])))
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def train_rm(cfg: RMConfig) -> dict[str, Any]:
+    """Train a reward model; writes cfg.train.output_dir (model/ reloads with transformers alone)."""
+    from rlhfkit.data import ChatFormatter
+    from rlhfkit.models import save_model
+
+    out = Path(cfg.train.output_dir)
+    write_run_files(out, cfg, "rm")
+    # 1. base model with a scalar head
+    model, tokenizer = load_for_training(cfg.model, "reward")
+    # 2. preference / ranking rows -> tokenized pairs
+    train_ex, eval_ex, notes = load_train_eval(cfg.data, "preference", cfg.train.seed)
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    train_rows, eval_rows = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
+    notes.append(f"truncation: {fmt.report}")
+    gap = train_rows[: max(len(eval_rows), 1)] if eval_rows else []
+    # 3. the loop
+    objective = RewardObjective(tokenizer.pad_token_id, cfg.loss, gap_rows=gap)
+    result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
+    # 4. save (Hugging Face sequence-classification format) and summarize
+    save_model(model, tokenizer, out / "model", merge_lora=True)
+    summary = {
+        "model": str(out / "model"),
+        "train_pairs": len(train_rows),
+        "eval_pairs": len(eval_rows),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "final_train": result.last_metrics,
+        "eval": result.eval_metrics,
+        "notes": notes,
+    }
+    print(write_summary(out, "rm", summary))
+    return summary

@@ -1,0 +1,99 @@
+"""Supervised fine-tuning on demonstrations: next-token NLL on the assistant's tokens."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import SFTConfig, to_dict
+from rlhfkit.losses.aggregation import aggregate_sum_and_count
+from rlhfkit.losses.sft import sft_loss
+from rlhfkit.trainers.common import encode_all, load_for_training, load_train_eval, write_run_files, write_summary
+from rlhfkit.trainers.loop import run_loop
+
+
+class SFTObjective:
+    """Token NLL of the labels (-100 = no loss), aggregated token-mean or sequence-mean with a global normalizer."""
+
+    def __init__(self, pad_id: int, completion_only: bool, aggregation: str, eval_batch_size: int = 8):
+        self.pad_id, self.completion_only, self.aggregation = pad_id, completion_only, aggregation
+        self.eval_batch_size = eval_batch_size
+
+    def collate(self, rows: Sequence[Any]) -> dict[str, torch.Tensor]:
+        from rlhfkit.data import collate_sft
+
+        batch = collate_sft(list(rows), pad_id=self.pad_id)
+        if not self.completion_only:
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return batch
+
+    def _token_nll(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        kwargs = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+        labels = batch["labels"][:, 1:]
+        mask = (labels != -100).float()  # (B, T-1): predict token t+1 from position t
+        return sft_loss(logits[:, :-1], labels, mask), mask
+
+    def count(self, batch: dict[str, torch.Tensor]) -> float:
+        mask = batch["labels"][:, 1:] != -100
+        return float(mask.sum()) if self.aggregation == "token-mean" else float(mask.any(-1).sum())
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        nll, mask = self._token_nll(model, batch)
+        total, _ = aggregate_sum_and_count(nll, mask, self.aggregation)
+        return total, {"nll": float((nll * mask).sum() / mask.sum().clamp(min=1))}
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, rows: Sequence[Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0.0
+        for i in range(0, len(rows), self.eval_batch_size):
+            batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.eval_batch_size]).items()}
+            nll, mask = self._token_nll(model, batch)
+            total += float((nll * mask).sum())
+            count += float(mask.sum())
+        mean = total / max(count, 1.0)
+        return {"nll": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": count}
+
+
+def train_sft(cfg: SFTConfig) -> dict[str, Any]:
+    """Fine-tune cfg.model on cfg.data; writes cfg.train.output_dir and returns the summary."""
+    from rlhfkit.data import ChatFormatter, pack_sequences
+    from rlhfkit.models import save_model
+
+    out = Path(cfg.train.output_dir)
+    write_run_files(out, cfg, "sft")
+    # 1. model and tokenizer
+    model, tokenizer = load_for_training(cfg.model, "causal")
+    # 2. data: load, clean, split, tokenize with the chat template (loss on assistant tokens), optionally pack
+    train_ex, eval_ex, notes = load_train_eval(cfg.data, "sft", cfg.train.seed)
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    train_rows = encode_all(train_ex, fmt.encode_sft)
+    eval_rows = encode_all(eval_ex, fmt.encode_sft)
+    notes.append(f"truncation: {fmt.report}")
+    if cfg.data.packing:
+        before = len(train_rows)
+        train_rows = pack_sequences(train_rows, cfg.data.max_length)
+        notes.append(f"packing: {before} examples into {len(train_rows)} sequences")
+    # 3. the loop
+    objective = SFTObjective(tokenizer.pad_token_id, cfg.loss.completion_only, cfg.loss.aggregation)
+    result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
+    # 4. save the model in Hugging Face format and summarize
+    save_model(model, tokenizer, out / "model", merge_lora=True)
+    summary = {
+        "model": str(out / "model"),
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "final_train": result.last_metrics,
+        "eval": result.eval_metrics,
+        "notes": notes,
+    }
+    print(write_summary(out, "sft", summary))
+    return summary
