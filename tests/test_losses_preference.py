@@ -53,9 +53,7 @@ def test_conservative_dpo_hand_values() -> None:
 def test_robust_dpo_hand_values_and_reduces_to_dpo() -> None:
     beta, eps = 0.5, 0.2
     losses, _, _ = robust_dpo_loss(*ARGS, beta=beta, label_smoothing=eps)
-    expected = [
-        ((1 - eps) * -math.log(sig(beta * h)) - eps * -math.log(sig(-beta * h))) / (1 - 2 * eps) for h in H2
-    ]
+    expected = [((1 - eps) * -math.log(sig(beta * h)) - eps * -math.log(sig(-beta * h))) / (1 - 2 * eps) for h in H2]
     assert losses.tolist() == pytest.approx(expected, rel=1e-6)
     torch.testing.assert_close(robust_dpo_loss(*ARGS, beta=beta)[0], dpo_loss(*ARGS, beta=beta)[0])
     with pytest.raises(ValueError, match="label_smoothing"):

@@ -42,7 +42,7 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_token_logprobs_matches_naive_values_and_gradients(chunk_size: int, temperature: float) -> None:
     logits, labels = _inputs()
-    weights = torch.randn(B, T, dtype=torch.float64)  # arbitrary upstream gradient
+    weights = torch.randn(B, T, generator=torch.Generator().manual_seed(10), dtype=torch.float64)  # upstream gradient
 
     x1 = logits.clone().requires_grad_(True)
     out = token_logprobs(x1, labels, temperature=temperature, chunk_size=chunk_size)
@@ -90,6 +90,14 @@ def test_token_logprobs_bf16_and_noncontiguous_slice() -> None:
     assert x.grad.dtype == torch.bfloat16 and x.grad.shape == sliced.shape
 
 
+def test_inputs_are_not_modified_in_place() -> None:
+    logits = _inputs()[0].float().requires_grad_(True)
+    before = logits.detach().clone()
+    token_logprobs(logits, _inputs()[1], temperature=0.5).sum().backward()
+    entropy_from_logits(logits, temperature=0.5).sum().backward()
+    assert torch.equal(logits.detach(), before)
+
+
 def test_token_logprobs_shape_errors() -> None:
     logits, labels = _inputs()
     with pytest.raises(ValueError, match="shift"):
@@ -113,7 +121,7 @@ def test_sequence_logprobs_sums_and_counts() -> None:
 @pytest.mark.parametrize("chunk_size", [1, 4, 1000])
 def test_entropy_matches_naive_values_and_gradients(chunk_size: int) -> None:
     logits, _ = _inputs(3)
-    weights = torch.randn(B, T, dtype=torch.float64)
+    weights = torch.randn(B, T, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     x1 = logits.clone().requires_grad_(True)
     out = entropy_from_logits(x1, chunk_size=chunk_size)
     (out.double() * weights).sum().backward()
@@ -123,8 +131,9 @@ def test_entropy_matches_naive_values_and_gradients(chunk_size: int) -> None:
     ref = -(logp.exp() * logp).sum(-1)
     (ref * weights).sum().backward()
 
+    # fp32 math inside against an fp64 reference
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_entropy_hand_values() -> None:

@@ -58,9 +58,9 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     opener = gzip.open if gz else open
     with opener(path, "rt", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM from spreadsheet exports
         if fmt == "jsonl":
-            yield from _read_jsonl(f, path.name)
+            yield from _read_jsonl(f, str(path))
         else:
-            yield from _read_json(f.read(), path.name)
+            yield from _read_json(f.read(), str(path))
 
 
 def _read_jsonl(f: io.TextIOBase, name: str) -> Iterator[tuple[int, Any]]:
@@ -68,7 +68,7 @@ def _read_jsonl(f: io.TextIOBase, name: str) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line)
+            yield line_no, json.loads(line.rstrip("\r\n"))  # columns refer to this line
         except json.JSONDecodeError as e:
             raise DataError(location(name, line_no), f"invalid JSON ({e.msg} at column {e.colno})") from None
 
@@ -77,9 +77,17 @@ def _read_json(text: str, name: str) -> Iterator[tuple[int, Any]]:
     """A JSON array of objects, reporting each element's real line; falls back to JSONL if the file is JSON Lines."""
     decoder = json.JSONDecoder()
     pos = _skip_ws(text, 0)
-    if pos < len(text) and text[pos] != "[":
-        # One object, or JSON Lines saved as .json (what datasets' to_json writes).
-        yield from _read_jsonl(io.StringIO(text), name)
+    if pos >= len(text):
+        return
+    if text[pos] != "[":
+        try:  # one (possibly pretty-printed) object
+            obj, end = decoder.raw_decode(text, pos)
+            if _skip_ws(text, end) == len(text):
+                yield text.count("\n", 0, pos) + 1, obj
+                return
+        except json.JSONDecodeError:
+            pass
+        yield from _read_jsonl(io.StringIO(text), name)  # JSON Lines saved as .json (datasets' to_json does this)
         return
     pos = _skip_ws(text, pos + 1)
     line = text.count("\n", 0, pos) + 1
@@ -121,8 +129,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
 def _dataset_rows(dataset: Any) -> Iterator[tuple[int, Any]]:
     if isinstance(dataset, Mapping):  # DatasetDict / IterableDatasetDict
         raise TypeError(f"got a DatasetDict with splits {list(dataset.keys())}; pass one split, e.g. ds['train']")
-    for n, row in enumerate(dataset, start=1):
-        yield n, row
+    yield from enumerate(dataset, start=1)
 
 
 def _is_path(source: Any) -> bool:

@@ -237,8 +237,9 @@ def _parse_messages(value: Any, field: str, where: str, completion: bool = False
         if role is None:
             raise DataError(where, f'field "{field}": message {i} has no "role"')
         if role not in ROLES:
+            shown = f'"{role}"' if isinstance(role, str) else _describe(role)
             raise DataError(
-                where, f'field "{field}": message {i} has unknown role {_describe(role)} (expected system, user or assistant)'
+                where, f'field "{field}": message {i} has unknown role {shown} (expected system, user or assistant)'
             )
         content = msg.get("content")
         if content is None:
@@ -272,7 +273,9 @@ def _last_assistant(messages: tuple[Message, ...]) -> int:
     raise ValueError("conversation has no assistant turn")
 
 
-def _split_pair(prompt_raw: Any, chosen_raw: Any, rejected_raw: Any, where: str) -> tuple[tuple[Message, ...], str, str]:
+def _split_pair(
+    prompt_raw: Any, chosen_raw: Any, rejected_raw: Any, where: str
+) -> tuple[tuple[Message, ...], str, str]:
     """Normalize the accepted pair shapes to (prompt messages, chosen text, rejected text)."""
     for field, value in (("chosen", chosen_raw), ("rejected", rejected_raw)):
         if not isinstance(value, (str, list, tuple)):

@@ -214,8 +214,10 @@ def _average(logps: Tensor, length: Tensor | None, loss: str, which: str) -> Ten
 
 def _require_ref(name: str, ref_chosen: Tensor | None, ref_rejected: Tensor | None) -> tuple[Tensor, Tensor]:
     if ref_chosen is None or ref_rejected is None:
-        raise ValueError(f"{name} needs reference log-probs (ref_chosen, ref_rejected); only {sorted(REFERENCE_FREE)} "
-                         "are reference-free")
+        raise ValueError(
+            f"{name} needs reference log-probs (ref_chosen, ref_rejected); only {sorted(REFERENCE_FREE)} "
+            "are reference-free"
+        )
     return ref_chosen, ref_rejected
 
 

@@ -100,7 +100,9 @@ def _tie_model(model: str) -> Callable[[Tensor, Scalar], tuple[Tensor, Tensor, T
         raise ValueError(f"unknown tie model {model!r}; valid: {sorted(TIE_MODELS)}") from None
 
 
-def tie_log_probs(r_a: Tensor, r_b: Tensor, model: str = "davidson", param: Scalar = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+def tie_log_probs(
+    r_a: Tensor, r_b: Tensor, model: str = "davidson", param: Scalar = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
     """(log P(a≻b), log P(b≻a), log P(tie)), each (B,), under `model` ("davidson": param = ν; "rao-kupper": θ)."""
     return _tie_model(model)(_difference(r_a, r_b), param)
 

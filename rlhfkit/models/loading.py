@@ -507,7 +507,7 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel) and merge_lora:
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True) if isinstance(model, PeftModel) else model.save_pretrained(out)
+    model.save_pretrained(out)  # safetensors: the only format transformers 5 writes, and peft's default
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out

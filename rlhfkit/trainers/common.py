@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def load_train_eval(data: DataConfig, kind: str, seed: int) -> tuple[list[Any], 
         min_chars=c.min_chars,
         max_chars=c.max_chars,
     )
-    notes.append(f"curation: {report}")
+    notes.append(str(report))
     if data.eval:
         evals = load_examples(resolve_data_path(data.eval), kind)
     elif data.eval_fraction > 0:
@@ -52,8 +53,9 @@ def load_train_eval(data: DataConfig, kind: str, seed: int) -> tuple[list[Any], 
     else:
         evals = []
     if data.max_rows is not None and len(train) > data.max_rows:
-        train = train[: data.max_rows]  # train_eval_split already shuffled with the seed
-        notes.append(f"max_rows: kept {data.max_rows} training rows")
+        keep = sorted(random.Random(seed).sample(range(len(train)), data.max_rows))
+        train = [train[i] for i in keep]
+        notes.append(f"max_rows: kept {data.max_rows} of the training rows, drawn with the seed")
     return train, evals, notes
 
 

@@ -98,8 +98,8 @@ class RewardObjective:
             magnitude_penalty=c.magnitude_penalty,
         )
         decided = ~batch["tie"]
-        acc = float(((r_c > r_r).float()[decided]).mean()) if decided.any() else float("nan")
-        return per_pair.sum(), {"accuracy": acc, "margin": float((r_c - r_r).mean())}
+        acc = float((r_c > r_r).float()[decided].mean()) if decided.any() else float("nan")
+        return per_pair.sum(), {"accuracy": acc, "margin": float((r_c - r_r).detach().mean())}
 
     @torch.no_grad()
     def score_pairs(self, model: torch.nn.Module, rows: Sequence[EncodedPair]) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ class SFTObjective:
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         nll, mask = self._token_nll(model, batch)
         total, _ = aggregate_sum_and_count(nll, mask, self.aggregation)
-        return total, {"nll": float((nll * mask).sum() / mask.sum().clamp(min=1))}
+        return total, {"nll": float((nll.detach() * mask).sum() / mask.sum().clamp(min=1))}
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, rows: Sequence[Any]) -> dict[str, float]:

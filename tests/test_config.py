@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from rlhfkit.config import ConfigError, DPOConfig, RMConfig, SFTConfig, describe, field_docs, load_config, to_dict
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "dpo.yaml"
+    f.write_text("model:\n  lora: {enabled: true, r: 8}\ntrain:\n  lr: 1.0e-6\n  report_to: [tensorboard]\nloss: {beta: 0.3}\n")
+    cfg = load_config(DPOConfig, f, ["loss.beta=0.2", "train.batch_size=4", "loss.name=ipo", "train.adam_betas=[0.8,0.9]"])
+    assert cfg.model.lora.enabled and cfg.model.lora.r == 8
+    assert cfg.train.lr == 1e-6 and cfg.train.batch_size == 4 and cfg.train.report_to == ("tensorboard",)
+    assert cfg.loss.beta == 0.2 and cfg.loss.name == "ipo"
+    assert cfg.train.adam_betas == (0.8, 0.9)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.loss.beta = 1.0  # type: ignore[misc]
+
+
+def test_stage_defaults_differ_and_round_trip():
+    sft, dpo = SFTConfig(), DPOConfig()
+    assert sft.train.lr != dpo.train.lr
+    tree = to_dict(dpo)
+    assert tree["loss"]["name"] == "dpo" and isinstance(tree["train"]["adam_betas"], list)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["loss.bta=0.1"], "unknown key 'loss.bta'"),
+        (["train.batch_size=eight"], "key 'train.batch_size' must be an integer"),
+        (["model.lora.enabled=maybe"], "key 'model.lora.enabled' must be true or false"),
+        (["train.lr=fast"], "key 'train.lr' must be a number"),
+        (["train.micro_batch_size=3"], "train.micro_batch_size=3 must divide train.batch_size=8"),
+        (["data.truncation=middle"], "data.truncation='middle'"),
+        (["train.report_to=[nowhere]"], "unknown sink 'nowhere'"),
+        (["nokey"], "must look like key.sub=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(DPOConfig, None, overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    f = tmp_path / "rm.yaml"
+    f.write_text("train:\n  lr: 1e-5\n  batch_size: [\n")
+    with pytest.raises(ConfigError, match=r"rm.yaml:\d+: invalid YAML"):
+        load_config(RMConfig, f)
+    g = tmp_path / "rm2.yaml"
+    g.write_text("train:\n  epochz: 2\n")
+    with pytest.raises(ConfigError, match=r"rm2.yaml: unknown key 'train.epochz'"):
+        load_config(RMConfig, g)
+
+
+def test_help_text_comes_from_field_docstrings():
+    from rlhfkit.config import TrainConfig
+
+    docs = field_docs(TrainConfig)
+    assert docs["lr"] == "Peak learning rate."
+    rows = {k: (d, h) for k, d, h in describe(SFTConfig)}
+    assert rows["train.lr"][0] == repr(SFTConfig().train.lr)
+    assert "assistant tokens" in rows["loss.completion_only"][1]
+    assert all(h for _, _, h in describe(DPOConfig)), "every key has help text"
