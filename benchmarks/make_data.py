@@ -41,7 +41,10 @@ def imdb_pairs(path: Path, n_train: int, n_eval: int, max_words: int, seed: int)
     rng.shuffle(pos)
     rng.shuffle(neg)
     n = n_train + n_eval
-    pairs = [{"prompt": PROMPT, "chosen": snippet(p, max_words), "rejected": snippet(q, max_words)} for p, q in zip(pos[:n], neg[:n])]
+    pairs = [
+        {"prompt": PROMPT, "chosen": snippet(p, max_words), "rejected": snippet(q, max_words)}
+        for p, q in zip(pos[:n], neg[:n])
+    ]
     return pairs[:n_train], pairs[n_train:]
 
 

@@ -85,13 +85,16 @@ def demo(output: str, model: str, steps: int) -> None:
     t0 = time.perf_counter()
     common = [f"model.name_or_path={model}", f"train.max_steps={steps}", "train.save_every=0", "data.max_length=192"]
     print(f"[1/3] SFT of {model} on the shipped demonstrations")
-    run_command("sft", None, common + ["data.train=sample:sft", "train.batch_size=8", "train.lr=2e-5"], str(out / "sft"), False)
+    run_command(
+        "sft", None, common + ["data.train=sample:sft", "train.batch_size=8", "train.lr=2e-5"], str(out / "sft"), False
+    )
     sft_model = str(out / "sft" / "model")
     print("[2/3] reward model on the shipped preference pairs")
     rm = run_command(
         "rm",
         None,
-        common[1:] + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=8", "train.lr=2e-5"],
+        common[1:]
+        + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=8", "train.lr=2e-5"],
         str(out / "rm"),
         False,
     )
@@ -99,13 +102,16 @@ def demo(output: str, model: str, steps: int) -> None:
     dpo = run_command(
         "dpo",
         None,
-        common[1:] + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=8", "train.lr=5e-6"],
+        common[1:]
+        + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=8", "train.lr=5e-6"],
         str(out / "dpo"),
         False,
     )
     minutes = (time.perf_counter() - t0) / 60
     print(f"\ndemo finished in {minutes:.1f} min; outputs in {out}/(sft|rm|dpo)")
-    print(f"  reward model held-out accuracy {rm['eval'].get('accuracy', float('nan')):.3f}, AUC {rm['eval'].get('auc', float('nan')):.3f}")
+    print(
+        f"  reward model held-out accuracy {rm['eval'].get('accuracy', float('nan')):.3f}, AUC {rm['eval'].get('auc', float('nan')):.3f}"
+    )
     e = dpo["eval"]
     print(
         f"  DPO held-out implicit-reward accuracy {e.get('rewards/accuracy', float('nan')):.3f}, "

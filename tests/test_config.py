@@ -9,8 +9,12 @@ from rlhfkit.config import ConfigError, DPOConfig, RMConfig, SFTConfig, describe
 
 def test_yaml_then_overrides(tmp_path):
     f = tmp_path / "dpo.yaml"
-    f.write_text("model:\n  lora: {enabled: true, r: 8}\ntrain:\n  lr: 1.0e-6\n  report_to: [tensorboard]\nloss: {beta: 0.3}\n")
-    cfg = load_config(DPOConfig, f, ["loss.beta=0.2", "train.batch_size=4", "loss.name=ipo", "train.adam_betas=[0.8,0.9]"])
+    f.write_text(
+        "model:\n  lora: {enabled: true, r: 8}\ntrain:\n  lr: 1.0e-6\n  report_to: [tensorboard]\nloss: {beta: 0.3}\n"
+    )
+    cfg = load_config(
+        DPOConfig, f, ["loss.beta=0.2", "train.batch_size=4", "loss.name=ipo", "train.adam_betas=[0.8,0.9]"]
+    )
     assert cfg.model.lora.enabled and cfg.model.lora.r == 8
     assert cfg.train.lr == 1e-6 and cfg.train.batch_size == 4 and cfg.train.report_to == ("tensorboard",)
     assert cfg.loss.beta == 0.2 and cfg.loss.name == "ipo"

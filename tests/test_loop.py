@@ -54,7 +54,9 @@ class ToyObjective:
 
 def _rows(n: int = 32, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(1, 11, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    return [
+        torch.randint(1, 11, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
 
 
 def _cfg(tmp_path, name: str, **kw) -> TrainConfig:
@@ -131,8 +133,15 @@ def test_nan_stops_with_good_checkpoint(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_loop(two, ToyObjective(), _rows(), [], _cfg(tmp_path, "two", micro_batch_size=4), tmp_path / "two",
-                 on_step=stop_after_two)
+        run_loop(
+            two,
+            ToyObjective(),
+            _rows(),
+            [],
+            _cfg(tmp_path, "two", micro_batch_size=4),
+            tmp_path / "two",
+            on_step=stop_after_two,
+        )
     for name, p in two.named_parameters():
         assert torch.allclose(weights[name], p.detach())
 

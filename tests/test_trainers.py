@@ -69,7 +69,12 @@ def _common(tiny_dir: Path, out: Path, steps: int = 6) -> list[str]:
 def test_sft_learns_and_saves(tiny_dir, tmp_path):
     from rlhfkit.trainers.sft import train_sft
 
-    cfg = load_config(SFTConfig, None, _common(tiny_dir, tmp_path / "sft", 12) + [f"data.train={_sft(tmp_path / 's.jsonl')}", "train.lr=1e-2", "train.scheduler=constant"])
+    cfg = load_config(
+        SFTConfig,
+        None,
+        _common(tiny_dir, tmp_path / "sft", 12)
+        + [f"data.train={_sft(tmp_path / 's.jsonl')}", "train.lr=1e-2", "train.scheduler=constant"],
+    )
     summary = train_sft(cfg)
     rows = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
@@ -83,7 +88,11 @@ def test_sft_learns_and_saves(tiny_dir, tmp_path):
 def test_sft_packing_runs(tiny_dir, tmp_path):
     from rlhfkit.trainers.sft import train_sft
 
-    over = _common(tiny_dir, tmp_path / "p", 2) + [f"data.train={_sft(tmp_path / 's.jsonl', 40)}", "data.packing=true", "data.max_length=256"]
+    over = _common(tiny_dir, tmp_path / "p", 2) + [
+        f"data.train={_sft(tmp_path / 's.jsonl', 40)}",
+        "data.packing=true",
+        "data.max_length=256",
+    ]
     summary = train_sft(load_config(SFTConfig, None, over))
     assert any("packing" in n for n in summary["notes"])
     assert summary["train_rows"] < 36  # several short examples per packed sequence
@@ -92,7 +101,11 @@ def test_sft_packing_runs(tiny_dir, tmp_path):
 def test_reward_model_learns_preferences(tiny_dir, tmp_path):
     from rlhfkit.trainers.rm import train_rm
 
-    over = _common(tiny_dir, tmp_path / "rm", 20) + [f"data.train={_prefs(tmp_path / 'p.jsonl', 48)}", "train.lr=3e-3", "data.eval_fraction=0.25"]
+    over = _common(tiny_dir, tmp_path / "rm", 20) + [
+        f"data.train={_prefs(tmp_path / 'p.jsonl', 48)}",
+        "train.lr=3e-3",
+        "data.eval_fraction=0.25",
+    ]
     summary = train_rm(load_config(RMConfig, None, over))
     ev = summary["eval"]
     assert ev["accuracy"] >= 0.9 and ev["auc"] >= 0.9
@@ -103,13 +116,19 @@ def test_reward_model_learns_preferences(tiny_dir, tmp_path):
     rm = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model")
     tok = AutoTokenizer.from_pretrained(tmp_path / "rm" / "model")
     good = tok.apply_chat_template(
-        [{"role": "user", "content": "Say something about film number 3."}, {"role": "assistant", "content": "film 3 was wonderful and great"}],
+        [
+            {"role": "user", "content": "Say something about film number 3."},
+            {"role": "assistant", "content": "film 3 was wonderful and great"},
+        ],
         tokenize=True,
         return_tensors="pt",
         return_dict=True,
     )
     bad = tok.apply_chat_template(
-        [{"role": "user", "content": "Say something about film number 3."}, {"role": "assistant", "content": "film 3 was awful and dull"}],
+        [
+            {"role": "user", "content": "Say something about film number 3."},
+            {"role": "assistant", "content": "film 3 was awful and dull"},
+        ],
         tokenize=True,
         return_tensors="pt",
         return_dict=True,
@@ -123,7 +142,17 @@ def test_preference_losses_raise_implicit_reward_accuracy(tiny_dir, tmp_path, lo
     from rlhfkit.trainers.dpo import train_dpo
 
     extra = {"ipo": ["loss.beta=0.5"], "robust": ["loss.label_smoothing=0.1"], "simpo": ["loss.beta=2.0"]}.get(loss, [])
-    over = _common(tiny_dir, tmp_path / loss, 10) + [f"data.train={_prefs(tmp_path / 'p.jsonl')}", f"loss.name={loss}", "train.lr=3e-3", "eval_kl_samples=2", "eval_kl_tokens=4"] + extra
+    over = (
+        _common(tiny_dir, tmp_path / loss, 10)
+        + [
+            f"data.train={_prefs(tmp_path / 'p.jsonl')}",
+            f"loss.name={loss}",
+            "train.lr=3e-3",
+            "eval_kl_samples=2",
+            "eval_kl_tokens=4",
+        ]
+        + extra
+    )
     summary = train_dpo(load_config(DPOConfig, None, over))
     rows = [json.loads(x) for x in (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
     margins = [r["train/rewards/margin"] for r in rows if "train/rewards/margin" in r]
@@ -137,7 +166,12 @@ def test_dpo_first_step_loss_is_log2_and_live_equals_precompute(tiny_dir, tmp_pa
 
     losses = {}
     for mode in ("precompute", "live"):
-        over = _common(tiny_dir, tmp_path / mode, 3) + [f"data.train={_prefs(tmp_path / 'p.jsonl')}", f"loss.reference={mode}", "train.lr=1e-3", "eval_kl_samples=0"]
+        over = _common(tiny_dir, tmp_path / mode, 3) + [
+            f"data.train={_prefs(tmp_path / 'p.jsonl')}",
+            f"loss.reference={mode}",
+            "train.lr=1e-3",
+            "eval_kl_samples=0",
+        ]
         train_dpo(load_config(DPOConfig, None, over))
         rows = [json.loads(x) for x in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
         losses[mode] = [r["train/loss"] for r in rows if "train/loss" in r]
@@ -169,13 +203,17 @@ def test_dpo_with_lora_uses_disabled_adapters_as_reference(tiny_dir, tmp_path):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_cli_dpo_end_to_end_and_resume(tiny_dir, tmp_path):
     prefs = _prefs(tmp_path / "p.jsonl")
     cfg = tmp_path / "dpo.yaml"
-    cfg.write_text(f"model: {{name_or_path: {tiny_dir}}}\ndata: {{train: {prefs}, max_length: 64, max_prompt_length: 32}}\ntrain: {{batch_size: 4, max_steps: 4, save_every: 2, progress: false, lr: 1.0e-3, scheduler: constant}}\neval_kl_samples: 0\n")
+    cfg.write_text(
+        f"model: {{name_or_path: {tiny_dir}}}\ndata: {{train: {prefs}, max_length: 64, max_prompt_length: 32}}\ntrain: {{batch_size: 4, max_steps: 4, save_every: 2, progress: false, lr: 1.0e-3, scheduler: constant}}\neval_kl_samples: 0\n"
+    )
     full = _cli("dpo", "--config", str(cfg), "-o", str(tmp_path / "full"), cwd=tmp_path)
     assert full.returncode == 0, full.stderr
     assert (tmp_path / "full" / "model" / "model.safetensors").exists()

@@ -20,6 +20,14 @@ def response_mask(generated: torch.Tensor, eos_ids: Sequence[int], pad_id: int |
     return (before == 0).float()
 
 
+def _response_logps(
+    model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, width: int, resp: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Summed log-probs (B,) of the generated part ids[:, width:] under `model`, masked by `resp`."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, width - 1 : -1]
+    return (token_logprobs(logits, ids[:, width:], temperature=temperature) * resp).sum(-1)
+
+
 @torch.no_grad()
 def sampled_kl(
     policy: torch.nn.Module,
@@ -61,19 +69,13 @@ def sampled_kl(
         generated = out[:, width:]
         resp = response_mask(generated, eos_ids)
         full_attn = torch.cat([attn, resp.long()], dim=1)
-        labels = out[:, 1:]
 
-        def seq_logps(model: torch.nn.Module) -> torch.Tensor:
-            logits = model(input_ids=out, attention_mask=full_attn).logits[:, :-1]
-            lp = token_logprobs(logits, labels, temperature=temperature)[:, width - 1 :]
-            return (lp * resp).sum(-1)
-
-        pi = seq_logps(policy)
+        pi = _response_logps(policy, out, full_attn, width, resp, temperature)
         if isinstance(reference, torch.nn.Module):
-            ref = seq_logps(reference)
+            ref = _response_logps(reference, out, full_attn, width, resp, temperature)
         else:
             with reference() as ref_model:
-                ref = seq_logps(ref_model)
+                ref = _response_logps(ref_model, out, full_attn, width, resp, temperature)
         kls.append((pi - ref).cpu())
         lens.append(resp.sum(-1).cpu())
     policy.train(was_training)

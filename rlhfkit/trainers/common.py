@@ -22,7 +22,9 @@ def resolve_data_path(source: str) -> str:
     if source.startswith("sample:"):
         name = source.split(":", 1)[1]
         if name not in SAMPLES:
-            raise FileNotFoundError(f"unknown sample data {source!r}; choose one of: sample:" + ", sample:".join(SAMPLES))
+            raise FileNotFoundError(
+                f"unknown sample data {source!r}; choose one of: sample:" + ", sample:".join(SAMPLES)
+            )
         return str(SAMPLE_DIR / SAMPLES[name])
     return source
 

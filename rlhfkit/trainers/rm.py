@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhfkit.config import RMConfig, RewardLossConfig, to_dict
+from rlhfkit.config import RewardLossConfig, RMConfig, to_dict
 from rlhfkit.losses.reward import reward_loss
 from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
 from rlhfkit.trainers.loop import run_loop
