@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="SFT -> reward model -> DPO on the builtin model and the shipped sample data")
     demo.add_argument("--output", "-o", default="runs/demo", help="directory for the three stages' outputs")
     demo.add_argument("--model", default="smollm2-135m-instruct", help="builtin name or local model directory")
-    demo.add_argument("--steps", type=int, default=30, help="optimizer steps per stage")
+    demo.add_argument("--steps", type=int, default=10, help="optimizer steps per stage")
     return parser
 
 
@@ -83,10 +83,16 @@ def demo(output: str, model: str, steps: int) -> None:
     """The short offline demo: three stages, each reading the previous stage's output."""
     out = Path(output)
     t0 = time.perf_counter()
-    common = [f"model.name_or_path={model}", f"train.max_steps={steps}", "train.save_every=0", "data.max_length=192"]
+    common = [
+        f"model.name_or_path={model}",
+        f"train.max_steps={steps}",
+        "train.save_every=0",
+        "data.max_length=128",
+        "data.max_prompt_length=64",
+    ]
     print(f"[1/3] SFT of {model} on the shipped demonstrations")
     run_command(
-        "sft", None, common + ["data.train=sample:sft", "train.batch_size=8", "train.lr=2e-5"], str(out / "sft"), False
+        "sft", None, common + ["data.train=sample:sft", "train.batch_size=4", "train.lr=2e-5"], str(out / "sft"), False
     )
     sft_model = str(out / "sft" / "model")
     print("[2/3] reward model on the shipped preference pairs")
@@ -94,7 +100,7 @@ def demo(output: str, model: str, steps: int) -> None:
         "rm",
         None,
         common[1:]
-        + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=8", "train.lr=2e-5"],
+        + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=4", "train.lr=2e-5"],
         str(out / "rm"),
         False,
     )
@@ -103,7 +109,7 @@ def demo(output: str, model: str, steps: int) -> None:
         "dpo",
         None,
         common[1:]
-        + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=8", "train.lr=5e-6"],
+        + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=4", "train.lr=2e-5"],
         str(out / "dpo"),
         False,
     )

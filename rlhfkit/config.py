@@ -304,6 +304,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: key {key!r} must be a number, got {value!r}") from None
     if tp is str:
+        if isinstance(value, bool):
+            # YAML 1.1 reads bare no/yes/off/on as booleans; string fields such as mixed_precision mean the word
+            return "no" if value is False else "yes"
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: key {key!r} must be a string, got {value!r}")
         return str(value)
@@ -406,6 +409,8 @@ def resolve(cfg: Any) -> Any:
         for sink in train.report_to:
             if sink not in ("tensorboard", "mlflow", "wandb"):
                 raise ConfigError(f"train.report_to: unknown sink {sink!r} (tensorboard, mlflow, wandb)")
+        if train.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"train.mixed_precision={train.mixed_precision!r}: choose no, bf16 or fp16")
     data = getattr(cfg, "data", None)
     if data is not None:
         if data.truncation not in ("keep_end", "drop"):

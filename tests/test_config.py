@@ -19,6 +19,9 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.train.lr == 1e-6 and cfg.train.batch_size == 4 and cfg.train.report_to == ("tensorboard",)
     assert cfg.loss.beta == 0.2 and cfg.loss.name == "ipo"
     assert cfg.train.adam_betas == (0.8, 0.9)
+    assert (
+        load_config(DPOConfig, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    )  # YAML's `no` is False
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.loss.beta = 1.0  # type: ignore[misc]
 
@@ -41,6 +44,7 @@ def test_stage_defaults_differ_and_round_trip():
         (["data.truncation=middle"], "data.truncation='middle'"),
         (["train.report_to=[nowhere]"], "unknown sink 'nowhere'"),
         (["nokey"], "must look like key.sub=value"),
+        (["train.mixed_precision=fp8"], "train.mixed_precision='fp8'"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):

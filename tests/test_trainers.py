@@ -188,14 +188,14 @@ def test_dpo_with_lora_uses_disabled_adapters_as_reference(tiny_dir, tmp_path):
         f"data.train={_prefs(tmp_path / 'p.jsonl')}",
         "model.lora.enabled=true",
         "model.lora.r=4",
-        "train.lr=1e-2",
+        "train.lr=3e-3",
         "eval_kl_samples=2",
         "eval_kl_tokens=4",
     ]
     summary = train_dpo(load_config(DPOConfig, None, over))
     rows = [json.loads(x) for x in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["train/loss"] == pytest.approx(0.693147, abs=1e-4)
-    assert summary["final_train"]["rewards/margin"] > 0
+    assert summary["eval"]["rewards/margin"] > 0 and summary["eval"]["rewards/accuracy"] >= 0.5
     ckpt = next((tmp_path / "lora" / "checkpoints").iterdir())
     names = list(load_file(str(ckpt / "trainable.safetensors")))
     assert names and all("lora_" in n for n in names)  # only adapters are trained and checkpointed

@@ -107,9 +107,15 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def load_for_training(model_cfg: Any, kind: str = "causal") -> tuple[Any, Any]:
-    """(model, tokenizer) from a ModelConfig: a causal LM or a scalar-head reward model, with LoRA when enabled."""
+def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tuple[Any, Any]:
+    """(model, tokenizer) from a ModelConfig: a causal LM or a scalar-head reward model, with LoRA when enabled.
+
+    Seeded first, so that newly initialized weights (a reward head, LoRA matrices) are the same on every run.
+    """
     from rlhfkit.models import apply_lora, load_causal_lm, load_reward_model, load_tokenizer
+    from rlhfkit.trainers.loop import set_seed
+
+    set_seed(seed)
 
     tokenizer = load_tokenizer(model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code)
     lora = model_cfg.lora

@@ -21,7 +21,7 @@ from rlhfkit.config import DPOConfig, PreferenceLossConfig, to_dict
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE
 from rlhfkit.ops import sequence_logprobs
 from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
-from rlhfkit.trainers.loop import run_loop
+from rlhfkit.trainers.loop import make_accelerator, run_loop
 from rlhfkit.trainers.rm import EncodedPair, collate_pair_batch, encode_pairs
 
 
@@ -158,7 +158,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if cfg.loss.name not in PREFERENCE_LOSSES:
         raise ValueError(f"loss.name={cfg.loss.name!r}: choose one of {', '.join(PREFERENCE_LOSSES)}")
     # 1. policy, and the reference: adapters off under LoRA, else a frozen copy (or another checkpoint)
-    model, tokenizer = load_for_training(cfg.model, "causal")
+    model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
     needs_ref_later = cfg.loss.reference == "live" or cfg.eval_kl_samples > 0
     if cfg.reference:
         ref_model = load_causal_lm(cfg.reference, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
@@ -168,6 +168,10 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         ref_model = copy.deepcopy(model)
     else:
         ref_model = model  # before the first step the policy IS the reference; no copy is kept
+    accelerator = make_accelerator(cfg.train)
+    for m in {id(model): model, id(ref_model): ref_model}.values():
+        if m is not None and not getattr(m, "is_loaded_in_4bit", False):
+            m.to(accelerator.device)  # the reference pass below runs before the loop moves the policy
     if ref_model is not None and ref_model is not model:
         ref_model.requires_grad_(False).eval()
     reference = Reference(model, ref_model)
@@ -185,7 +189,9 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         eval_rows = precompute_reference(eval_pairs, reference, pad)
     # 4. the loop
     objective = DPOObjective(pad, cfg.loss, reference)
-    result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
+    result = run_loop(
+        model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
+    )
     # 5. KL to the reference on the policy's own samples (held-out prompts)
     kl = {}
     if eval_pairs and cfg.eval_kl_samples > 0:

@@ -176,6 +176,11 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The accelerator a trainer shares with the loop, so that models it prepares itself land on the same device."""
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+
+
 def run_loop(
     model: torch.nn.Module,
     objective: Objective,
@@ -188,20 +193,22 @@ def run_loop(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> LoopResult:
     """Train `model` on `train_rows` with `objective`; see the module docstring for the order of things."""
-    accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = accelerator or make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
     out_dir = Path(out_dir)
     order = DataOrder(len(train_rows), cfg.batch_size * world, cfg.seed)
     n_steps = total_steps(cfg, len(train_rows), world)
 
+    model = accelerator.prepare(model)  # on its device (and wrapped for DDP/FSDP) before the optimizer sees it
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas)
+    fused = accelerator.device.type == "cuda"  # one kernel for all parameters instead of a loop of small ones
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, fused=fused)
     scheduler = get_scheduler(
         cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * n_steps), num_training_steps=n_steps
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    optimizer = accelerator.prepare(optimizer)
 
     start = 0
     set_seed(cfg.seed + rank)

@@ -161,13 +161,13 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "rm")
     # 1. base model with a scalar head
-    model, tokenizer = load_for_training(cfg.model, "reward")
+    model, tokenizer = load_for_training(cfg.model, "reward", cfg.train.seed)
     # 2. preference / ranking rows -> tokenized pairs
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "preference", cfg.train.seed)
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
     train_rows, eval_rows = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
     notes.append(f"truncation: {fmt.report}")
-    gap = train_rows[: max(len(eval_rows), 1)] if eval_rows else []
+    gap = train_rows[: min(len(eval_rows), 64)]  # a training sample as large as the held-out set (capped) for the gap
     # 3. the loop
     objective = RewardObjective(tokenizer.pad_token_id, cfg.loss, gap_rows=gap)
     result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))

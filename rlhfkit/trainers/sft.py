@@ -68,7 +68,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "sft")
     # 1. model and tokenizer
-    model, tokenizer = load_for_training(cfg.model, "causal")
+    model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
     # 2. data: load, clean, split, tokenize with the chat template (loss on assistant tokens), optionally pack
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "sft", cfg.train.seed)
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
