@@ -12,12 +12,12 @@ timed() { local name=$1; shift; /usr/bin/time -v -o "$OUT/$name.time" "$@" > "$O
 echo "== reward model, IMDb positive vs negative reviews"
 timed rm_imdb $RK rm model.name_or_path=smollm2-135m-instruct \
   data.train=$OUT/data/imdb_pairs.train.jsonl data.eval=$OUT/data/imdb_pairs.eval100.jsonl \
-  data.max_length=112 data.max_prompt_length=48 train.batch_size=8 train.max_steps=30 train.lr=2e-5 \
-  train.warmup_ratio=0.1 train.progress=false -o $OUT/rm_imdb
+  data.max_length=112 data.max_prompt_length=48 train.batch_size=8 train.max_steps=40 train.lr=5e-5 \
+  train.scheduler=linear train.warmup_ratio=0.1 train.progress=false -o $OUT/rm_imdb
 echo "== reward model, hh-rlhf harmless-base"
 timed rm_hh $RK rm model.name_or_path=smollm2-135m-instruct \
-  data.train=$OUT/data/hh_pairs.train.jsonl data.eval=$OUT/data/hh_pairs.eval100.jsonl \
-  data.max_length=192 data.max_prompt_length=128 train.batch_size=4 train.max_steps=30 train.lr=2e-5 \
+  data.train=$OUT/data/hh_pairs.train.jsonl data.eval=$OUT/data/hh_pairs.eval100.jsonl data.skip_invalid=true \
+  data.max_length=192 data.max_prompt_length=128 train.batch_size=4 train.max_steps=30 train.lr=3e-5 \
   train.warmup_ratio=0.1 train.progress=false -o $OUT/rm_hh
 echo "== DPO, IMDb pairs"
 timed dpo_imdb $RK dpo model.name_or_path=smollm2-135m-instruct \

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import ConfigError, DPOConfig, RMConfig, SFTConfig, describe, load_config
+from rlhfkit.config import ConfigError, DPOConfig, KTOConfig, RMConfig, SFTConfig, describe, load_config
 from rlhfkit.trainers.loop import TrainingDiverged
 
 # command -> (config class, trainer import path, one-line description)
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "sft": (SFTConfig, "rlhfkit.trainers.sft:train_sft", "supervised fine-tuning on demonstrations"),
     "rm": (RMConfig, "rlhfkit.trainers.rm:train_rm", "train a Bradley-Terry reward model on preferences"),
     "dpo": (DPOConfig, "rlhfkit.trainers.dpo:train_dpo", "DPO / IPO / robust / hinge / SimPO / ORPO on preferences"),
+    "kto": (KTOConfig, "rlhfkit.trainers.kto:train_kto", "KTO on unpaired desirable / undesirable responses"),
 }
 
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"rlhfkit {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ImportError) as e:
         print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # data errors (DataError) and bad settings: one line, no traceback

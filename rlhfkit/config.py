@@ -90,7 +90,9 @@ class DataConfig:
     truncation: str = "keep_end"
     """keep_end: cut long prompts from the left and long responses from the right; drop: drop rows that do not fit."""
     max_rows: int | None = None
-    """Use at most this many training rows (after shuffling with the seed)."""
+    """Use at most this many training rows (drawn with the seed)."""
+    skip_invalid: bool = False
+    """Drop malformed rows with a warning that counts them, instead of stopping at the first one."""
     packing: bool = False
     """SFT only: pack several short examples into one sequence."""
     curation: CurationConfig = field(default_factory=CurationConfig)
@@ -233,6 +235,30 @@ class DPOConfig:
     """After training, sample this many held-out prompts from the policy and report KL to the reference (0: skip)."""
     eval_kl_tokens: int = 32
     """New tokens per sample for that KL estimate."""
+
+
+@dataclass(frozen=True)
+class KTOLossConfig:
+    beta: float = 0.1
+    """Temperature of the implicit reward beta * (log pi - log ref)."""
+    desirable_weight: float = 1.0
+    """lambda_D: weight of desirable examples (raise it when they are rarer than undesirable ones)."""
+    undesirable_weight: float = 1.0
+    """lambda_U: weight of undesirable examples."""
+
+
+@dataclass(frozen=True)
+class KTOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy; also the reference (frozen copy, or the same weights with adapters disabled under LoRA)."""
+    reference: str | None = None
+    """Reference model path when it differs from model.name_or_path."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Unpaired feedback rows {"prompt", "response", "label": bool}."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-6))
+    """Optimization."""
+    loss: KTOLossConfig = field(default_factory=KTOLossConfig)
+    """Objective."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -18,10 +18,16 @@ class MetricsLogger:
     def __init__(self, out_dir: str | Path, report_to: tuple[str, ...] = (), run_config: dict[str, Any] | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.out_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - closed in close()
         self._sinks: list[Any] = []
+        self._file = open(self.out_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - closed in close()
         for name in report_to:
-            self._sinks.append(_SINKS[name](self.out_dir, run_config or {}))
+            try:
+                self._sinks.append(_SINKS[name](self.out_dir, run_config or {}))
+            except ImportError as e:
+                self.close()
+                raise ImportError(
+                    f"report_to={name} needs the {_PACKAGES[name]} package: pip install 'rlhfkit[tracking]' ({e})"
+                ) from None
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
@@ -33,7 +39,7 @@ class MetricsLogger:
 
     def close(self) -> None:
         self._file.close()
-        for sink in self._sinks:
+        for sink in getattr(self, "_sinks", []):
             sink.close()
 
 
@@ -82,6 +88,7 @@ class _WandB:
 
 
 _SINKS = {"tensorboard": _TensorBoard, "mlflow": _MLflow, "wandb": _WandB}
+_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -27,7 +27,7 @@ def _train(tmp_path, name: str, **kw) -> ToyLM:
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-6) -> bool:
-    return all(torch.allclose(p, q, atol=atol) for p, q in zip(a.parameters(), b.parameters()))
+    return all(torch.allclose(p.cpu(), q.cpu(), atol=atol) for p, q in zip(a.parameters(), b.parameters()))
 
 
 def test_accumulation_is_invariant_1x8_equals_8x1(tmp_path):
@@ -97,7 +97,7 @@ def test_nan_stops_with_good_checkpoint(tmp_path):
             on_step=stop_after_two,
         )
     for name, p in two.named_parameters():
-        assert torch.allclose(weights[name], p.detach())
+        assert torch.allclose(weights[name], p.detach().cpu())
 
 
 def test_data_order_is_a_permutation_per_epoch():

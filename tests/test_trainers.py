@@ -201,6 +201,26 @@ def test_dpo_with_lora_uses_disabled_adapters_as_reference(tiny_dir, tmp_path):
     assert names and all("lora_" in n for n in names)  # only adapters are trained and checkpointed
 
 
+def test_kto_separates_desirable_from_undesirable(tiny_dir, tmp_path):
+    from rlhfkit.config import KTOConfig
+    from rlhfkit.trainers.kto import train_kto
+
+    rows = []
+    for i in range(24):
+        rows.append({"prompt": f"Review film {i}.", "response": f"film {i} was wonderful", "label": True})
+        rows.append({"prompt": f"Review film {i}.", "response": f"film {i} was awful", "label": False})
+    write_jsonl(tmp_path / "u.jsonl", rows)
+    over = _common(tiny_dir, tmp_path / "kto", 10) + [
+        f"data.train={tmp_path / 'u.jsonl'}",
+        "train.lr=3e-3",
+        "data.eval_fraction=0.25",
+    ]
+    summary = train_kto(load_config(KTOConfig, None, over))
+    assert summary["eval"]["rewards/margin"] > 0 and summary["eval"]["rewards/auc"] > 0.75
+    assert "kl_ref_point" in summary["final_train"]
+    assert any("desirable" in n for n in summary["notes"])
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(

@@ -1,0 +1,143 @@
+"""KTO (Ethayarajh et al. 2024) on unpaired feedback: each row is one response labelled desirable or not.
+
+The reference point z0 (the policy's KL to the reference) is estimated on MISMATCHED pairs inside each micro-batch:
+prompt i with response i+1. Matched and mismatched sequences go through the policy in one forward, and through the
+frozen reference (a copy, or the policy with LoRA adapters disabled) in another, every step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhfkit.config import KTOConfig, KTOLossConfig, to_dict
+from rlhfkit.losses import kto_loss, kto_reference_point
+from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
+from rlhfkit.trainers.dpo import Reference, completion_logps
+from rlhfkit.trainers.loop import make_accelerator, run_loop
+
+
+@dataclass(frozen=True)
+class UnpairedRow:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
+
+
+class KTOObjective:
+    def __init__(self, pad_id: int, loss_cfg: KTOLossConfig, reference: Reference, eval_batch_size: int = 8):
+        self.pad_id, self.cfg, self.reference, self.eval_batch_size = pad_id, loss_cfg, reference, eval_batch_size
+
+    def collate(self, rows: Sequence[UnpairedRow]) -> dict[str, torch.Tensor]:
+        from rlhfkit.data import collate_pairs
+
+        n = len(rows)
+        # (prompt_i, response_i, response_{i+1}): matched rows first, then the mismatched rows for the KL estimate
+        triples = [(r.prompt_ids, r.completion_ids, rows[(i + 1) % n].completion_ids) for i, r in enumerate(rows)]
+        batch = collate_pairs(triples, self.pad_id)
+        batch["label"] = torch.tensor([r.label for r in rows], dtype=torch.bool)
+        return batch
+
+    def count(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(batch["label"].numel())
+
+    def _losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        b = batch["label"].numel()
+        logps, _ = completion_logps(model, batch)  # (2B,)
+        with torch.no_grad(), self.reference() as ref_model:
+            ref_logps, _ = completion_logps(ref_model, batch)
+        z0 = kto_reference_point(logps[b:].detach(), ref_logps[b:])
+        c = self.cfg
+        losses, _, _ = kto_loss(
+            logps[:b], ref_logps[:b], batch["label"], z0, c.beta, c.desirable_weight, c.undesirable_weight
+        )
+        rewards = (c.beta * (logps[:b] - ref_logps[:b])).detach().float()
+        return losses, rewards, z0
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        losses, rewards, z0 = self._losses(model, batch)
+        label = batch["label"]
+        metrics = {"kl_ref_point": float(z0)}
+        if label.any():
+            metrics["rewards/desirable"] = float(rewards[label].mean())
+        if (~label).any():
+            metrics["rewards/undesirable"] = float(rewards[~label].mean())
+        return losses.sum(), metrics
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, rows: Sequence[UnpairedRow]) -> dict[str, float]:
+        from sklearn.metrics import roc_auc_score
+
+        device = next(model.parameters()).device
+        losses, rewards = [], []
+        for i in range(0, len(rows), self.eval_batch_size):
+            batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.eval_batch_size]).items()}
+            loss, reward, _ = self._losses(model, batch)
+            losses.append(loss.cpu().numpy())
+            rewards.append(reward.cpu().numpy())
+        r, labels = np.concatenate(rewards), np.array([row.label for row in rows])
+        out = {"loss": float(np.concatenate(losses).mean())}
+        if labels.any() and (~labels).any():
+            out["rewards/margin"] = float(r[labels].mean() - r[~labels].mean())
+            out["rewards/auc"] = float(roc_auc_score(labels, r))  # P(desirable scored above undesirable)
+        return out
+
+
+def encode_unpaired(examples: Sequence[Any], formatter: Any) -> list[UnpairedRow]:
+    out = []
+    for ex in examples:
+        enc = formatter.encode_unpaired(ex)
+        if enc is not None:
+            out.append(UnpairedRow(enc[0], enc[1], bool(ex.label)))
+    return out
+
+
+def train_kto(cfg: KTOConfig) -> dict[str, Any]:
+    """Optimize cfg.model on unpaired desirable / undesirable responses; writes cfg.train.output_dir."""
+    from rlhfkit.data import ChatFormatter
+    from rlhfkit.models import load_causal_lm, save_model
+
+    out = Path(cfg.train.output_dir)
+    write_run_files(out, cfg, "kto")
+    # 1. policy and a frozen reference on the training device
+    model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
+    if cfg.reference:
+        ref_model = load_causal_lm(cfg.reference, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+    else:
+        ref_model = None if cfg.model.lora.enabled else copy.deepcopy(model)
+    accelerator = make_accelerator(cfg.train)
+    model.to(accelerator.device)
+    if ref_model is not None:
+        ref_model.to(accelerator.device).requires_grad_(False).eval()
+    # 2. data -> (prompt, response, label) token rows
+    train_ex, eval_ex, notes = load_train_eval(cfg.data, "unpaired", cfg.train.seed)
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    train_rows, eval_rows = encode_unpaired(train_ex, fmt), encode_unpaired(eval_ex, fmt)
+    notes.append(f"truncation: {fmt.report}")
+    desirable = sum(r.label for r in train_rows)
+    notes.append(f"labels: {desirable} desirable, {len(train_rows) - desirable} undesirable")
+    # 3. the loop
+    objective = KTOObjective(tokenizer.pad_token_id, cfg.loss, Reference(model, ref_model))
+    result = run_loop(
+        model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
+    )
+    # 4. save and summarize
+    save_model(model, tokenizer, out / "model", merge_lora=True)
+    summary = {
+        "model": str(out / "model"),
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "final_train": result.last_metrics,
+        "eval": result.eval_metrics,
+        "notes": notes,
+    }
+    print(write_summary(out, "kto", summary))
+    return summary
