@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import textwrap
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import ConfigError, DPOConfig, KTOConfig, RMConfig, SFTConfig, describe, load_config
+from rlhfkit.models.loading import QuantizationUnavailableError
 from rlhfkit.trainers.loop import TrainingDiverged
 
 # command -> (config class, trainer import path, one-line description)
@@ -83,6 +85,13 @@ def run_command(name: str, config: str | None, overrides: list[str], output: str
 def demo(output: str, model: str, steps: int) -> None:
     """The short offline demo: three stages, each reading the previous stage's output."""
     out = Path(output)
+    marker = out / ".rlhfkit-demo"
+    if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            raise ConfigError(f"{out} exists and is not a demo directory: choose another --output")
+        shutil.rmtree(out)  # an earlier demo run: start afresh
+    out.mkdir(parents=True)
+    marker.write_text("made by `rlhfkit demo`; the next demo run replaces this directory\n")
     t0 = time.perf_counter()
     common = [
         f"model.name_or_path={model}",
@@ -136,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"rlhfkit {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
-    except (ConfigError, FileNotFoundError, ImportError) as e:
+    except (ConfigError, OSError, ImportError, UnicodeError, QuantizationUnavailableError) as e:
+        # missing / unreadable files, bad encodings, a missing optional package: one line, no traceback
         print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # data errors (DataError) and bad settings: one line, no traceback

@@ -203,6 +203,11 @@ class RMConfig:
     """Objective."""
 
 
+# the names of rlhfkit.losses.PREFERENCE_LOSSES (kept here so that configs validate without importing torch; a test
+# checks that the two agree)
+PREFERENCE_LOSS_NAMES = ("dpo", "ipo", "robust", "hinge", "simpo", "orpo")
+
+
 @dataclass(frozen=True)
 class PreferenceLossConfig:
     name: str = "dpo"
@@ -426,6 +431,12 @@ def resolve(cfg: Any) -> Any:
     if train is not None:
         if train.batch_size <= 0:
             raise ConfigError("train.batch_size must be positive")
+        if train.micro_batch_size < 0:
+            raise ConfigError("train.micro_batch_size must be 0 (= batch_size) or positive")
+        if train.log_every < 1 or train.keep_checkpoints < 1:
+            raise ConfigError("train.log_every and train.keep_checkpoints must be at least 1")
+        if train.eval_every < 0 or train.save_every < 0 or train.max_steps < 0 or train.epochs <= 0:
+            raise ConfigError("train.eval_every, save_every and max_steps must be >= 0, and train.epochs > 0")
         if train.batch_size % train.micro != 0:
             raise ConfigError(
                 f"train.micro_batch_size={train.micro_batch_size} must divide train.batch_size={train.batch_size}"
@@ -445,6 +456,24 @@ def resolve(cfg: Any) -> Any:
             raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
         if not 0.0 <= data.eval_fraction < 1.0:
             raise ConfigError("data.eval_fraction must be in [0, 1)")
+    loss = getattr(cfg, "loss", None)
+    if isinstance(loss, SFTLossConfig):
+        if loss.aggregation not in ("token-mean", "sequence-mean"):
+            raise ConfigError(f"loss.aggregation={loss.aggregation!r}: choose token-mean or sequence-mean")
+        if loss.aggregation == "sequence-mean" and cfg.data.packing:
+            raise ConfigError("loss.aggregation=sequence-mean needs one example per row: turn data.packing off")
+    if isinstance(loss, RewardLossConfig):
+        if loss.tie_model not in ("davidson", "rao-kupper"):
+            raise ConfigError(f"loss.tie_model={loss.tie_model!r}: choose davidson or rao-kupper")
+        if loss.tie_model == "rao-kupper" and loss.tie_param <= 1.0:
+            raise ConfigError("loss.tie_param must be > 1 for the Rao-Kupper tie model (theta), e.g. 1.5")
+        if loss.tie_model == "davidson" and loss.tie_param < 0:
+            raise ConfigError("loss.tie_param (Davidson nu) must be >= 0")
+    if isinstance(loss, PreferenceLossConfig):
+        if loss.name not in PREFERENCE_LOSS_NAMES:
+            raise ConfigError(f"loss.name={loss.name!r}: choose one of {', '.join(PREFERENCE_LOSS_NAMES)}")
+        if loss.reference not in ("precompute", "live"):
+            raise ConfigError(f"loss.reference={loss.reference!r}: choose precompute or live")
     model = getattr(cfg, "model", None)
     if model is not None and model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype={model.dtype!r}: choose float32, bfloat16, float16 or auto")

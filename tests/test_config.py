@@ -44,6 +44,10 @@ def test_stage_defaults_differ_and_round_trip():
         (["data.truncation=middle"], "data.truncation='middle'"),
         (["train.report_to=[nowhere]"], "unknown sink 'nowhere'"),
         (["nokey"], "must look like key.sub=value"),
+        (["train.log_every=0"], "train.log_every and train.keep_checkpoints must be at least 1"),
+        (["train.micro_batch_size=-2"], "train.micro_batch_size must be 0"),
+        (["loss.name=dpoo"], "loss.name='dpoo': choose one of dpo, ipo"),
+        (["loss.reference=maybe"], "loss.reference='maybe'"),
         (["train.mixed_precision=fp8"], "train.mixed_precision='fp8'"),
     ],
 )
@@ -74,3 +78,18 @@ def test_help_text_comes_from_field_docstrings():
     assert rows["train.lr"][0] == repr(SFTConfig().train.lr)
     assert "assistant tokens" in rows["loss.completion_only"][1]
     assert all(h for _, _, h in describe(DPOConfig)), "every key has help text"
+
+
+def test_reward_and_sft_loss_checks():
+    with pytest.raises(ConfigError, match="must be > 1 for the Rao-Kupper"):
+        load_config(RMConfig, None, ["loss.tie_model=rao-kupper"])
+    assert load_config(RMConfig, None, ["loss.tie_model=rao-kupper", "loss.tie_param=1.5"]).loss.tie_param == 1.5
+    with pytest.raises(ConfigError, match="turn data.packing off"):
+        load_config(SFTConfig, None, ["loss.aggregation=sequence-mean", "data.packing=true"])
+
+
+def test_config_loss_names_match_the_registry():
+    from rlhfkit.config import PREFERENCE_LOSS_NAMES
+    from rlhfkit.losses import PREFERENCE_LOSSES
+
+    assert set(PREFERENCE_LOSS_NAMES) == set(PREFERENCE_LOSSES)

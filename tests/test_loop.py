@@ -64,7 +64,13 @@ def test_resume_continues_exactly(tmp_path):
     run_loop(resumed, ToyObjective(), _rows(), [], _cfg(tmp_path, "cut", save_every=2, resume=True), tmp_path / "cut")
     assert _same(resumed, reference)
     steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 3, 4]  # step 3 ran twice: once before the crash, once after resuming
+    assert steps == [1, 2, 3, 4]  # step 3 ran twice (before the crash, after resuming) and is logged once
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):  # no silent mixing of two runs
+        run_loop(ToyLM(), ToyObjective(), _rows(), [], _cfg(tmp_path, "cut"), tmp_path / "cut")
+    with pytest.raises(ValueError, match=r"cannot resume, the run changed \(batch_size: 8 -> 4"):
+        run_loop(
+            ToyLM(), ToyObjective(), _rows(), [], _cfg(tmp_path, "cut", batch_size=4, resume=True), tmp_path / "cut"
+        )
 
 
 def test_nan_stops_with_good_checkpoint(tmp_path):

@@ -261,3 +261,32 @@ def test_cli_errors_are_one_line(tiny_dir, tmp_path):
     assert r.returncode == 2 and "nowhere" in r.stderr and "Traceback" not in r.stderr
     r = _cli("dpo", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "loss.beta" in r.stdout and "implicit KL" in r.stdout
+
+
+def test_packed_rows_do_not_attend_across_examples():
+    from rlhfkit.data import Encoded, pack_sequences
+    from rlhfkit.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from rlhfkit.trainers.sft import SFTObjective
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok).eval()
+    g = torch.Generator().manual_seed(0)
+    rows = [Encoded(torch.randint(5, 300, (n,), generator=g).tolist(), [0] * 3 + [1] * (n - 3)) for n in (9, 7, 6)]
+    obj = SFTObjective(tok.pad_token_id, completion_only=True, aggregation="token-mean")
+    packed = pack_sequences(rows, max_length=32)
+    assert len(packed) == 1
+    with torch.no_grad():
+        separate = sum(obj.loss(model, obj.collate([r]))[0] for r in rows)
+        together, _ = obj.loss(model, obj.collate(packed))
+        assert obj.count(obj.collate(packed)) == sum(obj.count(obj.collate([r])) for r in rows)
+    assert together.item() == pytest.approx(separate.item(), rel=1e-5)
+
+
+def test_kto_needs_two_rows_per_micro_batch(tiny_dir, tmp_path):
+    from rlhfkit.config import KTOConfig
+    from rlhfkit.trainers.kto import train_kto
+
+    write_jsonl(tmp_path / "u.jsonl", [{"prompt": "p", "response": f"r{i}", "label": i % 2 == 0} for i in range(8)])
+    over = _common(tiny_dir, tmp_path / "k", 1) + [f"data.train={tmp_path / 'u.jsonl'}", "train.micro_batch_size=1"]
+    with pytest.raises(ValueError, match="micro_batch_size must be >= 2"):
+        train_kto(load_config(KTOConfig, None, over))

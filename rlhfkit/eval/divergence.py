@@ -10,7 +10,7 @@ import torch
 from rlhfkit.ops import token_logprobs
 
 
-def response_mask(generated: torch.Tensor, eos_ids: Sequence[int], pad_id: int | None = None) -> torch.Tensor:
+def response_mask(generated: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
     """(B, N) mask of generated tokens up to and including the first EOS."""
     is_eos = torch.zeros_like(generated, dtype=torch.bool)
     for e in eos_ids:
@@ -24,7 +24,8 @@ def _response_logps(
     model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, width: int, resp: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """Summed log-probs (B,) of the generated part ids[:, width:] under `model`, masked by `resp`."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, width - 1 : -1]
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding: the positions generate() used
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits[:, width - 1 : -1]
     return (token_logprobs(logits, ids[:, width:], temperature=temperature) * resp).sum(-1)
 
 

@@ -72,7 +72,16 @@ def encode_all(examples: list[Any], encode: Any) -> list[Any]:
     return out
 
 
+def is_main_process() -> bool:
+    """True in the process that writes a run's files (the only one without accelerate launch)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:
+    if not is_main_process():
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump({"command": command, **to_dict(cfg)}, sort_keys=False))
 
@@ -130,10 +139,12 @@ def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tu
         )
     else:
         model = load_reward_model(
-            model_cfg.name_or_path, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code
+            model_cfg.name_or_path,
+            dtype=model_cfg.dtype,
+            trust_remote_code=model_cfg.trust_remote_code,
+            gradient_checkpointing=model_cfg.gradient_checkpointing,
+            load_in_4bit=lora.enabled and lora.load_in_4bit,
         )
-        if model_cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora.enabled:
         targets = lora.target_modules if lora.target_modules == "all-linear" else lora.target_modules.split(",")
         model = apply_lora(

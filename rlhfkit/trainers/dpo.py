@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from rlhfkit.config import DPOConfig, PreferenceLossConfig, to_dict
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE
 from rlhfkit.ops import sequence_logprobs
 from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
-from rlhfkit.trainers.loop import make_accelerator, run_loop
+from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 from rlhfkit.trainers.rm import EncodedPair, collate_pair_batch, encode_pairs
 
 
@@ -53,6 +53,29 @@ class Reference:
                 yield self.policy
         else:
             raise RuntimeError("no reference model: pass one or train with LoRA")
+
+
+def build_reference(
+    policy: torch.nn.Module, model_cfg: Any, reference_path: str | None, keep: bool, device: torch.device
+) -> Reference:
+    """The reference for a policy: another checkpoint, the policy with LoRA adapters disabled, a frozen copy (`keep`:
+    needed after training starts), or the policy itself (only valid before the first step). Moved to `device`."""
+    from rlhfkit.models import load_causal_lm
+
+    if reference_path:
+        ref_model = load_causal_lm(reference_path, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
+    elif model_cfg.lora.enabled:
+        ref_model = None
+    elif keep:
+        ref_model = copy.deepcopy(policy)
+    else:
+        ref_model = policy
+    for m in {id(policy): policy, id(ref_model): ref_model}.values():
+        if m is not None and not getattr(m, "is_loaded_in_4bit", False):
+            m.to(device)
+    if ref_model is not None and ref_model is not policy:
+        ref_model.requires_grad_(False).eval()
+    return Reference(policy, ref_model)
 
 
 class DPOObjective:
@@ -111,8 +134,7 @@ class DPOObjective:
     def evaluate(self, model: torch.nn.Module, rows: Sequence[DPORow]) -> dict[str, float]:
         device = next(model.parameters()).device
         parts: dict[str, list[np.ndarray]] = {"loss": [], "r_c": [], "r_r": []}
-        for i in range(0, len(rows), self.eval_batch_size):
-            batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.eval_batch_size]).items()}
+        for batch in eval_batches(self, rows, device, self.eval_batch_size):
             losses, r_c, r_r, _, _ = self._losses(model, batch)
             parts["loss"].append(losses.cpu().numpy())
             parts["r_c"].append(r_c.cpu().numpy())
@@ -129,11 +151,15 @@ class DPOObjective:
 
 @torch.no_grad()
 def precompute_reference(
-    rows: Sequence[EncodedPair], reference: Reference, pad_id: int, batch_size: int = 8
+    rows: Sequence[EncodedPair],
+    reference: Reference,
+    pad_id: int,
+    batch_size: int = 8,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> list[DPORow]:
-    """One pass of the reference over every pair; the logps are stored on the rows."""
+    """One pass of the reference over every pair (under the training precision's autocast); logps stored on the rows."""
     out: list[DPORow] = []
-    with reference() as ref_model:
+    with reference() as ref_model, autocast():
         device = next(ref_model.parameters()).device
         was_training = ref_model.training
         ref_model.eval()
@@ -151,7 +177,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Optimize cfg.model on preference pairs with cfg.loss; writes cfg.train.output_dir."""
     from rlhfkit.data import ChatFormatter
     from rlhfkit.eval.divergence import sampled_kl
-    from rlhfkit.models import load_causal_lm, save_model
+    from rlhfkit.models import save_model
 
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "dpo")
@@ -159,22 +185,9 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         raise ValueError(f"loss.name={cfg.loss.name!r}: choose one of {', '.join(PREFERENCE_LOSSES)}")
     # 1. policy, and the reference: adapters off under LoRA, else a frozen copy (or another checkpoint)
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
-    needs_ref_later = cfg.loss.reference == "live" or cfg.eval_kl_samples > 0
-    if cfg.reference:
-        ref_model = load_causal_lm(cfg.reference, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
-    elif cfg.model.lora.enabled:
-        ref_model = None
-    elif needs_ref_later:
-        ref_model = copy.deepcopy(model)
-    else:
-        ref_model = model  # before the first step the policy IS the reference; no copy is kept
     accelerator = make_accelerator(cfg.train)
-    for m in {id(model): model, id(ref_model): ref_model}.values():
-        if m is not None and not getattr(m, "is_loaded_in_4bit", False):
-            m.to(accelerator.device)  # the reference pass below runs before the loop moves the policy
-    if ref_model is not None and ref_model is not model:
-        ref_model.requires_grad_(False).eval()
-    reference = Reference(model, ref_model)
+    keep = cfg.loss.reference == "live" or cfg.eval_kl_samples > 0
+    reference = build_reference(model, cfg.model, cfg.reference, keep, accelerator.device)
     # 2. data -> tokenized pairs
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "preference", cfg.train.seed)
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
@@ -185,13 +198,15 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if cfg.loss.name in REFERENCE_FREE or cfg.loss.reference == "live":
         train_rows, eval_rows = [DPORow(p) for p in train_pairs], [DPORow(p) for p in eval_pairs]
     else:
-        train_rows = precompute_reference(train_pairs, reference, pad)
-        eval_rows = precompute_reference(eval_pairs, reference, pad)
+        train_rows = precompute_reference(train_pairs, reference, pad, autocast=accelerator.autocast)
+        eval_rows = precompute_reference(eval_pairs, reference, pad, autocast=accelerator.autocast)
     # 4. the loop
     objective = DPOObjective(pad, cfg.loss, reference)
     result = run_loop(
         model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
     )
+    if not result.is_main:
+        return {}
     # 5. KL to the reference on the policy's own samples (held-out prompts)
     kl = {}
     if eval_pairs and cfg.eval_kl_samples > 0:

@@ -7,7 +7,6 @@ frozen reference (a copy, or the policy with LoRA adapters disabled) in another,
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ import torch
 from rlhfkit.config import KTOConfig, KTOLossConfig, to_dict
 from rlhfkit.losses import kto_loss, kto_reference_point
 from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
-from rlhfkit.trainers.dpo import Reference, completion_logps
-from rlhfkit.trainers.loop import make_accelerator, run_loop
+from rlhfkit.trainers.dpo import Reference, build_reference, completion_logps
+from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 
 
 @dataclass(frozen=True)
@@ -53,11 +52,14 @@ class KTOObjective:
         with torch.no_grad(), self.reference() as ref_model:
             ref_logps, _ = completion_logps(ref_model, batch)
         z0 = kto_reference_point(logps[b:].detach(), ref_logps[b:])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # one z0 for all processes
+            torch.distributed.all_reduce(z0)
+            z0 = z0 / torch.distributed.get_world_size()
         c = self.cfg
         losses, _, _ = kto_loss(
             logps[:b], ref_logps[:b], batch["label"], z0, c.beta, c.desirable_weight, c.undesirable_weight
         )
-        rewards = (c.beta * (logps[:b] - ref_logps[:b])).detach().float()
+        rewards = (c.beta * (logps[:b] - ref_logps[:b])).detach().float()  # both labels, in row order
         return losses, rewards, z0
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -76,8 +78,7 @@ class KTOObjective:
 
         device = next(model.parameters()).device
         losses, rewards = [], []
-        for i in range(0, len(rows), self.eval_batch_size):
-            batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.eval_batch_size]).items()}
+        for batch in eval_batches(self, rows, device, self.eval_batch_size):
             loss, reward, _ = self._losses(model, batch)
             losses.append(loss.cpu().numpy())
             rewards.append(reward.cpu().numpy())
@@ -101,20 +102,18 @@ def encode_unpaired(examples: Sequence[Any], formatter: Any) -> list[UnpairedRow
 def train_kto(cfg: KTOConfig) -> dict[str, Any]:
     """Optimize cfg.model on unpaired desirable / undesirable responses; writes cfg.train.output_dir."""
     from rlhfkit.data import ChatFormatter
-    from rlhfkit.models import load_causal_lm, save_model
+    from rlhfkit.models import save_model
 
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "kto")
     # 1. policy and a frozen reference on the training device
+    if cfg.train.micro < 2:
+        raise ValueError(
+            "KTO estimates its KL reference point from mismatched pairs: train.micro_batch_size must be >= 2"
+        )
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
-    if cfg.reference:
-        ref_model = load_causal_lm(cfg.reference, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
-    else:
-        ref_model = None if cfg.model.lora.enabled else copy.deepcopy(model)
     accelerator = make_accelerator(cfg.train)
-    model.to(accelerator.device)
-    if ref_model is not None:
-        ref_model.to(accelerator.device).requires_grad_(False).eval()
+    reference = build_reference(model, cfg.model, cfg.reference, True, accelerator.device)
     # 2. data -> (prompt, response, label) token rows
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "unpaired", cfg.train.seed)
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
@@ -123,11 +122,13 @@ def train_kto(cfg: KTOConfig) -> dict[str, Any]:
     desirable = sum(r.label for r in train_rows)
     notes.append(f"labels: {desirable} desirable, {len(train_rows) - desirable} undesirable")
     # 3. the loop
-    objective = KTOObjective(tokenizer.pad_token_id, cfg.loss, Reference(model, ref_model))
+    objective = KTOObjective(tokenizer.pad_token_id, cfg.loss, reference)
     result = run_loop(
         model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
     )
     # 4. save and summarize
+    if not result.is_main:
+        return {}
     save_model(model, tokenizer, out / "model", merge_lora=True)
     summary = {
         "model": str(out / "model"),

@@ -20,12 +20,14 @@ safetensors and `torch.load(weights_only=True)` only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +68,8 @@ class LoopResult:
     last_metrics: dict[str, float]
     eval_metrics: dict[str, float]
     tokens_per_second: float
+    is_main: bool = True
+    """Whether this process should write the run's outputs."""
 
 
 def set_seed(seed: int) -> None:
@@ -127,25 +131,45 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _checkpoints(out_dir: Path) -> list[Path]:
+    ckpts = (out_dir / "checkpoints").glob("step-*[0-9]")
+    return sorted(ckpts, key=lambda p: int(p.name.split("-")[1]))
+
+
 def save_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, extra: dict[str, Any]
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    extra: dict[str, Any],
+    scaler: Any = None,
 ) -> None:
-    """Write atomically: a temp directory renamed into place, so a killed save never replaces a good checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write atomically: a temp directory swapped into place, so a killed save never loses the previous checkpoint."""
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {n: p.detach().to("cpu").contiguous().clone() for n, p in _trainable(model).items()}
     save_file(weights, str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    state = {"step": step, "rng": _rng_state(), **extra}
-    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    if scaler is not None:
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}))
+    (tmp / "rng-0.json").write_text(json.dumps(_rng_state()))
+    for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
     if path.exists():
-        shutil.rmtree(path)
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
     tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, rank: int = 0, scaler: Any = None
+) -> dict[str, Any]:
     weights = load_file(str(path / "trainable.safetensors"))
     params = _trainable(model)
     missing = set(params) - set(weights)
@@ -156,20 +180,35 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
             p.copy_(weights[name].to(p.device, p.dtype))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    state = json.loads((path / "trainer_state.json").read_text())
-    _set_rng_state(state["rng"])
-    return state
+    if scaler is not None and (path / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+    rng = path / f"rng-{rank}.json"
+    _set_rng_state(json.loads((rng if rng.exists() else path / "rng-0.json").read_text()))
+    return json.loads((path / "trainer_state.json").read_text())
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    ckpts = sorted((out_dir / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = _checkpoints(out_dir)
     return ckpts[-1] if ckpts else None
 
 
 def _prune(out_dir: Path, keep: int) -> None:
-    ckpts = sorted((out_dir / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
-    for old in ckpts[: max(0, len(ckpts) - keep)]:
+    for old in _checkpoints(out_dir)[: max(0, len(_checkpoints(out_dir)) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_same_run(ckpt: Path, saved: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Resuming with another batch size, process count, seed or data size would silently change the run: refuse."""
+    changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in identity.items() if k in saved and saved[k] != v]
+    if changed:
+        raise ValueError(f"{ckpt}: cannot resume, the run changed ({'; '.join(changed)}); use a new output directory")
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop metric rows of steps that will be run again."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+        path.write_text("".join(r + "\n" for r in rows))
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -198,8 +237,10 @@ def run_loop(
     out_dir = Path(out_dir)
     order = DataOrder(len(train_rows), cfg.batch_size * world, cfg.seed)
     n_steps = total_steps(cfg, len(train_rows), world)
+    # what a resumed run must share with the saved one (the step count may grow: "train longer" is a valid resume)
+    identity = {"batch_size": cfg.batch_size, "processes": world, "seed": cfg.seed, "rows": len(train_rows)}
 
-    model = accelerator.prepare(model)  # on its device (and wrapped for DDP/FSDP) before the optimizer sees it
+    model = accelerator.prepare(model)  # on its device (and wrapped for DDP) before the optimizer sees it
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -209,15 +250,24 @@ def run_loop(
         cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * n_steps), num_training_steps=n_steps
     )
     optimizer = accelerator.prepare(optimizer)
+    scaler = accelerator.scaler  # fp16 loss scaling: an overflowing step is skipped, not a divergence
 
     start = 0
     set_seed(cfg.seed + rank)
-    if cfg.resume:
-        ckpt = latest_checkpoint(out_dir)
-        if ckpt is not None:
-            state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
-            start = state["step"]
-            accelerator.print(f"resuming from {ckpt} (step {start}/{n_steps})")
+    existing = latest_checkpoint(out_dir)
+    if cfg.resume and existing is not None:
+        state = load_checkpoint(existing, accelerator.unwrap_model(model), optimizer, scheduler, rank, scaler)
+        _check_same_run(existing, state, identity)
+        start = state["step"]
+        if accelerator.is_main_process:
+            _truncate_metrics(out_dir / "metrics.jsonl", start)
+        accelerator.print(f"resuming from {existing} (step {start}/{n_steps})")
+    elif existing is not None:
+        raise ValueError(
+            f"{out_dir} holds checkpoints of an earlier run ({existing.name}): pass --resume to continue it, "
+            "or choose another output directory"
+        )
+    accelerator.wait_for_everyone()
 
     logger = MetricsLogger(out_dir, cfg.report_to, run_config) if accelerator.is_main_process else None
     bar = tqdm(
@@ -227,16 +277,21 @@ def run_loop(
         disable=not (cfg.progress and accelerator.is_main_process),
         dynamic_ncols=True,
     )
-    t0, tokens_seen = time.perf_counter(), 0
+    t0, tokens_seen, skipped = time.perf_counter(), 0, 0
     last: dict[str, float] = {}
     evals: dict[str, float] = {}
     good_ckpt = latest_checkpoint(out_dir)
 
-    def checkpoint(step: int) -> Path:
+    def checkpoint(step: int, prune: bool = True) -> Path:
         path = out_dir / "checkpoints" / f"step-{step:06d}"
         if accelerator.is_main_process:
-            save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, step, {"n_steps": n_steps})
-            _prune(out_dir, cfg.keep_checkpoints)
+            unwrapped = accelerator.unwrap_model(model)
+            save_checkpoint(path, unwrapped, optimizer, scheduler, step, identity, scaler)
+            if prune:
+                _prune(out_dir, cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        if rank > 0:  # every process restores its own random state on resume
+            (path / f"rng-{rank}.json").write_text(json.dumps(_rng_state()))
         accelerator.wait_for_everyone()
         return path
 
@@ -249,33 +304,38 @@ def run_loop(
         local = torch.tensor(sum(objective.count(b) for b in batches), dtype=torch.float64, device=accelerator.device)
         global_count = accelerator.reduce(local, reduction="sum").item()
 
-        # 3. forward/backward per micro-batch
+        # 3. forward/backward per micro-batch (gradients are synchronized on the last one only)
         metric_sums: dict[str, float] = {}
-        loss_total = 0.0
+        loss_local = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         for i, batch in enumerate(batches):
-            sync = accelerator.no_sync(model) if i < len(batches) - 1 else _nullcontext()
+            sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 loss_sum, metrics = objective.loss(model, batch)
                 loss = loss_sum / max(global_count, 1e-12) * world
-            if not torch.isfinite(loss):
+            # one process alone must not stop (the others would wait forever): there the gradient check below decides
+            if world == 1 and not torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
-                raise _diverged(step, "loss", float(loss.detach()), micro[i], checkpoint(step), good_ckpt)
+                raise _diverged(step, "loss", float(loss.detach()), micro[i], checkpoint(step, False), good_ckpt)
             accelerator.backward(loss)
-            loss_total += float(loss.detach()) / world
+            loss_local += loss.detach().double() / world
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * len(micro[i]) / len(rows_idx)
             tokens_seen += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+        loss_total = accelerator.reduce(loss_local, reduction="sum").item()
 
-        # 4-5. clip, check, step
+        # 4-5. clip, check, step (gradients are all-reduced, so every process takes the same decision)
         if cfg.max_grad_norm > 0:
             grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
         else:
             grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
-        if not math.isfinite(grad_norm):
+        if not math.isfinite(grad_norm) and (scaler is None or skipped >= 20):
             optimizer.zero_grad(set_to_none=True)
-            raise _diverged(step, "gradient norm", grad_norm, rows_idx, checkpoint(step), good_ckpt)
-        optimizer.step()
-        scheduler.step()
+            why = "gradient norm" if scaler is None else "gradient norm (20 fp16 overflows in a row)"
+            raise _diverged(step, why, grad_norm, rows_idx, checkpoint(step, False), good_ckpt)
+        skipped = skipped + 1 if not math.isfinite(grad_norm) else 0
+        optimizer.step()  # with fp16 the scaler skips a step whose gradients overflowed and lowers its scale
+        if not getattr(optimizer, "step_was_skipped", False):
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         # 6. log, evaluate, checkpoint
@@ -318,12 +378,21 @@ def run_loop(
         last_metrics=last,
         eval_metrics=evals,
         tokens_per_second=tokens_seen * world / max(seconds, 1e-9),
+        is_main=accelerator.is_main_process,
     )
+
+
+def eval_batches(
+    objective: Objective, rows: Sequence[Any], device: torch.device, batch_size: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Collated, on-device batches of held-out rows, in order (for objectives' `evaluate`)."""
+    for i in range(0, len(rows), batch_size):
+        yield _to_device(objective.collate(rows[i : i + batch_size]), device)
 
 
 def _evaluate(objective: Objective, accelerator: Accelerator, model: torch.nn.Module, rows: Sequence[Any]):
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():
         out = objective.evaluate(accelerator.unwrap_model(model), rows)
     model.train()
     return out
@@ -334,11 +403,3 @@ def _diverged(step: int, what: str, value: float, rows: list[int], saved: Path, 
         f"step {step}: {what} is {value} on training rows {rows[:16]}; the weights before this step are saved in "
         f"{saved}" + (f" (previous checkpoint: {previous})" if previous else "")
     )
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from rlhfkit.config import RewardLossConfig, RMConfig, to_dict
 from rlhfkit.losses.reward import reward_loss
 from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
-from rlhfkit.trainers.loop import run_loop
+from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,17 @@ def pair_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
 
 
 class RewardObjective:
-    def __init__(self, pad_id: int, loss_cfg: RewardLossConfig, eval_batch_size: int = 8, gap_rows: Sequence = ()):
-        self.pad_id, self.cfg, self.eval_batch_size = pad_id, loss_cfg, eval_batch_size
+    """Bradley–Terry over pairs; with `ties=True` the tie model (Davidson / Rao–Kupper) replaces it for every pair."""
+
+    def __init__(
+        self,
+        pad_id: int,
+        loss_cfg: RewardLossConfig,
+        eval_batch_size: int = 8,
+        gap_rows: Sequence = (),
+        ties: bool = True,
+    ):
+        self.pad_id, self.cfg, self.eval_batch_size, self.ties = pad_id, loss_cfg, eval_batch_size, ties
         self.gap_rows = list(gap_rows)  # a training sample scored at evaluation for the train-held-out gap
 
     def collate(self, rows: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
@@ -90,7 +100,7 @@ class RewardObjective:
         per_pair = reward_loss(
             r_c,
             r_r,
-            tie=batch["tie"],
+            tie=batch["tie"] if self.ties else None,  # data without ties: plain Bradley–Terry
             margin=batch["strength"] * c.margin_scale if c.use_margin else None,
             weight=batch["confidence"] if c.use_confidence else None,
             tie_model=c.tie_model,
@@ -105,8 +115,7 @@ class RewardObjective:
     def score_pairs(self, model: torch.nn.Module, rows: Sequence[EncodedPair]) -> tuple[np.ndarray, np.ndarray]:
         device = next(model.parameters()).device
         chosen, rejected = [], []
-        for i in range(0, len(rows), self.eval_batch_size):
-            batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.eval_batch_size]).items()}
+        for batch in eval_batches(self, rows, device, self.eval_batch_size):
             r_c, r_r = pair_scores(model, batch)
             chosen.append(r_c.cpu().numpy())
             rejected.append(r_r.cpu().numpy())
@@ -120,7 +129,13 @@ def reward_model_report(
     objective: RewardObjective, model: torch.nn.Module, rows: Sequence[EncodedPair], train_sample: Sequence = ()
 ) -> dict[str, float]:
     """Held-out accuracy, ROC AUC, calibration error, mean margin, per-rater accuracy and the train-held-out gap."""
-    from rlhfkit.eval.metrics import expected_calibration_error, pairwise_accuracy, pairwise_auc, per_group_accuracy
+    from rlhfkit.eval.metrics import (
+        expected_calibration_error,
+        pairwise_accuracy,
+        pairwise_auc,
+        pairwise_probabilities,
+        per_group_accuracy,
+    )
 
     r_c, r_r = objective.score_pairs(model, rows)
     tie = np.array([r.tie for r in rows], dtype=bool)
@@ -129,10 +144,8 @@ def reward_model_report(
     if decided.any():
         out["accuracy"] = float(pairwise_accuracy(r_c[decided], r_r[decided]))
         out["auc"] = float(pairwise_auc(r_c[decided], r_r[decided]))
-        # P(chosen wins) = sigma(r_c - r_r); scored in both orders so the labels are not all 1
-        p = 1.0 / (1.0 + np.exp(-(r_c[decided] - r_r[decided])))
-        probs, labels = np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)])
-        out["ece"] = float(expected_calibration_error(probs, labels))
+        # P(chosen wins | not a tie) = sigma(r_c - r_r) under Bradley–Terry and Davidson alike
+        out["ece"] = float(expected_calibration_error(*pairwise_probabilities(r_c[decided], r_r[decided])))
         out["margin"] = float(np.mean(r_c[decided] - r_r[decided]))
         raters = [r.rater for r, d in zip(rows, decided) if d]
         if any(raters):
@@ -167,11 +180,18 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
     train_rows, eval_rows = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
     notes.append(f"truncation: {fmt.report}")
-    gap = train_rows[: min(len(eval_rows), 64)]  # a training sample as large as the held-out set (capped) for the gap
+    # a seeded training sample as large as the held-out set (capped) is scored too: the train-held-out gap
+    gap = random.Random(cfg.train.seed).sample(train_rows, min(len(eval_rows), 64, len(train_rows)))
+    ties = any(r.tie for r in train_rows)
+    notes.append(
+        f"ties: {sum(r.tie for r in train_rows)} tie pairs ({cfg.loss.tie_model} model)" if ties else "ties: none"
+    )
     # 3. the loop
-    objective = RewardObjective(tokenizer.pad_token_id, cfg.loss, gap_rows=gap)
+    objective = RewardObjective(tokenizer.pad_token_id, cfg.loss, gap_rows=gap, ties=ties)
     result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
     # 4. save (Hugging Face sequence-classification format) and summarize
+    if not result.is_main:
+        return {}
     save_model(model, tokenizer, out / "model", merge_lora=True)
     summary = {
         "model": str(out / "model"),

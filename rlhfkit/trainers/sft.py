@@ -12,8 +12,27 @@ import torch
 from rlhfkit.config import SFTConfig, to_dict
 from rlhfkit.losses.aggregation import aggregate_sum_and_count
 from rlhfkit.losses.sft import sft_loss
-from rlhfkit.trainers.common import encode_all, load_for_training, load_train_eval, write_run_files, write_summary
-from rlhfkit.trainers.loop import run_loop
+from rlhfkit.trainers.common import (
+    encode_all,
+    load_for_training,
+    load_train_eval,
+    write_run_files,
+    write_summary,
+)
+from rlhfkit.trainers.loop import eval_batches, run_loop
+
+
+def packed_attention_mask(position_ids: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, T, T) additive mask for packed rows: causal within each example (a segment starts where the position id
+    restarts at 0), nothing across examples; padding attends to itself only, so no row of the mask is empty."""
+    seg = torch.cumsum(position_ids == 0, dim=1) * attention_mask  # (B, T) segment number, 0 on padding
+    t = seg.shape[1]
+    causal = torch.tril(torch.ones(t, t, dtype=torch.bool, device=seg.device))
+    allowed = (seg[:, :, None] == seg[:, None, :]) & causal & (seg[:, :, None] > 0)
+    allowed |= torch.eye(t, dtype=torch.bool, device=seg.device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[
+        :, None
+    ]
 
 
 class SFTObjective:
@@ -32,8 +51,12 @@ class SFTObjective:
         return batch
 
     def _token_nll(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        kwargs = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+        if "position_ids" in batch:  # packed rows: each example attends to itself only
+            dtype = next(model.parameters()).dtype
+            mask = packed_attention_mask(batch["position_ids"], batch["attention_mask"], dtype)
+            logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).logits
+        else:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         mask = (labels != -100).float()  # (B, T-1): predict token t+1 from position t
         return sft_loss(logits[:, :-1], labels, mask), mask
@@ -51,8 +74,7 @@ class SFTObjective:
     def evaluate(self, model: torch.nn.Module, rows: Sequence[Any]) -> dict[str, float]:
         device = next(model.parameters()).device
         total, count = 0.0, 0.0
-        for i in range(0, len(rows), self.eval_batch_size):
-            batch = {k: v.to(device) for k, v in self.collate(rows[i : i + self.eval_batch_size]).items()}
+        for batch in eval_batches(self, rows, device, self.eval_batch_size):
             nll, mask = self._token_nll(model, batch)
             total += float((nll * mask).sum())
             count += float(mask.sum())
@@ -83,6 +105,8 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     objective = SFTObjective(tokenizer.pad_token_id, cfg.loss.completion_only, cfg.loss.aggregation)
     result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
     # 4. save the model in Hugging Face format and summarize
+    if not result.is_main:
+        return {}
     save_model(model, tokenizer, out / "model", merge_lora=True)
     summary = {
         "model": str(out / "model"),
