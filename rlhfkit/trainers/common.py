@@ -113,6 +113,38 @@ def write_summary(out_dir: Path, command: str, summary: dict[str, Any]) -> str:
     return md
 
 
+def finish_run(
+    out_dir: Path,
+    command: str,
+    model: Any,
+    tokenizer: Any,
+    result: Any,
+    notes: list[str],
+    train_rows: int,
+    eval_rows: int,
+    eval_extra: dict[str, float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Save the model in Hugging Face format (LoRA merged) and write / print the run's summary."""
+    from rlhfkit.models import save_model
+
+    save_model(model, tokenizer, out_dir / "model", merge_lora=True)
+    summary = {
+        "model": str(out_dir / "model"),
+        **extra,
+        "train_rows": train_rows,
+        "eval_rows": eval_rows,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "final_train": result.last_metrics,
+        "eval": {**result.eval_metrics, **(eval_extra or {})},
+        "notes": notes,
+    }
+    print(write_summary(out_dir, command, summary))
+    return summary
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 

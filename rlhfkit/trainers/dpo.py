@@ -20,7 +20,7 @@ import torch
 from rlhfkit.config import DPOConfig, PreferenceLossConfig, to_dict
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE
 from rlhfkit.ops import sequence_logprobs
-from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
+from rlhfkit.trainers.common import finish_run, load_for_training, load_train_eval, write_run_files
 from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 from rlhfkit.trainers.rm import EncodedPair, collate_pair_batch, encode_pairs
 
@@ -177,7 +177,6 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Optimize cfg.model on preference pairs with cfg.loss; writes cfg.train.output_dir."""
     from rlhfkit.data import ChatFormatter
     from rlhfkit.eval.divergence import sampled_kl
-    from rlhfkit.models import save_model
 
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "dpo")
@@ -214,17 +213,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         eos = [tokenizer.eos_token_id]
         kl = sampled_kl(model, reference, prompts, pad, eos, max_new_tokens=cfg.eval_kl_tokens, seed=cfg.train.seed)
     # 6. save and summarize
-    save_model(model, tokenizer, out / "model", merge_lora=True)
-    summary = {
-        "model": str(out / "model"),
-        "loss": cfg.loss.name,
-        "train_pairs": len(train_rows),
-        "eval_pairs": len(eval_rows),
-        "steps": result.steps,
-        "seconds": round(result.seconds, 2),
-        "final_train": result.last_metrics,
-        "eval": {**result.eval_metrics, **{f"kl/{k}": v for k, v in kl.items()}},
-        "notes": notes,
-    }
-    print(write_summary(out, "dpo", summary))
-    return summary
+    kl = {f"kl/{k}": v for k, v in kl.items()}
+    return finish_run(
+        out, "dpo", model, tokenizer, result, notes, len(train_rows), len(eval_rows), eval_extra=kl, loss=cfg.loss.name
+    )

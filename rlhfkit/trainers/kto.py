@@ -17,7 +17,7 @@ import torch
 
 from rlhfkit.config import KTOConfig, KTOLossConfig, to_dict
 from rlhfkit.losses import kto_loss, kto_reference_point
-from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
+from rlhfkit.trainers.common import finish_run, load_for_training, load_train_eval, write_run_files
 from rlhfkit.trainers.dpo import Reference, build_reference, completion_logps
 from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 
@@ -102,7 +102,6 @@ def encode_unpaired(examples: Sequence[Any], formatter: Any) -> list[UnpairedRow
 def train_kto(cfg: KTOConfig) -> dict[str, Any]:
     """Optimize cfg.model on unpaired desirable / undesirable responses; writes cfg.train.output_dir."""
     from rlhfkit.data import ChatFormatter
-    from rlhfkit.models import save_model
 
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "kto")
@@ -129,16 +128,4 @@ def train_kto(cfg: KTOConfig) -> dict[str, Any]:
     # 4. save and summarize
     if not result.is_main:
         return {}
-    save_model(model, tokenizer, out / "model", merge_lora=True)
-    summary = {
-        "model": str(out / "model"),
-        "train_rows": len(train_rows),
-        "eval_rows": len(eval_rows),
-        "steps": result.steps,
-        "seconds": round(result.seconds, 2),
-        "final_train": result.last_metrics,
-        "eval": result.eval_metrics,
-        "notes": notes,
-    }
-    print(write_summary(out, "kto", summary))
-    return summary
+    return finish_run(out, "kto", model, tokenizer, result, notes, len(train_rows), len(eval_rows))

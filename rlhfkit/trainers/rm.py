@@ -14,7 +14,7 @@ import torch
 
 from rlhfkit.config import RewardLossConfig, RMConfig, to_dict
 from rlhfkit.losses.reward import reward_loss
-from rlhfkit.trainers.common import load_for_training, load_train_eval, write_run_files, write_summary
+from rlhfkit.trainers.common import finish_run, load_for_training, load_train_eval, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
@@ -169,7 +169,6 @@ def reward_model_report(
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
     """Train a reward model; writes cfg.train.output_dir (model/ reloads with transformers alone)."""
     from rlhfkit.data import ChatFormatter
-    from rlhfkit.models import save_model
 
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "rm")
@@ -192,16 +191,4 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     # 4. save (Hugging Face sequence-classification format) and summarize
     if not result.is_main:
         return {}
-    save_model(model, tokenizer, out / "model", merge_lora=True)
-    summary = {
-        "model": str(out / "model"),
-        "train_pairs": len(train_rows),
-        "eval_pairs": len(eval_rows),
-        "steps": result.steps,
-        "seconds": round(result.seconds, 2),
-        "final_train": result.last_metrics,
-        "eval": result.eval_metrics,
-        "notes": notes,
-    }
-    print(write_summary(out, "rm", summary))
-    return summary
+    return finish_run(out, "rm", model, tokenizer, result, notes, len(train_rows), len(eval_rows))

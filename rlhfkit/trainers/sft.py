@@ -14,10 +14,10 @@ from rlhfkit.losses.aggregation import aggregate_sum_and_count
 from rlhfkit.losses.sft import sft_loss
 from rlhfkit.trainers.common import (
     encode_all,
+    finish_run,
     load_for_training,
     load_train_eval,
     write_run_files,
-    write_summary,
 )
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
@@ -85,7 +85,6 @@ class SFTObjective:
 def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Fine-tune cfg.model on cfg.data; writes cfg.train.output_dir and returns the summary."""
     from rlhfkit.data import ChatFormatter, pack_sequences
-    from rlhfkit.models import save_model
 
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "sft")
@@ -107,17 +106,4 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     # 4. save the model in Hugging Face format and summarize
     if not result.is_main:
         return {}
-    save_model(model, tokenizer, out / "model", merge_lora=True)
-    summary = {
-        "model": str(out / "model"),
-        "train_rows": len(train_rows),
-        "eval_rows": len(eval_rows),
-        "steps": result.steps,
-        "seconds": round(result.seconds, 2),
-        "tokens_per_second": round(result.tokens_per_second, 1),
-        "final_train": result.last_metrics,
-        "eval": result.eval_metrics,
-        "notes": notes,
-    }
-    print(write_summary(out, "sft", summary))
-    return summary
+    return finish_run(out, "sft", model, tokenizer, result, notes, len(train_rows), len(eval_rows))
