@@ -11,7 +11,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import ConfigError, DPOConfig, KTOConfig, RMConfig, SFTConfig, describe, load_config
+from rlhfkit.config import (
+    ConfigError,
+    DPOConfig,
+    GRPOConfig,
+    KTOConfig,
+    OnlineDPOConfig,
+    PPOConfig,
+    ReinforceConfig,
+    RLOOConfig,
+    RMConfig,
+    SampleConfig,
+    SFTConfig,
+    describe,
+    load_config,
+)
 from rlhfkit.models.loading import QuantizationUnavailableError
 from rlhfkit.trainers.loop import TrainingDiverged
 
@@ -21,6 +35,12 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "rm": (RMConfig, "rlhfkit.trainers.rm:train_rm", "train a Bradley-Terry reward model on preferences"),
     "dpo": (DPOConfig, "rlhfkit.trainers.dpo:train_dpo", "DPO / IPO / robust / hinge / SimPO / ORPO on preferences"),
     "kto": (KTOConfig, "rlhfkit.trainers.kto:train_kto", "KTO on unpaired desirable / undesirable responses"),
+    "ppo": (PPOConfig, "rlhfkit.trainers.online:train_rl", "PPO with a critic, GAE and a KL penalty to the reference"),
+    "grpo": (GRPOConfig, "rlhfkit.trainers.online:train_rl", "GRPO: group-normalized advantages, KL in the loss"),
+    "rloo": (RLOOConfig, "rlhfkit.trainers.online:train_rl", "RLOO: REINFORCE with a leave-one-out baseline"),
+    "reinforce": (ReinforceConfig, "rlhfkit.trainers.online:train_rl", "REINFORCE++: whitened return-to-go"),
+    "online-dpo": (OnlineDPOConfig, "rlhfkit.trainers.online:train_rl", "online DPO on best/worst samples"),
+    "sample": (SampleConfig, "rlhfkit.sampling:sample", "sample responses; best-of-N; rejection-sampling data"),
 }
 
 
@@ -53,7 +73,14 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("--config", "-c", help="YAML file with the sections below")
     p.add_argument("--output", "-o", help="output directory (same as train.output_dir=...)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output directory")
+    if name == "sample":
+        p.add_argument(
+            "--best-of", type=int, help="keep the best of N responses per prompt (same as num_samples=N best_of=true)"
+        )
+    else:
+        p.add_argument(
+            "--resume", action="store_true", help="continue from the newest checkpoint in the output directory"
+        )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=1e-5 loss.beta=0.2")
 
 
@@ -71,13 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_command(name: str, config: str | None, overrides: list[str], output: str | None, resume: bool) -> dict:
+def run_command(
+    name: str, config: str | None, overrides: list[str], output: str | None, resume: bool, best_of: int | None = None
+) -> dict:
     cls, trainer, _ = COMMANDS[name]
     extra = list(overrides)
     if output:
-        extra.append(f"train.output_dir={output}")
+        extra.append(f"{'output' if name == 'sample' else 'train.output_dir'}={output}")
     if resume:
         extra.append("train.resume=true")
+    if best_of:
+        extra += [f"num_samples={best_of}", "best_of=true"]
     cfg = load_config(cls, config, extra)
     return _trainer(trainer)(cfg)
 
@@ -141,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             demo(args.output, args.model, args.steps)
         else:
-            run_command(args.command, args.config, args.overrides, args.output, args.resume)
+            resume, best_of = getattr(args, "resume", False), getattr(args, "best_of", None)
+            run_command(args.command, args.config, args.overrides, args.output, resume, best_of)
     except TrainingDiverged as e:
         print(f"rlhfkit {args.command}: training stopped: {e}", file=sys.stderr)
         return 3

@@ -267,6 +267,217 @@ class KTOConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Online RL: rollout, reward sources, KL, algorithm
+
+
+REWARD_KINDS = ("model", "ensemble", "rule", "callable", "sentiment")
+ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce++", "online-dpo")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    kind: str = "model"
+    """model (a reward model directory), ensemble (several reward model directories), rule (a builtin rule: length,
+    format, keywords), callable (any Python function) or sentiment (the VADER gold scorer of the sentiment task)."""
+    path: str = ""
+    """model: the directory; ensemble: comma-separated directories; rule: the rule's name; callable:
+    "package.module:function" or "path/to/file.py:function" taking (prompts, responses) lists -> list of floats."""
+    weight: float = 1.0
+    """Weight of this source in the total (weighted multi-objective sum)."""
+    name: str = ""
+    """Label in logs (default: derived from kind and path)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of a rule or callable, e.g. {target: 40, coef: 0.01} for the length rule."""
+    reduce: str = "mean"
+    """Ensemble reduction: mean, min, or mean-std (mean - std_coef * std; pessimistic under disagreement)."""
+    std_coef: float = 1.0
+    """k in mean - k * std for reduce=mean-std."""
+    batch_size: int = 16
+    """Responses per reward-model forward pass."""
+    max_length: int = 1024
+    """Longest prompt + response the reward model sees, in tokens (prompts are cut from the left)."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    sources: tuple[RewardSpec, ...] = ()
+    """One or more reward sources; several are summed with their weights."""
+    normalize: bool = False
+    """Standardize the total with a running mean and std over every score seen so far (Welford)."""
+    clip: float | None = None
+    """Clip the (normalized) total to [-clip, clip]."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 64
+    """Longest response in tokens; generation also stops at EOS."""
+    min_new_tokens: int = 0
+    """Shortest response (EOS is suppressed before it)."""
+    temperature: float = 1.0
+    """Sampling temperature; the training log-probs use the same one. 0 means greedy."""
+    top_k: int = 0
+    """Sample from the k likeliest tokens only (0: off). Training log-probs ignore the truncation; keep 0 for exact PPO."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0: off). Same caveat as top_k."""
+    batch_size: int = 64
+    """Sequences per generate call (prompts are bucketed by length)."""
+    backend: str = "hf"
+    """hf: transformers generate with a dynamic KV cache; hf-static: a static KV cache with the decoding step compiled
+    by torch.compile (much faster on GPU after a one-off compile)."""
+
+
+@dataclass(frozen=True)
+class KLConfig:
+    coef: float = 0.05
+    """(Initial) KL coefficient beta."""
+    controller: str = "fixed"
+    """fixed, or adaptive (Ziegler et al. 2019: beta tracks target)."""
+    target: float = 6.0
+    """Adaptive controller: target KL per sequence, in nats."""
+    horizon: float = 10000.0
+    """Adaptive controller: horizon in samples."""
+    estimator: str = "k1"
+    """Per-token KL estimator: k1 (log ratio), k2 or k3 (Schulman 2020)."""
+    placement: str = "reward"
+    """reward: subtract beta * KL from the token rewards (PPO, RLOO, REINFORCE++); loss: add beta * KL to the loss
+    (GRPO)."""
+    uncertainty_scale: float = 0.0
+    """Scale each sequence's KL coefficient by (1 + c * ensemble std): stay closer to the reference where the reward
+    models disagree. 0 disables."""
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    name: str = "ppo"
+    """ppo (critic + GAE), grpo, rloo, reinforce++ or online-dpo."""
+    num_samples: int = 1
+    """Responses per prompt (the group size of grpo / rloo, the candidates of online-dpo)."""
+    epochs: int = 4
+    """Passes over each rollout batch (PPO epochs)."""
+    mini_batch_size: int = 0
+    """Sequences per optimizer step within a rollout batch; 0 means the whole batch (one step per epoch)."""
+    clip: float = 0.2
+    """Clip range of the probability ratio (epsilon)."""
+    clip_high: float | None = None
+    """Upper clip range when it differs from clip (DAPO clip-higher)."""
+    dual_clip: float | None = None
+    """Dual-clip bound c > 1 for negative advantages (Ye et al. 2020)."""
+    target_kl: float | None = None
+    """Stop the remaining epochs of a rollout once the approximate KL to the rollout policy exceeds this."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    aggregation: str = "token-mean"
+    """token-mean or sequence-mean loss aggregation."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the batch (ppo and rloo; reinforce++ always whitens, grpo normalizes per group)."""
+    scale_by_std: bool = True
+    """GRPO: divide by the group std (false: Dr. GRPO)."""
+    gamma: float = 1.0
+    """Discount (GAE and REINFORCE++)."""
+    lam: float = 0.95
+    """GAE lambda."""
+    critic: str = "head"
+    """ppo only: head (a value head on the policy), separate (its own network) or none."""
+    critic_path: str | None = None
+    """Initialize a separate critic from this directory (e.g. the reward model); default: the policy checkpoint."""
+    vf_coef: float = 0.1
+    """Value loss coefficient."""
+    value_clip: float | None = 0.2
+    """Clip range of the value loss (None: unclipped)."""
+    critic_lr: float | None = None
+    """Learning rate of the critic / value head (default: train.lr)."""
+    missing_eos_penalty: float | None = None
+    """Subtract this from the score of responses that never reached EOS."""
+    dpo_beta: float = 0.1
+    """online-dpo: beta of the DPO loss on (best, worst) pairs of each prompt's samples."""
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy to optimize; also the reference (frozen copy, or adapters disabled under LoRA)."""
+    reference: str | None = None
+    """Reference model path when it differs from model.name_or_path."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=256))
+    """Prompt rows {"prompt": ...}; data.max_prompt_length cuts long prompts from the left."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-6, batch_size=8, scheduler="constant"))
+    """Optimization; train.batch_size = prompts per rollout (per process), train.max_steps = rollouts."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How responses are generated."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward sources."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    """KL penalty to the reference."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """The policy-optimization algorithm."""
+    eval_samples: int = 16
+    """Held-out prompts sampled after training (and every train.eval_every rollouts) to report score, KL and length."""
+
+
+@dataclass(frozen=True)
+class PPOConfig(RLConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class GRPOConfig(RLConfig):
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.04, estimator="k3", placement="loss"))
+    """KL penalty to the reference (GRPO: k3 in the loss, Shao et al. 2024 eq. 4)."""
+    algo: AlgoConfig = field(default_factory=lambda: AlgoConfig(name="grpo", num_samples=4, epochs=1, critic="none"))
+    """The policy-optimization algorithm."""
+
+
+@dataclass(frozen=True)
+class RLOOConfig(RLConfig):
+    algo: AlgoConfig = field(
+        default_factory=lambda: AlgoConfig(name="rloo", num_samples=4, epochs=1, critic="none", whiten_advantages=False)
+    )
+    """The policy-optimization algorithm."""
+
+
+@dataclass(frozen=True)
+class ReinforceConfig(RLConfig):
+    algo: AlgoConfig = field(default_factory=lambda: AlgoConfig(name="reinforce++", epochs=1, critic="none"))
+    """The policy-optimization algorithm."""
+
+
+@dataclass(frozen=True)
+class OnlineDPOConfig(RLConfig):
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-7, batch_size=8, scheduler="constant"))
+    """Optimization; train.batch_size = prompts per rollout (per process), train.max_steps = rollouts."""
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.0))
+    """Logged KL to the reference (the DPO beta already holds the policy near it; coef adds nothing here)."""
+    algo: AlgoConfig = field(
+        default_factory=lambda: AlgoConfig(name="online-dpo", num_samples=4, epochs=1, critic="none")
+    )
+    """The policy-optimization algorithm."""
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model to sample from."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(eval_fraction=0.0, max_length=1024))
+    """Prompt rows {"prompt": ...}."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How responses are generated."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward sources for best-of-N (optional otherwise)."""
+    num_samples: int = 4
+    """Responses per prompt (N of best-of-N)."""
+    best_of: bool = False
+    """Keep only the highest-scoring response of each prompt."""
+    format: str = "samples"
+    """Output rows: samples ({"prompt", "responses", "scores"}), sft (the best response: rejection-sampling
+    fine-tuning data) or prefs (best vs worst as a preference pair)."""
+    output: str = "samples.jsonl"
+    """Output JSONL file."""
+    seed: int = 0
+    """Sampling seed."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Building configs from dicts, YAML files and dotted overrides
 
 
@@ -314,6 +525,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 raise ConfigError(f"{where}: key {key!r} needs {len(args)} values, got {value!r}")
             return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
         return [_coerce(v, args[0], key, where) for v in value] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -474,10 +689,87 @@ def resolve(cfg: Any) -> Any:
             raise ConfigError(f"loss.name={loss.name!r}: choose one of {', '.join(PREFERENCE_LOSS_NAMES)}")
         if loss.reference not in ("precompute", "live"):
             raise ConfigError(f"loss.reference={loss.reference!r}: choose precompute or live")
+    if isinstance(cfg, RLConfig):
+        _resolve_rl(cfg)
+    for section in ("sampling",):
+        sampling = getattr(cfg, section, None)
+        if isinstance(sampling, SamplingConfig):
+            _resolve_sampling(sampling)
+    reward = getattr(cfg, "reward", None)
+    if isinstance(reward, RewardConfig):
+        for i, src in enumerate(reward.sources):
+            if src.kind not in REWARD_KINDS:
+                raise ConfigError(f"reward.sources[{i}].kind={src.kind!r}: choose one of {', '.join(REWARD_KINDS)}")
+            if src.kind != "sentiment" and not src.path:
+                raise ConfigError(f"reward.sources[{i}].path is empty: a {src.kind} source needs one")
+            if src.reduce not in ("mean", "min", "mean-std"):
+                raise ConfigError(f"reward.sources[{i}].reduce={src.reduce!r}: choose mean, min or mean-std")
+    if isinstance(cfg, SampleConfig):
+        if cfg.num_samples < 1:
+            raise ConfigError("num_samples must be at least 1")
+        if cfg.format not in ("samples", "sft", "prefs"):
+            raise ConfigError(f"format={cfg.format!r}: choose samples, sft or prefs")
+        if (cfg.best_of or cfg.format != "samples") and not cfg.reward.sources:
+            raise ConfigError("best-of-N and the sft / prefs formats need a reward source (reward.sources)")
+        if cfg.format == "prefs" and cfg.num_samples < 2:
+            raise ConfigError("format=prefs needs num_samples >= 2")
     model = getattr(cfg, "model", None)
     if model is not None and model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype={model.dtype!r}: choose float32, bfloat16, float16 or auto")
     return cfg
+
+
+def _resolve_sampling(s: SamplingConfig) -> None:
+    if s.max_new_tokens < 1 or s.min_new_tokens < 0 or s.min_new_tokens > s.max_new_tokens:
+        raise ConfigError("sampling.max_new_tokens must be >= 1 and 0 <= sampling.min_new_tokens <= max_new_tokens")
+    if s.temperature < 0:
+        raise ConfigError("sampling.temperature must be >= 0 (0 = greedy)")
+    if s.top_k < 0 or not 0.0 < s.top_p <= 1.0:
+        raise ConfigError("sampling.top_k must be >= 0 and sampling.top_p in (0, 1]")
+    if s.batch_size < 1:
+        raise ConfigError("sampling.batch_size must be at least 1")
+    if s.backend not in ("hf", "hf-static"):
+        raise ConfigError(f"sampling.backend={s.backend!r}: choose hf or hf-static")
+
+
+def _resolve_rl(cfg: RLConfig) -> None:
+    a, kl = cfg.algo, cfg.kl
+    if a.name not in ALGORITHMS:
+        raise ConfigError(f"algo.name={a.name!r}: choose one of {', '.join(ALGORITHMS)}")
+    if a.name in ("grpo", "rloo", "online-dpo") and a.num_samples < 2:
+        raise ConfigError(f"algo.name={a.name} compares samples of the same prompt: set algo.num_samples >= 2")
+    if a.num_samples < 1 or a.epochs < 1 or a.mini_batch_size < 0:
+        raise ConfigError("algo.num_samples and algo.epochs must be >= 1, algo.mini_batch_size >= 0")
+    if a.critic not in ("head", "separate", "none"):
+        raise ConfigError(f"algo.critic={a.critic!r}: choose head, separate or none")
+    if a.name == "ppo" and a.critic == "none":
+        raise ConfigError(
+            "algo.name=ppo estimates advantages with GAE and needs a critic: algo.critic=head or separate"
+        )
+    if a.aggregation not in ("token-mean", "sequence-mean"):
+        raise ConfigError(f"algo.aggregation={a.aggregation!r}: choose token-mean or sequence-mean")
+    rows = cfg.train.batch_size * a.num_samples
+    mini = a.mini_batch_size or rows
+    if rows % mini != 0:
+        raise ConfigError(
+            f"algo.mini_batch_size={mini} must divide the rollout batch train.batch_size x algo.num_samples = {rows}"
+        )
+    if mini % cfg.train.micro != 0:
+        raise ConfigError(f"train.micro_batch_size={cfg.train.micro} must divide the mini-batch of {mini} sequences")
+    if a.name == "online-dpo" and (mini % 2 or cfg.train.micro % 2):
+        raise ConfigError("online-dpo trains on pairs: algo.mini_batch_size and train.micro_batch_size must be even")
+    if not 0 < a.clip < 1:
+        raise ConfigError("algo.clip must be in (0, 1)")
+    if kl.controller not in ("fixed", "adaptive"):
+        raise ConfigError(f"kl.controller={kl.controller!r}: choose fixed or adaptive")
+    if kl.estimator not in ("k1", "k2", "k3"):
+        raise ConfigError(f"kl.estimator={kl.estimator!r}: choose k1, k2 or k3")
+    if kl.placement not in ("reward", "loss"):
+        raise ConfigError(f"kl.placement={kl.placement!r}: choose reward or loss")
+    if kl.coef < 0 or (kl.controller == "adaptive" and kl.coef == 0):
+        raise ConfigError("kl.coef must be >= 0 (and > 0 for the adaptive controller)")
+    if not cfg.reward.sources:
+        raise ConfigError("reward.sources is empty: give at least one reward source, e.g. a reward model directory")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -493,6 +785,9 @@ def field_docs(cls: type) -> dict[str, str]:
         return {}
     body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):  # inherited fields keep their help text
+        if _is_dataclass_type(base):
+            docs.update(field_docs(base))
     for node, nxt in zip(body, body[1:]):
         if (
             isinstance(node, ast.AnnAssign)

@@ -50,3 +50,9 @@ def _rows(n: int = 32, seed: int = 0) -> list[list[int]]:
     return [
         torch.randint(1, 11, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
     ]
+
+
+def letter_reward(prompts: list[str], responses: list[str], letter: str = "e") -> list[float]:
+    """Share of a response's characters that are `letter` (0 for an empty response): a reward a tiny random policy
+    can learn to raise in a few dozen steps."""
+    return [r.count(letter) / max(len(r), 1) for r in responses]

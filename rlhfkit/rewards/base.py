@@ -1,0 +1,46 @@
+"""The one interface every reward source implements.
+
+A source maps (prompts, responses) to one float per response. Prompts are chat turns (the `prompt` of a prompt row:
+a sequence of {"role", "content"} mappings); responses are the decoded completions without the EOS token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+Messages = Sequence[Mapping[str, str]]
+
+
+@dataclass
+class Scores:
+    total: Tensor
+    """(B,) float32 reward of each response (what the optimizer sees)."""
+    parts: dict[str, Tensor] = field(default_factory=dict)
+    """(B,) float32 per named component before weighting, for logging (e.g. {"helpful": ..., "length": ...})."""
+    uncertainty: Tensor | None = None
+    """(B,) float32 disagreement of an ensemble (std across members), or None for a single source."""
+
+
+class RewardSource(Protocol):
+    name: str
+
+    def __call__(self, prompts: Sequence[Messages], responses: Sequence[str]) -> Scores:
+        """Score each (prompt, response); len(prompts) == len(responses)."""
+
+
+def prompt_text(prompt: Messages) -> str:
+    """The last user turn of a prompt (what rule functions and plain callables receive as the prompt)."""
+    for m in reversed(list(prompt)):
+        if m.get("role") == "user":
+            return str(m.get("content", ""))
+    return str(prompt[-1].get("content", "")) if len(prompt) else ""
+
+
+def as_scores(values: Sequence[float] | Tensor, name: str) -> Scores:
+    t = torch.as_tensor(values, dtype=torch.float32).flatten().cpu()
+    return Scores(total=t, parts={name: t})

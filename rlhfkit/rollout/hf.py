@@ -1,0 +1,124 @@
+"""Rollouts with transformers' `generate`: left padding, KV cache, length-bucketed batches, stop at EOS or max tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from rlhfkit.eval.divergence import response_mask
+from rlhfkit.rollout.types import Rollout, SamplingParams
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, W), mask (B, W)) with each row right-aligned."""
+    width = width or max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def right_pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    """Pad the last dimension of a (B, N) tensor to `width` on the right."""
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+
+class HFEngine:
+    """Samples from the policy module itself (no weight copy): `load_weights` is a no-op.
+
+    static_cache=True uses a static KV cache, whose fixed shapes let transformers compile the decoding step
+    (torch.compile, CUDA only): a one-off compile, then several times faster decoding. Prompt widths are then rounded up
+    to `pad_to_multiple` so that few distinct shapes are compiled.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        batch_size: int = 64,
+        static_cache: bool = False,
+        pad_to_multiple: int = 64,
+        eos_token_ids: Sequence[int] | None = None,
+    ):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.static_cache, self.pad_to_multiple = batch_size, static_cache, pad_to_multiple
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = list(eos_token_ids) if eos_token_ids else [tokenizer.eos_token_id]
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def _generation_config(self, params: SamplingParams) -> GenerationConfig:
+        # every processor spelled out: the model's own generation_config (top_k=50, repetition penalties, ...) would
+        # otherwise change the sampling distribution away from the one the training log-probs describe
+        sample = params.temperature > 0
+        return GenerationConfig(
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_k=params.top_k if sample else None,
+            top_p=params.top_p if sample else None,
+            max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.min_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            bos_token_id=getattr(self.tokenizer, "bos_token_id", None),
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            use_cache=True,
+            cache_implementation="static" if self.static_cache else None,
+        )
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, num_samples: int = 1) -> Rollout:
+        if not prompts:
+            raise ValueError("generate: no prompts")
+        rows = [list(p) for p in prompts for _ in range(num_samples)]  # a prompt's samples are consecutive
+        group = torch.arange(len(prompts)).repeat_interleave(num_samples)
+        device = next(self.model.parameters()).device
+        gen_cfg = self._generation_config(params)
+        # length buckets: sorting by prompt length keeps left padding (wasted prefill and cache) small
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        pieces: list[tuple[list[int], torch.Tensor]] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                width = max(len(rows[i]) for i in idx)
+                if self.static_cache:
+                    width = -(-width // self.pad_to_multiple) * self.pad_to_multiple
+                ids, mask = left_pad([rows[i] for i in idx], self.pad_id, width)
+                out = self.model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
+                )
+                pieces.append((idx, out[:, width:].cpu()))
+        finally:
+            self.model.train(was_training)
+
+        width_r = max(gen.shape[1] for _, gen in pieces)
+        response_ids = torch.full((len(rows), width_r), self.pad_id, dtype=torch.long)
+        for idx, gen in pieces:
+            response_ids[idx, : gen.shape[1]] = gen
+        prompt_ids, prompt_mask = left_pad(rows, self.pad_id)  # one width for all rows, in the original order
+        resp_mask = response_mask(response_ids, self.eos_ids)
+        response_ids = torch.where(resp_mask.bool(), response_ids, self.pad_id)
+        is_eos = torch.zeros_like(response_ids, dtype=torch.bool)
+        for e in self.eos_ids:
+            is_eos |= response_ids == e
+        finished = (is_eos & resp_mask.bool()).any(dim=1)
+        texts = self.tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+        return Rollout(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=resp_mask,
+            finished=finished,
+            group=group,
+            texts=texts,
+        )

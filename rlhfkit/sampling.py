@@ -1,0 +1,94 @@
+"""`rlhfkit sample`: N responses per prompt, scored by any reward source; best-of-N and rejection-sampling data.
+
+Output rows (JSONL), by `format`:
+- samples: {"prompt", "responses": [...], "scores": [...]} (scores only with a reward source); with best_of, the
+  single best response and its score.
+- sft: {"prompt", "response"} with each prompt's best response: rejection-sampling fine-tuning data for `rlhfkit sft`.
+- prefs: {"prompt", "chosen", "rejected", "strength"}: best vs worst response, for `rlhfkit rm` / `rlhfkit dpo`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.config import SampleConfig
+from rlhfkit.data.io import write_jsonl
+from rlhfkit.data.schemas import PromptExample
+
+
+def sample(cfg: SampleConfig) -> dict[str, Any]:
+    from rlhfkit.data import ChatFormatter, load_examples
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.rewards import build_reward
+    from rlhfkit.rollout import HFEngine
+    from rlhfkit.trainers.common import resolve_data_path
+    from rlhfkit.trainers.loop import set_seed
+    from rlhfkit.trainers.online import encode_prompts, sampling_params
+
+    if not cfg.data.train:
+        raise FileNotFoundError("data.train is empty: give a prompt file, e.g. data.train=prompts.jsonl")
+    set_seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = cfg.model
+    tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
+    model = load_causal_lm(m.name_or_path, dtype=m.dtype, trust_remote_code=m.trust_remote_code).to(device)
+    reward = build_reward(cfg.reward, device=str(device), dtype=m.dtype) if cfg.reward.sources else None
+
+    examples = load_examples(
+        resolve_data_path(cfg.data.train), "prompt", errors="skip" if cfg.data.skip_invalid else "raise"
+    )
+    if cfg.data.max_rows is not None:
+        examples = examples[: cfg.data.max_rows]
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    prompts = encode_prompts(examples, fmt)
+    engine = HFEngine(model, tokenizer, cfg.sampling.batch_size, static_cache=cfg.sampling.backend == "hf-static")
+
+    t0 = time.perf_counter()
+    n = cfg.num_samples
+    ro = engine.generate([p.ids for p in prompts], sampling_params(cfg.sampling), n)
+    gen_seconds = time.perf_counter() - t0
+    scores = None
+    if reward is not None:
+        scores = reward([p.messages for p in prompts for _ in range(n)], ro.texts).total.view(len(prompts), n)
+
+    rows = []
+    for i, p in enumerate(prompts):
+        texts = ro.texts[i * n : (i + 1) * n]
+        prompt = PromptExample(p.messages).to_row()["prompt"]
+        if scores is None:
+            rows.append({"prompt": prompt, "responses": texts})
+            continue
+        s = scores[i].tolist()
+        best, worst = max(range(n), key=s.__getitem__), min(range(n), key=s.__getitem__)
+        if cfg.format == "sft":
+            rows.append({"prompt": prompt, "response": texts[best], "score": s[best]})
+        elif cfg.format == "prefs":
+            if s[best] > s[worst] and texts[best] != texts[worst]:  # equal scores or texts carry no preference
+                rows.append(
+                    {"prompt": prompt, "chosen": texts[best], "rejected": texts[worst], "strength": s[best] - s[worst]}
+                )
+        elif cfg.best_of:
+            rows.append({"prompt": prompt, "response": texts[best], "score": s[best], "n": n})
+        else:
+            rows.append({"prompt": prompt, "responses": texts, "scores": s})
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out, rows)
+    n_tokens = int(ro.response_mask.sum())
+    summary: dict[str, Any] = {
+        "output": str(out),
+        "rows": len(rows),
+        "prompts": len(prompts),
+        "samples_per_prompt": n,
+        "generated_tokens_per_s": round(n_tokens / max(gen_seconds, 1e-9), 1),
+        "mean_length": round(float(ro.response_lengths.mean()), 2),
+    }
+    if scores is not None:
+        summary["mean_score"] = round(float(scores.mean()), 4)
+        summary["best_of_n_score"] = round(float(scores.max(dim=1).values.mean()), 4)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return summary

@@ -1,0 +1,46 @@
+"""The sentiment task's gold scorer: VADER (Hutto & Gilbert 2014), a rule-based lexicon model.
+
+The builtin task asks the policy to continue a movie review positively; the "true" reward of a continuation is VADER's
+compound score of the response text alone, in [-1, 1]: the summed valence of its words, adjusted by VADER's rules
+(negation, intensifiers, "but", capitals, punctuation), normalized as x / sqrt(x^2 + 15) (vaderSentiment.normalize, alpha = 15).
+It is cheap and deterministic, so the demo can measure how far a learned reward model and the policy drift from it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlhfkit.rewards.base import Messages, Scores
+
+
+@functools.lru_cache(maxsize=1)
+def analyzer() -> Any:
+    """One VADER analyzer per process: building it reads the ~7,500-word lexicon file."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def sentiment_scores(texts: Sequence[str]) -> list[float]:
+    """VADER compound score of each text, in [-1, 1] (0 for an empty or neutral text)."""
+    vader = analyzer()
+    return [float(vader.polarity_scores(t)["compound"]) for t in texts]
+
+
+class SentimentSource:
+    """Reward source (config kind "sentiment"): the VADER compound score of each response; prompts are ignored."""
+
+    kind = "sentiment"
+
+    def __init__(self, name: str = "sentiment") -> None:
+        self.name = name
+
+    def __call__(self, prompts: Sequence[Messages | str], responses: Sequence[str]) -> Scores:
+        from rlhfkit.rewards.base import as_scores  # imported here: this module stays free of torch until scoring
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"reward source {self.name!r}: {len(prompts)} prompts but {len(responses)} responses")
+        return as_scores(sentiment_scores(responses), self.name)
