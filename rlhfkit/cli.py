@@ -167,7 +167,13 @@ def demo(output: str, model: str, steps: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # key=value overrides may also follow an option (`--best-of 4 reward.sources=...`): argparse leaves them over
+    if unknown and hasattr(args, "overrides") and all("=" in u and not u.startswith("-") for u in unknown):
+        args.overrides = [*args.overrides, *unknown]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "demo":
             demo(args.output, args.model, args.steps)

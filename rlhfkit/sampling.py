@@ -24,10 +24,9 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
     from rlhfkit.data import ChatFormatter, load_examples
     from rlhfkit.models import load_causal_lm, load_tokenizer
     from rlhfkit.rewards import build_reward
-    from rlhfkit.rollout import HFEngine
     from rlhfkit.trainers.common import resolve_data_path
     from rlhfkit.trainers.loop import set_seed
-    from rlhfkit.trainers.online import encode_prompts, sampling_params
+    from rlhfkit.trainers.online import encode_prompts, make_engine, sampling_params
 
     if not cfg.data.train:
         raise FileNotFoundError("data.train is empty: give a prompt file, e.g. data.train=prompts.jsonl")
@@ -45,7 +44,7 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
         examples = examples[: cfg.data.max_rows]
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
     prompts = encode_prompts(examples, fmt)
-    engine = HFEngine(model, tokenizer, cfg.sampling.batch_size, static_cache=cfg.sampling.backend == "hf-static")
+    engine = make_engine(model, tokenizer, cfg.sampling)
 
     t0 = time.perf_counter()
     n = cfg.num_samples

@@ -93,3 +93,15 @@ def test_config_loss_names_match_the_registry():
     from rlhfkit.losses import PREFERENCE_LOSSES
 
     assert set(PREFERENCE_LOSS_NAMES) == set(PREFERENCE_LOSSES)
+
+
+def test_partial_section_keeps_the_stage_defaults():
+    """Overriding one key of a section must not reset the section's other stage-specific defaults to class defaults."""
+    from rlhfkit.config import GRPOConfig, SFTConfig, load_config
+
+    src = ["reward.sources=[{kind: rule, path: length, params: {target: 3}}]"]
+    grpo = load_config(GRPOConfig, None, ["algo.num_samples=8", "kl.coef=0.1", *src])
+    assert (grpo.algo.name, grpo.algo.num_samples, grpo.algo.critic, grpo.algo.epochs) == ("grpo", 8, "none", 1)
+    assert (grpo.kl.coef, grpo.kl.estimator, grpo.kl.placement) == (0.1, "k3", "loss")
+    sft = load_config(SFTConfig, None, ["train.batch_size=2", "model.lora.r=4"])
+    assert sft.train.lr == 2e-5 and sft.train.batch_size == 2 and sft.model.lora.r == 4 and sft.model.lora.alpha == 32

@@ -55,8 +55,7 @@ class HFEngine:
         self.model = model
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
-        # every processor spelled out: the model's own generation_config (top_k=50, repetition penalties, ...) would
-        # otherwise change the sampling distribution away from the one the training log-probs describe
+        # every processor spelled out: nothing but temperature (and top-k / top-p when asked) shapes the distribution
         sample = params.temperature > 0
         return GenerationConfig(
             do_sample=sample,
@@ -87,6 +86,10 @@ class HFEngine:
         pieces: list[tuple[list[int], torch.Tensor]] = []
         was_training = self.model.training
         self.model.eval()
+        # generate() fills every unset field (min_p, suppress_tokens, bad_words_ids, ...) from the checkpoint's own
+        # generation_config, which would change the sampling distribution: lend it a blank one for the call
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        saved_config, base.generation_config = base.generation_config, GenerationConfig()
         try:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
@@ -99,6 +102,7 @@ class HFEngine:
                 )
                 pieces.append((idx, out[:, width:].cpu()))
         finally:
+            base.generation_config = saved_config
             self.model.train(was_training)
 
         width_r = max(gen.shape[1] for _, gen in pieces)

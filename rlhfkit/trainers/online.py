@@ -20,6 +20,7 @@ prompt position, so `--resume` continues the same run.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ from rlhfkit.trainers.loop import (
     _check_same_run,
     _diverged,
     _prune,
+    _rng_state,
     _truncate_metrics,
     latest_checkpoint,
     load_checkpoint,
@@ -78,6 +80,26 @@ def encode_prompts(examples: Sequence[Any], formatter: Any) -> list[Prompt]:
         if ids is not None:
             out.append(Prompt(tuple(ex.prompt), ids))
     return out
+
+
+def make_engine(model: torch.nn.Module, tokenizer: Any, s: Any) -> HFEngine:
+    """The rollout engine a SamplingConfig asks for (auto: the compiled static-cache engine on CUDA)."""
+    device = next(model.parameters()).device
+    static = s.backend == "hf-static" or (s.backend == "auto" and device.type == "cuda")
+    # stop at the tokenizer's EOS and at every end token the checkpoint declares (e.g. an end-of-turn token)
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    declared = declared if isinstance(declared, list) else [declared] if declared is not None else []
+    eos = list(dict.fromkeys([tokenizer.eos_token_id, *declared]))
+    return HFEngine(model, tokenizer, s.batch_size, static_cache=static, eos_token_ids=eos)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Rollout and update forwards must see the same function (the first ratio is exactly 1): no dropout anywhere."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
 
 
 def sampling_params(s: Any) -> SamplingParams:
@@ -250,12 +272,16 @@ def evaluate_policy(
     params: SamplingParams,
     micro: int,
     num_samples: int = 1,
+    gold: Any = None,
 ) -> dict[str, float]:
-    """Sample held-out prompts; mean raw score, KL(pi || ref) per sequence (k1 on the samples), length, EOS rate."""
+    """Sample held-out prompts; mean raw score (and gold score), KL(pi || ref) per sequence (k1 on the samples),
+    length, EOS rate."""
     ro = engine.generate([p.ids for p in prompts], params, num_samples)
     device = next(engine.model.parameters()).device
     ro = ro.to(device)
-    scores = reward([p.messages for p in prompts for _ in range(num_samples)], ro.texts).total
+    messages = [p.messages for p in prompts for _ in range(num_samples)]
+    scores = reward(messages, ro.texts).total
+    extra = {"gold": float(gold(messages, ro.texts).total.mean())} if gold is not None else {}
     temperature = params.logprob_temperature
     logp, _ = rollout_forward(lambda mb: (response_logits(engine.model, mb), None), ro, temperature, micro)
     ref, _ = rollout_forward(_reference_fn(reference), ro, temperature, micro)
@@ -265,11 +291,12 @@ def evaluate_policy(
         "kl": float(kl.mean()),
         "response_length": float(ro.response_lengths.mean()),
         "finished": float(ro.finished.float().mean()),
+        **extra,
     }
 
 
 def _build_critic(cfg: RLConfig, device: torch.device) -> torch.nn.Module | None:
-    if cfg.algo.critic != "separate":
+    if cfg.algo.critic != "separate" or cfg.algo.name != "ppo":
         return None
     from rlhfkit.models import load_reward_model
 
@@ -296,9 +323,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     reference = build_reference(policy, cfg.model, cfg.reference, True, device)
     module = PolicyWithValue(policy, a.critic if a.name == "ppo" else "none", _build_critic(cfg, device)).to(device)
+    disable_dropout(module)
     # raw sources here; normalization and clipping happen in the loop, so held-out scores stay raw and unnormalized
     reward = build_reward(replace(cfg.reward, normalize=False, clip=None), device=str(device), dtype=cfg.model.dtype)
     normalizer = RunningNormalizer() if cfg.reward.normalize else None
+    gold = build_reward(cfg.gold, device=str(device), dtype=cfg.model.dtype) if cfg.gold.sources else None
 
     # prompts
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "prompt", tc.seed)
@@ -311,6 +340,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     # optimizer over policy and critic (the critic may have its own learning rate)
     n_rows = tc.batch_size * a.num_samples
     mini = a.mini_batch_size or n_rows
+    micro_size = tc.micro_batch_size or mini  # sequences per forward (0: the whole mini-batch)
     updates_per_step = a.epochs * (n_rows // mini)
     critic_params = {id(p) for p in module.critic_parameters()}
     groups = [
@@ -329,7 +359,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     params = [p for g in groups for p in g["params"]]
 
     kl_ctl = make_kl_controller(cfg.kl.controller, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon)
-    engine = HFEngine(policy, tokenizer, cfg.sampling.batch_size, static_cache=cfg.sampling.backend == "hf-static")
+    engine = make_engine(policy, tokenizer, cfg.sampling)
     sp = sampling_params(cfg.sampling)
     temperature = sp.logprob_temperature
     identity = {"batch_size": tc.batch_size, "processes": world, "seed": tc.seed, "rows": len(prompts)}
@@ -354,7 +384,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         )
 
     def checkpoint(step: int, prune: bool = True) -> Path:
-        path = out / "checkpoints" / f"step-{step:06d}"
+        # a divergence mid-rollout saves what it has under a name --resume does not pick up
+        path = out / "checkpoints" / (f"step-{step:06d}" if prune else f"diverged-step-{step:06d}")
         extra = {
             **identity,
             "kl_controller": kl_ctl.state_dict(),
@@ -365,12 +396,15 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             if prune:
                 _prune(out, tc.keep_checkpoints)
         accelerator.wait_for_everyone()
+        if rank > 0:  # every process restores its own sampling stream on resume
+            (path / f"rng-{rank}.json").write_text(json.dumps(_rng_state()))
+        accelerator.wait_for_everyone()
         return path
 
     def evaluate() -> dict[str, float]:
         if not eval_prompts:
             return {}
-        return evaluate_policy(engine, eval_prompts, reward, reference, sp, tc.micro)
+        return evaluate_policy(engine, eval_prompts, reward, reference, sp, micro_size, gold=gold)
 
     logger = MetricsLogger(out, tc.report_to, to_dict(cfg)) if accelerator.is_main_process else None
     evals_before = evaluate() if start == 0 else {}
@@ -380,6 +414,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     t0, gen_tokens, last, good_ckpt = time.perf_counter(), 0, {}, latest_checkpoint(out)
     reuse_old = a.epochs == 1 and mini == n_rows and not module.has_critic and (cfg.kl.placement == "loss")
     update_loss = UPDATE_LOSSES[a.name]
+    unwrapped = accelerator.unwrap_model(model)
 
     for step in range(start, n_steps):
         timings: dict[str, float] = {}
@@ -396,7 +431,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         t = time.perf_counter()
         scored = reward([p.messages for p in batch_prompts for _ in range(a.num_samples)], ro.texts)
         raw = scored.total.to(device).float()
-        scores = normalizer.normalize(raw).to(device) if normalizer is not None else raw
+        if normalizer is not None:  # statistics over every process's scores, so all ranks standardize alike
+            normalizer.update(accelerator.gather(raw))
+            scores = normalizer.standardize(raw).to(device)
+        else:
+            scores = raw
         if cfg.reward.clip is not None:
             scores = scores.clamp(-cfg.reward.clip, cfg.reward.clip)
         if a.missing_eos_penalty is not None:
@@ -406,18 +445,15 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
 
         # 3. log pi_old, log pi_ref, values (no gradients)
         t = time.perf_counter()
-        model.eval()  # no dropout in the scoring passes
-        if not reuse_old:
-            ro.logprobs, ro.values = rollout_forward(
-                lambda mb: accelerator.unwrap_model(model)(
-                    mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids.shape[1]
-                ),
-                ro,
-                temperature,
-                tc.micro,
-            )
-        ro.ref_logprobs, _ = rollout_forward(_reference_fn(reference), ro, temperature, tc.micro)
-        model.train()
+        with accelerator.autocast():  # the same precision as the update's forward, so the first ratio is 1
+            if not reuse_old:
+                ro.logprobs, ro.values = rollout_forward(
+                    lambda mb: unwrapped(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids.shape[1]),
+                    ro,
+                    temperature,
+                    micro_size,
+                )
+            ro.ref_logprobs, _ = rollout_forward(_reference_fn(reference), ro, temperature, micro_size)
         timings["forward"] = time.perf_counter() - t
 
         # 4. per-token KL, token rewards (the coefficient may grow where an ensemble disagrees)
@@ -436,7 +472,12 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
 
         # 5. advantages (and returns for the critic); online DPO picks (best, worst) pairs instead
         ro.advantages, ro.returns = ADVANTAGES[a.name](ro, token_rewards, a)
-        train_ro = ro if a.name != "online-dpo" else ro.select(best_worst_pairs(scores, a.num_samples))
+        if a.name == "online-dpo":  # every process trains on the same number of pairs (DDP steps in lockstep)
+            pairs = best_worst_pairs(scores, a.num_samples)
+            n_pairs = int(accelerator.reduce(torch.tensor(len(pairs) // 2, device=device), "min").item())
+            train_ro = ro.select(pairs[: 2 * n_pairs])
+        else:
+            train_ro = ro
 
         # 6. epochs over mini-batches
         t = time.perf_counter()
@@ -450,14 +491,14 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 perm = (torch.randperm(rows_now // 2) * 2).repeat_interleave(2) + torch.arange(rows_now) % 2
             else:
                 perm = torch.randperm(rows_now)
-            for m0 in range(0, rows_now - mini_now + 1, max(mini_now, 1)):
+            for m0 in range(0, rows_now, max(mini_now, 1)):  # online-dpo's last mini-batch may be smaller
                 mb_rows = perm[m0 : m0 + mini_now]
-                micro = [mb_rows[i : i + tc.micro] for i in range(0, len(mb_rows), tc.micro)]
+                micro = [mb_rows[i : i + micro_size] for i in range(0, len(mb_rows), micro_size)]
                 batches = [train_ro.select(m).trimmed() for m in micro]
                 # the normalizer counts every micro-batch of every process (masks only, no forward needed)
                 local = torch.tensor(sum(_count(b, a) for b in batches), dtype=torch.float64, device=device)
                 global_count = accelerator.reduce(local, "sum").item()
-                mb_loss = 0.0
+                mb_loss, mb_approx_kl = 0.0, 0.0
                 for i, b in enumerate(batches):
                     sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
                     with sync:
@@ -472,6 +513,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                     mb_loss += float(loss.detach())
                     for k, v in stats.items():
                         stat_sums[k] = stat_sums.get(k, 0.0) + float(v) * len(b) / len(mb_rows)
+                    mb_approx_kl += float(stats.get("approx_kl", 0.0)) * len(b) / len(mb_rows)
                 grad_norm = (
                     float(accelerator.clip_grad_norm_(params, tc.max_grad_norm)) if tc.max_grad_norm > 0 else 0.0
                 )
@@ -484,9 +526,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
                 n_updates += 1
                 loss_sum += mb_loss
-                approx = stat_sums.get("approx_kl", 0.0) / n_updates
-                if a.target_kl is not None and a.name != "online-dpo":
-                    approx_t = accelerator.reduce(torch.tensor(approx, device=device), "mean").item()
+                if a.target_kl is not None and a.name != "online-dpo":  # this mini-batch's KL to the rollout policy
+                    approx_t = accelerator.reduce(torch.tensor(mb_approx_kl, device=device), "mean").item()
                     if approx_t > a.target_kl:
                         stopped_early = True
                         break
@@ -497,14 +538,15 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         # 7. KL controller, logs, evaluation, checkpoint
         if seq_kl is None:
             seq_kl = torch.full_like(scores, stat_sums.get("policy_kl", 0.0) / max(n_updates, 1))
-        kl_ctl.update(float(seq_kl.mean()), len(ro) * world)
+        kl_mean = accelerator.reduce(seq_kl.mean().detach().float(), "mean").item()  # one beta for every process
+        kl_ctl.update(kl_mean, len(ro) * world)
         done = step + 1
         elapsed = time.perf_counter() - t0
         last = {
             "score": float(raw.mean()),
             "score_std": float(raw.std()) if len(raw) > 1 else 0.0,
             "reward": float(scores.mean()),
-            "kl": float(seq_kl.mean()),
+            "kl": kl_mean,
             "kl_coef": ctx.kl_coef,
             "response_length": float(ro.response_lengths.mean()),
             "finished": float(ro.finished.float().mean()),
