@@ -355,3 +355,23 @@ def test_cli_rl_errors_are_one_line(setup, tmp_path):
     assert r.returncode == 2 and "/nowhere/rm" in r.stderr and "Traceback" not in r.stderr
     r = _cli("ppo", "--help", cwd=tmp_path)
     assert r.returncode == 0 and "kl.target" in r.stdout and "algo.num_samples" in r.stdout
+
+
+def test_target_kl_stops_the_epochs_and_missing_eos_is_penalized(setup, tmp_path):
+    _run(
+        setup,
+        tmp_path / "ppo",
+        "ppo",
+        "train.max_steps=3",
+        "eval_samples=0",
+        "algo.epochs=4",
+        "algo.mini_batch_size=4",
+        "algo.target_kl=1e-12",  # any movement at all stops the rollout's remaining updates
+        "algo.missing_eos_penalty=2.0",
+        "sampling.max_new_tokens=3",
+    )
+    rows = _train_metrics(tmp_path / "ppo")
+    assert all(r["train/stopped_early"] == 1.0 and r["train/updates"] < 8 for r in rows)
+    for r in rows:  # reward = score - penalty x (share of responses that never reached EOS)
+        assert r["train/reward"] == pytest.approx(r["train/score"] - 2.0 * (1 - r["train/finished"]), abs=1e-5)
+    assert any(r["train/finished"] < 1 for r in rows)
