@@ -197,6 +197,58 @@ def _prune(out_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def resume_or_refuse(
+    out_dir: Path,
+    resume: bool,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    identity: dict[str, Any],
+    scaler: Any = None,
+) -> dict[str, Any] | None:
+    """Load the newest checkpoint when resuming (its saved state, checked against `identity`), refuse a fresh run into a
+    directory holding another run's checkpoints, or return None for a fresh start. Trims metrics of steps to be rerun."""
+    existing = latest_checkpoint(out_dir)
+    if existing is None:
+        return None
+    if not resume:
+        raise ValueError(
+            f"{out_dir} holds checkpoints of an earlier run ({existing.name}): pass --resume to continue it, "
+            "or choose another output directory"
+        )
+    rank = accelerator.process_index
+    state = load_checkpoint(existing, accelerator.unwrap_model(model), optimizer, scheduler, rank, scaler)
+    _check_same_run(existing, state, identity)
+    if accelerator.is_main_process:
+        _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
+    accelerator.wait_for_everyone()
+    return state
+
+
+def write_checkpoint(
+    path: Path,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    extra: dict[str, Any],
+    keep: int | None,
+    scaler: Any = None,
+) -> None:
+    """The main process saves (and keeps the newest `keep` step checkpoints; None: prune nothing); every other process
+    adds its own random state, so each restores its own stream on resume."""
+    if accelerator.is_main_process:
+        save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, step, extra, scaler)
+        if keep is not None:
+            _prune(path.parent.parent, keep)
+    accelerator.wait_for_everyone()
+    if accelerator.process_index > 0:
+        (path / f"rng-{accelerator.process_index}.json").write_text(json.dumps(_rng_state()))
+    accelerator.wait_for_everyone()
+
+
 def _check_same_run(ckpt: Path, saved: dict[str, Any], identity: dict[str, Any]) -> None:
     """Resuming with another batch size, process count, seed or data size would silently change the run: refuse."""
     changed = [f"{k}: {saved.get(k)} -> {v}" for k, v in identity.items() if k in saved and saved[k] != v]
@@ -254,19 +306,10 @@ def run_loop(
 
     start = 0
     set_seed(cfg.seed + rank)
-    existing = latest_checkpoint(out_dir)
-    if cfg.resume and existing is not None:
-        state = load_checkpoint(existing, accelerator.unwrap_model(model), optimizer, scheduler, rank, scaler)
-        _check_same_run(existing, state, identity)
-        start = state["step"]
-        if accelerator.is_main_process:
-            _truncate_metrics(out_dir / "metrics.jsonl", start)
-        accelerator.print(f"resuming from {existing} (step {start}/{n_steps})")
-    elif existing is not None:
-        raise ValueError(
-            f"{out_dir} holds checkpoints of an earlier run ({existing.name}): pass --resume to continue it, "
-            "or choose another output directory"
-        )
+    state = resume_or_refuse(out_dir, cfg.resume, accelerator, model, optimizer, scheduler, identity, scaler)
+    start = state["step"] if state else 0
+    if state:
+        accelerator.print(f"resuming from {latest_checkpoint(out_dir)} (step {start}/{n_steps})")
     accelerator.wait_for_everyone()
 
     logger = MetricsLogger(out_dir, cfg.report_to, run_config) if accelerator.is_main_process else None
@@ -284,15 +327,8 @@ def run_loop(
 
     def checkpoint(step: int, prune: bool = True) -> Path:
         path = out_dir / "checkpoints" / f"step-{step:06d}"
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            save_checkpoint(path, unwrapped, optimizer, scheduler, step, identity, scaler)
-            if prune:
-                _prune(out_dir, cfg.keep_checkpoints)
-        accelerator.wait_for_everyone()
-        if rank > 0:  # every process restores its own random state on resume
-            (path / f"rng-{rank}.json").write_text(json.dumps(_rng_state()))
-        accelerator.wait_for_everyone()
+        keep = cfg.keep_checkpoints if prune else None
+        write_checkpoint(path, accelerator, model, optimizer, scheduler, step, identity, keep, scaler)
         return path
 
     model.train()

@@ -20,7 +20,6 @@ prompt position, so `--resume` continues the same run.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -52,16 +51,12 @@ from rlhfkit.trainers.common import finish_run, load_for_training, load_train_ev
 from rlhfkit.trainers.loop import (
     DataOrder,
     LoopResult,
-    _check_same_run,
     _diverged,
-    _prune,
-    _rng_state,
-    _truncate_metrics,
     latest_checkpoint,
-    load_checkpoint,
     make_accelerator,
-    save_checkpoint,
+    resume_or_refuse,
     set_seed,
+    write_checkpoint,
 )
 
 
@@ -366,22 +361,13 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
 
     start = 0
     set_seed(tc.seed + rank)
-    existing = latest_checkpoint(out)
-    if tc.resume and existing is not None:
-        state = load_checkpoint(existing, accelerator.unwrap_model(model), optimizer, scheduler, rank)
-        _check_same_run(existing, state, identity)
+    state = resume_or_refuse(out, tc.resume, accelerator, model, optimizer, scheduler, identity)
+    if state:
         start = state["step"]
         kl_ctl.load_state_dict(state["kl_controller"])
         if normalizer is not None and state.get("reward_normalizer"):
             normalizer.load_state_dict(state["reward_normalizer"])
-        if accelerator.is_main_process:
-            _truncate_metrics(out / "metrics.jsonl", start)
-        accelerator.print(f"resuming from {existing} (rollout {start}/{n_steps})")
-    elif existing is not None:
-        raise ValueError(
-            f"{out} holds checkpoints of an earlier run ({existing.name}): pass --resume to continue it, "
-            "or choose another output directory"
-        )
+        accelerator.print(f"resuming from {latest_checkpoint(out)} (rollout {start}/{n_steps})")
 
     def checkpoint(step: int, prune: bool = True) -> Path:
         # a divergence mid-rollout saves what it has under a name --resume does not pick up
@@ -391,14 +377,8 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             "kl_controller": kl_ctl.state_dict(),
             "reward_normalizer": normalizer and normalizer.state_dict(),
         }
-        if accelerator.is_main_process:
-            save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, step, extra)
-            if prune:
-                _prune(out, tc.keep_checkpoints)
-        accelerator.wait_for_everyone()
-        if rank > 0:  # every process restores its own sampling stream on resume
-            (path / f"rng-{rank}.json").write_text(json.dumps(_rng_state()))
-        accelerator.wait_for_everyone()
+        keep = tc.keep_checkpoints if prune else None
+        write_checkpoint(path, accelerator, model, optimizer, scheduler, step, extra, keep)
         return path
 
     def evaluate() -> dict[str, float]:
