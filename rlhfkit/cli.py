@@ -44,6 +44,16 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
 }
 
 
+# modules that add their own subcommands: each has `register(subparsers)`, and every parser it adds sets
+# `handler=fn(args) -> int` with set_defaults; errors they raise get the same one-line treatment as the trainers'
+COMMAND_MODULES = (
+    "rlhfkit.pipeline",  # run, status
+    "rlhfkit.eval.cli",  # eval, report
+    "rlhfkit.feedback.annotate_cli",  # annotate serve | create | export | quality
+    "rlhfkit.feedback.label_cli",  # label (AI judge), constitution
+)
+
+
 def _trainer(path: str) -> Callable[[Any], dict[str, Any]]:
     import importlib
 
@@ -91,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         _add_train_command(sub, name)
+    import importlib
+
+    for module in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue  # not built yet in this checkout
+        mod.register(sub)
     demo = sub.add_parser("demo", help="SFT -> reward model -> DPO on the builtin model and the shipped sample data")
     demo.add_argument("--output", "-o", default="runs/demo", help="directory for the three stages' outputs")
     demo.add_argument("--model", default="smollm2-135m-instruct", help="builtin name or local model directory")
@@ -175,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        if getattr(args, "handler", None) is not None:
+            return int(args.handler(args) or 0)
         if args.command == "demo":
             demo(args.output, args.model, args.steps)
         else:
