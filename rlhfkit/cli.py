@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import textwrap
 import time
@@ -26,8 +25,7 @@ from rlhfkit.config import (
     describe,
     load_config,
 )
-from rlhfkit.models.loading import QuantizationUnavailableError
-from rlhfkit.trainers.loop import TrainingDiverged
+from rlhfkit.errors import QuantizationUnavailableError, TrainingDiverged
 
 # command -> (config class, trainer import path, one-line description)
 COMMANDS: dict[str, tuple[type, str, str]] = {
@@ -111,10 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # not built yet in this checkout
         mod.register(sub)
-    demo = sub.add_parser("demo", help="SFT -> reward model -> DPO on the builtin model and the shipped sample data")
-    demo.add_argument("--output", "-o", default="runs/demo", help="directory for the three stages' outputs")
+    demo = sub.add_parser(
+        "demo", help="the closed loop on the builtin model: SFT, 2 rounds of sample/label/rm/PPO/eval, report"
+    )
+    demo.add_argument("--output", "-o", default="runs/demo", help="run directory")
     demo.add_argument("--model", default="smollm2-135m-instruct", help="builtin name or local model directory")
-    demo.add_argument("--steps", type=int, default=10, help="optimizer steps per stage")
+    demo.add_argument("overrides", nargs="*", help="pipeline overrides, e.g. rounds=1 optimize.train.max_steps=20")
     return parser
 
 
@@ -133,56 +133,22 @@ def run_command(
     return _trainer(trainer)(cfg)
 
 
-def demo(output: str, model: str, steps: int) -> None:
-    """The short offline demo: three stages, each reading the previous stage's output."""
+def demo(output: str, model: str, overrides: list[str]) -> None:
+    """The builtin demo: the closed loop of `rlhfkit run` on the shipped review openings (rlhfkit/tasks/data/demo.yaml)."""
+    from rlhfkit.eval.policy import report_data
+    from rlhfkit.pipeline import DEMO_PIPELINE, load_pipeline, run_pipeline
+
     out = Path(output)
-    marker = out / ".rlhfkit-demo"
-    if out.exists() and any(out.iterdir()):
-        if not marker.exists():
-            raise ConfigError(f"{out} exists and is not a demo directory: choose another --output")
-        shutil.rmtree(out)  # an earlier demo run: start afresh
-    out.mkdir(parents=True)
-    marker.write_text("made by `rlhfkit demo`; the next demo run replaces this directory\n")
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise ConfigError(f"{out} exists and is not a run directory: choose another --output")
+    cfg = load_pipeline(DEMO_PIPELINE, [f"output={output}", f"model={model}", *overrides])
     t0 = time.perf_counter()
-    common = [
-        f"model.name_or_path={model}",
-        f"train.max_steps={steps}",
-        "train.save_every=0",
-        "data.max_length=128",
-        "data.max_prompt_length=64",
-    ]
-    print(f"[1/3] SFT of {model} on the shipped demonstrations")
-    run_command(
-        "sft", None, common + ["data.train=sample:sft", "train.batch_size=4", "train.lr=2e-5"], str(out / "sft"), False
-    )
-    sft_model = str(out / "sft" / "model")
-    print("[2/3] reward model on the shipped preference pairs")
-    rm = run_command(
-        "rm",
-        None,
-        common[1:]
-        + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=4", "train.lr=2e-5"],
-        str(out / "rm"),
-        False,
-    )
-    print("[3/3] DPO from the SFT model on the same pairs")
-    dpo = run_command(
-        "dpo",
-        None,
-        common[1:]
-        + [f"model.name_or_path={sft_model}", "data.train=sample:prefs", "train.batch_size=4", "train.lr=2e-5"],
-        str(out / "dpo"),
-        False,
-    )
-    minutes = (time.perf_counter() - t0) / 60
-    print(f"\ndemo finished in {minutes:.1f} min; outputs in {out}/(sft|rm|dpo)")
+    run_dir = run_pipeline(cfg, str(DEMO_PIPELINE), resume=True)
+    print(f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    for line in report_data(run_dir)["summary"]:
+        print(f"  {line}")
     print(
-        f"  reward model held-out accuracy {rm['eval'].get('accuracy', float('nan')):.3f}, AUC {rm['eval'].get('auc', float('nan')):.3f}"
-    )
-    e = dpo["eval"]
-    print(
-        f"  DPO held-out implicit-reward accuracy {e.get('rewards/accuracy', float('nan')):.3f}, "
-        f"margin {e.get('rewards/margin', float('nan')):.3f}, KL to reference {e.get('kl/kl_per_sequence', float('nan')):.3f} nats/sequence"
+        f"open {run_dir / 'report.html'} (or read {run_dir / 'report.md'}); `rlhfkit status {output}` lists the stages"
     )
 
 
@@ -198,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "handler", None) is not None:
             return int(args.handler(args) or 0)
         if args.command == "demo":
-            demo(args.output, args.model, args.steps)
+            demo(args.output, args.model, args.overrides)
         else:
             resume, best_of = getattr(args, "resume", False), getattr(args, "best_of", None)
             run_command(args.command, args.config, args.overrides, args.output, resume, best_of)

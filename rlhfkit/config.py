@@ -57,6 +57,8 @@ class ModelConfig:
     """Recompute activations in the backward pass to save memory."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA / QLoRA adapters."""
+    trainable_layers: int | None = None
+    """Train only the top N transformer blocks (and the final norm and new heads); embeddings and lower blocks are frozen, so the backward pass stops early. None = train everything."""
 
 
 @dataclass(frozen=True)
@@ -741,7 +743,7 @@ def resolve(cfg: Any) -> Any:
         if cfg.format == "prefs" and cfg.num_samples < 2:
             raise ConfigError("format=prefs needs num_samples >= 2")
     model = getattr(cfg, "model", None)
-    if model is not None and model.dtype not in ("float32", "bfloat16", "float16", "auto"):
+    if isinstance(model, ModelConfig) and model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype={model.dtype!r}: choose float32, bfloat16, float16 or auto")
     return cfg
 

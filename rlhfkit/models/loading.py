@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from rlhfkit.errors import QuantizationUnavailableError  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -49,10 +51,6 @@ _MARKER = "rlhfkit_conversion.json"  # written last inside the temp dir: its pre
 
 class ModelNotFoundError(FileNotFoundError):
     """No builtin name, local checkpoint or adapter directory matched; the message lists every path tried."""
-
-
-class QuantizationUnavailableError(RuntimeError):
-    """4-bit loading was asked for but bitsandbytes or CUDA is missing; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -474,6 +472,30 @@ def apply_lora(
         modules_to_save=save,
     )
     return get_peft_model(model, config)
+
+
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's stack of transformer blocks: the ModuleList as long as ``config.num_hidden_layers``."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and n is not None and len(module) == n:
+            return module
+    raise ValueError(f"{type(model).__name__}: no list of {n} transformer blocks found to freeze")
+
+
+def freeze_lower_layers(model: torch.nn.Module, trainable_layers: int) -> torch.nn.Module:
+    """Freeze the input embeddings and all but the top ``trainable_layers`` blocks (the trlx `num_layers_unfrozen`
+    idea): the backward pass then ends at the lowest trainable block. Norms and heads above the blocks stay as they
+    were (a head tied to the embeddings is frozen with them). Returns ``model``."""
+    blocks = transformer_blocks(model)
+    if not 0 <= trainable_layers <= len(blocks):
+        raise ValueError(f"model.trainable_layers={trainable_layers} but the model has {len(blocks)} blocks")
+    for block in blocks[: len(blocks) - trainable_layers]:
+        block.requires_grad_(False)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None:
+        embeddings.requires_grad_(False)
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -187,4 +187,8 @@ def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tu
             target_modules=targets,
             task_type="CAUSAL_LM" if kind == "causal" else "SEQ_CLS",
         )
+    if model_cfg.trainable_layers is not None:
+        from rlhfkit.models.loading import freeze_lower_layers
+
+        freeze_lower_layers(model, model_cfg.trainable_layers)
     return model, tokenizer

@@ -40,11 +40,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from rlhfkit.config import TrainConfig
+from rlhfkit.errors import TrainingDiverged  # noqa: F401 (re-exported)
 from rlhfkit.tracking import MetricsLogger
-
-
-class TrainingDiverged(RuntimeError):
-    """Raised when the loss or the gradient is NaN/Inf; the message names the step, the rows and the good checkpoint."""
 
 
 class Objective(Protocol):

@@ -1,0 +1,142 @@
+"""`rlhfkit eval` (policies against a baseline on held-out prompts) and `rlhfkit report RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.config import ConfigError, RewardSpec, SamplingConfig
+
+
+def evaluate_policies(
+    policies: list[str],
+    baseline: str,
+    prompts: str,
+    gold: list[RewardSpec],
+    rm: str | None = None,
+    reference: str | None = None,
+    heldout: str | None = None,
+    judge: str = "gold",
+    sampling: SamplingConfig | None = None,
+    seed: int = 0,
+    tie_margin: float = 0.0,
+    safety: bool = False,
+) -> dict[str, Any]:
+    """Sample every policy (and the baseline) on the same prompts; gold / proxy scores, KL to the reference, length,
+    distinct-n, win rate against the baseline with a 95% CI, Elo / Bradley-Terry ratings across all of them."""
+    from rlhfkit.eval.policy import _diversity, _prompt_rows, _safety, _scores, _win, generate, rm_quality
+    from rlhfkit.eval.ratings import ratings_table
+
+    if judge not in ("gold", "rm"):
+        raise ConfigError(f"--judge must be gold or rm, got {judge!r}")
+    if judge == "gold" and not gold:
+        raise ConfigError("--judge gold needs a gold scorer (--gold sentiment, or a reward spec)")
+    if judge == "rm" and not rm:
+        raise ConfigError("--judge rm needs --rm DIR")
+    sampling = sampling or SamplingConfig(max_new_tokens=32)
+    examples = _prompt_rows(prompts)
+    reference = reference or baseline
+    results: dict[str, dict[str, Any]] = {}
+    scores: dict[str, list[float]] = {}
+    for name in [baseline, *policies]:
+        gen = generate(name, examples, sampling, seed, reference)
+        r: dict[str, Any] = {"kl": sum(gen["kl"]) / len(gen["kl"]), "length": sum(gen["lengths"]) / len(gen["lengths"])}
+        r |= _diversity(gen["texts"])
+        if gold:
+            g = _scores(gold, gen["messages"], gen["texts"])
+            r["gold"] = sum(g) / len(g)
+        if rm:
+            p = _scores([RewardSpec(kind="model", path=rm)], gen["messages"], gen["texts"])
+            r["proxy"] = sum(p) / len(p)
+        scores[name] = g if judge == "gold" else p
+        results[name] = r
+    for name in policies:
+        results[name]["win_rate"] = _win(scores[name], scores[baseline], tie_margin) | {"judge": judge}
+    comparisons = [
+        (a, b, 1.0 if x > y else 0.0 if x < y else 0.5)
+        for i, a in enumerate(results)
+        for b in list(results)[i + 1 :]
+        for x, y in zip(scores[a], scores[b])
+    ]
+    out: dict[str, Any] = {"baseline": baseline, "policies": results, "ratings": ratings_table(comparisons)}
+    if rm and heldout:
+        from rlhfkit.data import read_rows
+
+        out["reward_model"] = rm_quality(rm, [row for _, row in read_rows(heldout)])
+    if safety:
+        out["safety"] = {name: _safety(name, sampling) for name in policies}
+    return out
+
+
+def _gold_specs(values: list[str]) -> list[RewardSpec]:
+    specs = []
+    for v in values:
+        if v == "sentiment":
+            specs.append(RewardSpec(kind="sentiment"))
+        elif ":" in v:
+            specs.append(RewardSpec(kind="callable", path=v))
+        else:
+            raise ConfigError(f"--gold {v!r}: use sentiment or a callable module:function / file.py:function")
+    return specs
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    out = evaluate_policies(
+        policies=args.policy,
+        baseline=args.baseline,
+        prompts=args.prompts,
+        gold=_gold_specs(args.gold),
+        rm=args.rm,
+        reference=args.reference,
+        heldout=args.heldout,
+        judge=args.judge,
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature),
+        seed=args.seed,
+        tie_margin=args.tie_margin,
+        safety=args.safety,
+    )
+    for name, r in out["policies"].items():
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in r.items() if isinstance(v, float))
+        w = r.get("win_rate")
+        if w:
+            shown += f", win rate {w['rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]"
+        print(f"{name}: {shown}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(out, indent=2, default=str))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rlhfkit.eval.policy import write_run_report
+
+    if not (Path(args.run_dir) / "manifest.json").exists():
+        raise ConfigError(f"{args.run_dir}: no manifest.json; give a directory made by `rlhfkit run`")
+    html, md = write_run_report(args.run_dir)
+    print(f"report: {html}\n        {md}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="policies against a baseline: gold/proxy score, win rate with CI, KL, length")
+    e.add_argument("--policy", action="append", required=True, help="policy directory (repeat for several)")
+    e.add_argument("--baseline", required=True, help="baseline policy directory or builtin name")
+    e.add_argument("--prompts", required=True, help='held-out prompt file ({"prompt"} rows)')
+    e.add_argument("--gold", action="append", default=[], help="gold scorer: sentiment or module:function")
+    e.add_argument("--rm", help="reward model directory (proxy score; --judge rm)")
+    e.add_argument("--reference", help="reference for KL (default: the baseline)")
+    e.add_argument("--heldout", help="held-out preference rows: reward-model accuracy, AUC, calibration")
+    e.add_argument("--judge", default="gold", help="who decides win rates: gold or rm")
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--tie-margin", type=float, default=0.0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--safety", action="store_true", help="also the refusal / toxicity / jailbreak evaluation")
+    e.add_argument("--output", "-o", help="write the results as JSON here")
+    e.set_defaults(handler=_cmd_eval)
+    r = sub.add_parser("report", help="(re)write RUN_DIR/report.html and report.md from a pipeline run")
+    r.add_argument("run_dir")
+    r.set_defaults(handler=_cmd_report)

@@ -1,0 +1,207 @@
+"""The closed loop on a tiny model: every stage, skipping of unchanged stages, SIGKILL + resume, malformed files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlhfkit.config import ConfigError
+from rlhfkit.data import write_jsonl
+from rlhfkit.models.tiny import save_tiny
+from rlhfkit.pipeline import hash_path, load_pipeline, run_pipeline, stage_records, status_table
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLD = [{"kind": "callable", "path": "tests.toy:letter_reward"}]
+
+
+def pipeline_dict(root: Path, out: Path, rounds: int = 2) -> dict:
+    return {
+        "output": str(out),
+        "model": str(root / "tiny"),
+        "rounds": rounds,
+        "seed": 3,
+        "prompts": {"train": str(root / "prompts.jsonl"), "eval_count": 6, "per_round": 8, "template": "Say: {prompt}"},
+        "sft": {"data": {"train": str(root / "sft.jsonl")}, "train": {"max_steps": 2, "batch_size": 4}},
+        "sample": {"num_samples": 3, "sampling": {"max_new_tokens": 8, "batch_size": 16}},
+        "label": {"gold": GOLD, "pairs": "all", "heldout_fraction": 0.25},
+        "rm": {"train": {"max_steps": 2, "batch_size": 4}, "data": {"max_length": 64, "max_prompt_length": 32}},
+        "optimize": {
+            "algorithm": "ppo",
+            "train": {"max_steps": 2, "batch_size": 4, "save_every": 1, "lr": 1e-3},
+            "sampling": {"max_new_tokens": 8},
+            "eval_samples": 4,
+        },
+        "eval": {"sampling": {"max_new_tokens": 8, "batch_size": 16}, "examples": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    save_tiny(root / "tiny", "causal")
+    write_jsonl(root / "prompts.jsonl", [{"prompt": f"the film number {i} was"} for i in range(40)])
+    write_jsonl(root / "sft.jsonl", [{"prompt": f"Say: film {i}", "response": "eeee see three"} for i in range(8)])
+    return root
+
+
+def write_pipeline(root: Path, out: Path, **changes) -> Path:
+    d = pipeline_dict(root, out)
+    d.update(changes)
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def finished(run: Path) -> dict[str, str]:
+    return {f"{r['round']}/{r['stage']}": r.get("finished") for r in stage_records(run)}
+
+
+def test_pipeline_end_to_end_then_skips_unchanged_stages(root: Path) -> None:
+    out = root / "run"
+    path = write_pipeline(root, out)
+    cfg = load_pipeline(path)
+    run_pipeline(cfg, str(path))
+
+    recs = stage_records(out)
+    names = [f"{r['round']}/{r['stage']}" for r in recs]
+    assert names == ["0/prompts", "0/sft", "0/eval"] + [
+        f"{i}/{s}" for i in (1, 2) for s in ("sample", "label", "rm", "optimize", "eval")
+    ]
+    assert all(r["status"] == "done" for r in recs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["versions"]["torch"] and manifest["seed"] == 3
+    # each record: settings, input and output content hashes that match the files
+    sample = next(r for r in recs if r["stage"] == "sample" and r["round"] == 2)
+    assert sample["outputs"]["samples.jsonl"] == hash_path(out / "round-2/sample/samples.jsonl")
+    assert sample["inputs"]["policy"] == next(r for r in recs if r["stage"] == "optimize" and r["round"] == 1)[
+        "outputs"
+    ]["model"]
+    # round 2 samples from round 1's policy; the reward model of round 2 saw both rounds' labels
+    rm2 = sum(1 for _ in open(out / "round-2/rm/data/train.jsonl"))
+    labels = sum(1 for i in (1, 2) for _ in open(out / f"round-{i}/label/prefs.jsonl"))
+    assert rm2 == labels > 0
+    ev = json.loads((out / "round-2/eval/eval.json").read_text())
+    assert {"gold", "kl", "length", "distinct_1", "win_rate", "proxy", "reward_model"} <= set(ev)
+    assert abs(ev["kl"]) > 1e-3  # the optimized policy moved away from the reference
+    w = ev["win_rate"]
+    assert w["wins"] + w["ties"] + w["losses"] == 6 and 0 <= w["ci_low"] <= w["rate"] <= w["ci_high"] <= 1
+    prompts = [json.loads(x)["prompt"] for x in open(out / "round-0/prompts/train.jsonl")]
+    assert all(p.startswith("Say: the film number") for p in prompts) and len(prompts) == 34
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and (out / "report.md").exists()
+    table = status_table(out)
+    assert "round-2/optimize" in table and "done" in table
+
+    # unchanged: every stage skipped
+    before = finished(out)
+    run_pipeline(load_pipeline(path), str(path), report=False)
+    assert finished(out) == before
+
+    # a changed optimizer setting reruns optimize and what depends on its output; nothing before it
+    records = {f"{r['round']}/{r['stage']}": r for r in stage_records(out)}
+    d = pipeline_dict(root, out)
+    d["optimize"]["train"]["lr"] = 5e-4
+    path.write_text(yaml.safe_dump(d))
+    run_pipeline(load_pipeline(path), str(path), report=False)
+    after = {f"{r['round']}/{r['stage']}": r for r in stage_records(out)}
+    for key in ("0/prompts", "0/sft", "0/eval", "1/sample", "1/label", "1/rm"):
+        assert after[key]["finished"] == records[key]["finished"], key
+    for key in ("1/optimize", "1/eval", "2/sample"):
+        assert after[key]["finished"] != records[key]["finished"], key
+    for key in ("2/label", "2/rm", "2/optimize", "2/eval"):  # content-addressed: rerun exactly when an input changed
+        changed = after[key]["inputs"] != records[key]["inputs"]
+        assert (after[key]["finished"] != records[key]["finished"]) == changed, key
+    assert after["2/optimize"]["inputs"]["policy"] != records["2/optimize"]["inputs"]["policy"]
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"pipeline ended early: {proc.stderr.read() if proc.stderr else ''}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for the pipeline")
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_stage_resumes_without_repeating_finished_stages(root: Path) -> None:
+    out = root / "killed"
+    d = pipeline_dict(root, out, rounds=1)
+    d["rounds"] = 1
+    d["optimize"]["train"]["max_steps"] = 4
+    path = out.parent / "killed.yaml"
+    path.write_text(yaml.safe_dump(d))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "run", str(path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    opt = out / "round-1" / "optimize"
+    _wait_for(lambda: any(opt.glob("checkpoint-*/trainer_state*")) or any(opt.glob("checkpoint-*")), 240, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    record = json.loads((opt / "stage.json").read_text())
+    assert record["status"] == "running"
+    before = finished(out)
+    assert all(before[k] for k in ("0/prompts", "0/sft", "0/eval", "1/sample", "1/label", "1/rm"))
+
+    r = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    after = finished(out)
+    for key, value in before.items():
+        if key != "1/optimize":
+            assert after[key] == value, f"{key} ran again"
+    record = json.loads((opt / "stage.json").read_text())
+    assert record["status"] == "done" and record["resumed"] is True
+    steps = [json.loads(x)["step"] for x in open(opt / "metrics.jsonl") if "train/loss" in x]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # continued from the checkpoint, no step repeated
+    assert "unchanged: skipped" in r.stdout and (out / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"rm": {"train": {"max_stepz": 3}}}, "rm.train.max_stepz"),
+        ({"roundz": 3}, "roundz"),
+        ({"label": {"source": "crowd"}}, "label.source"),
+        ({"optimize": {"algorithm": "ppo", "kl": {"coef": "lots"}}}, "optimize.kl.coef"),
+        ({"optimize": {"algorithm": "a2c"}}, "optimize.algorithm"),
+    ],
+)
+def test_malformed_pipeline_is_one_line_naming_the_key(root: Path, tmp_path: Path, change: dict, key: str) -> None:
+    d = pipeline_dict(root, tmp_path / "out")
+    d.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_pipeline(path)
+    r = subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", "run", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and str(path) in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_bad_prompt_row_names_file_line_and_field(root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "ok one"}\n{"text": "no prompt"}\n')
+    d = pipeline_dict(root, tmp_path / "out")
+    d["prompts"]["train"] = str(bad)
+    with pytest.raises(ConfigError, match=r"prompts\.jsonl:2: field 'prompt'"):
+        run_pipeline(load_pipeline_from(d, tmp_path), "x", report=False)
+
+
+def load_pipeline_from(d: dict, tmp_path: Path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return load_pipeline(path)
