@@ -57,6 +57,8 @@ class ModelConfig:
     """Recompute activations in the backward pass to save memory."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA / QLoRA adapters."""
+    num_layers: int | None = None
+    """Keep only the first N transformer blocks of the checkpoint (a shallow, much faster model, e.g. a cheap reward model). None = all."""
     trainable_layers: int | None = None
     """Train only the top N transformer blocks (and the final norm and new heads); embeddings and lower blocks are frozen, so the backward pass stops early. None = train everything."""
 

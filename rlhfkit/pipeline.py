@@ -717,11 +717,7 @@ def _label_judge(pl: Pipeline, r: int, d: Path, prompts: list, a: list, b: list,
     c = pl.cfg.label
     judge = Judge(c.judge, **({"rubric": c.rubric} if c.rubric else {}))
     verdicts = judge.compare(prompts, a, b)
-    rows = (
-        judge.label_pairs(prompts, a, b, verdicts=verdicts)
-        if _accepts_verdicts(judge)
-        else judge.label_pairs(prompts, a, b)
-    )
+    rows = judge.label_pairs(prompts, a, b, verdicts=verdicts)
     info: dict[str, Any] = {"judge": c.judge, **{f"position_{k}": v for k, v in position_bias(verdicts).items()}}
     if c.human_share > 0 or c.audit_share > 0:
         idx = route_to_humans(verdicts, c.human_share, c.audit_share, seed)
@@ -733,12 +729,6 @@ def _label_judge(pl: Pipeline, r: int, d: Path, prompts: list, a: list, b: list,
         keep = set(idx)
         rows = [row for i, row in enumerate(rows) if i not in keep] + human  # humans overrule the judge
     return rows, info
-
-
-def _accepts_verdicts(judge: Any) -> bool:
-    import inspect
-
-    return "verdicts" in inspect.signature(judge.label_pairs).parameters
 
 
 LABELLERS: dict[str, Callable[..., tuple[list[dict[str, Any]], dict[str, Any]]]] = {

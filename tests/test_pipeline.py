@@ -81,9 +81,10 @@ def test_pipeline_end_to_end_then_skips_unchanged_stages(root: Path) -> None:
     # each record: settings, input and output content hashes that match the files
     sample = next(r for r in recs if r["stage"] == "sample" and r["round"] == 2)
     assert sample["outputs"]["samples.jsonl"] == hash_path(out / "round-2/sample/samples.jsonl")
-    assert sample["inputs"]["policy"] == next(r for r in recs if r["stage"] == "optimize" and r["round"] == 1)[
-        "outputs"
-    ]["model"]
+    assert (
+        sample["inputs"]["policy"]
+        == next(r for r in recs if r["stage"] == "optimize" and r["round"] == 1)["outputs"]["model"]
+    )
     # round 2 samples from round 1's policy; the reward model of round 2 saw both rounds' labels
     rm2 = sum(1 for _ in open(out / "round-2/rm/data/train.jsonl"))
     labels = sum(1 for i in (1, 2) for _ in open(out / f"round-{i}/label/prefs.jsonl"))
@@ -205,3 +206,83 @@ def load_pipeline_from(d: dict, tmp_path: Path):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(d))
     return load_pipeline(path)
+
+
+def _one_round(root: Path, out: Path, label: dict) -> dict:
+    d = pipeline_dict(root, out, rounds=1)
+    d["rounds"] = 1
+    d["sft"] = None
+    d["label"] = {**d["label"], **label}
+    d["optimize"] = {
+        "algorithm": "dpo",
+        "train": {"max_steps": 2, "batch_size": 2},
+        "data": {"max_length": 64, "max_prompt_length": 32},
+    }
+    d["eval"]["judge"] = "gold"
+    return d
+
+
+def test_label_from_file_and_offline_dpo(root: Path, tmp_path: Path) -> None:
+    prefs = tmp_path / "prefs-1.jsonl"
+    write_jsonl(prefs, [{"prompt": f"p {i}", "chosen": "eee", "rejected": "abc", "rater": "me"} for i in range(8)])
+    d = _one_round(root, tmp_path / "run", {"source": "file", "file": str(tmp_path / "prefs-{round}.jsonl")})
+    run_pipeline(load_pipeline_from(d, tmp_path), "p.yaml", report=False)
+    out = tmp_path / "run"
+    rows = [json.loads(x) for f in ("prefs", "heldout") for x in open(out / f"round-1/label/{f}.jsonl")]
+    assert sorted(r["prompt"] for r in rows) == sorted(f"p {i}" for i in range(8))
+    assert not (out / "round-1/rm").exists()  # DPO judged by gold needs no reward model
+    dpo_rows = sum(1 for _ in open(out / "round-1/optimize/data/train.jsonl"))
+    assert dpo_rows == sum(1 for _ in open(out / "round-1/label/prefs.jsonl"))
+    assert (out / "round-1/optimize/model").exists()
+    assert "win_rate" in json.loads((out / "round-1/eval/eval.json").read_text())
+
+
+def test_label_by_ai_judge(root: Path, tmp_path: Path) -> None:
+    d = _one_round(root, tmp_path / "run", {"source": "judge", "judge": str(root / "tiny")})
+    run_pipeline(load_pipeline_from(d, tmp_path), "p.yaml", report=False)
+    rec = next(r for r in stage_records(tmp_path / "run") if r["stage"] == "label")
+    assert rec["metrics"]["judge"] == str(root / "tiny") and "position_bias" in " ".join(rec["metrics"])
+    rows = [json.loads(x) for x in open(tmp_path / "run/round-1/label/prefs.jsonl")]
+    assert rows and all(r["rater"] == "judge:tiny" and 0.5 <= r["confidence"] <= 1 for r in rows)
+
+
+def test_label_by_humans_waits_for_the_campaign_then_continues(root: Path, tmp_path: Path) -> None:
+    import threading
+
+    from rlhfkit.feedback.store import Store
+
+    db = f"sqlite:///{tmp_path / 'annotations.db'}"
+    store = Store(db)
+    tokens = {name: store.add_rater(name) for name in ("alice", "bob")}
+    d = _one_round(root, tmp_path / "run", {"source": "human", "db": db, "raters_per_item": 2, "poll_seconds": 0.1})
+    cfg = load_pipeline_from(d, tmp_path)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_pipeline(cfg, "p.yaml", report=False)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    t0 = time.monotonic()
+    while not store.campaigns():  # the pipeline creates the campaign once the samples exist
+        assert thread.is_alive() and time.monotonic() - t0 < 120, errors
+        time.sleep(0.1)
+    name = store.campaigns()[0]["name"]
+    assert thread.is_alive()  # waiting for labels
+    submitted = 0
+    for rater, token in tokens.items():
+        rid = store.rater_by_token(token).id
+        while (a := store.next_assignment(rid, name)) is not None:
+            # alice prefers the first shown response, bob the second: disagreements get adjudicated
+            store.submit(rid, a["id"], {"choice": "A" if rater == "alice" else "B", "strength": 2})
+            submitted += 1
+    thread.join(timeout=300)
+    assert not thread.is_alive() and not errors, errors
+    progress = store.progress(name)
+    assert progress["labelled_items"] == progress["total_items"] and submitted == 2 * progress["total_items"]
+    rows = [json.loads(x) for f in ("prefs", "heldout") for x in open(tmp_path / f"run/round-1/label/{f}.jsonl")]
+    assert len(rows) == progress["total_items"] and all(r["rater"] == "adjudicated" for r in rows)
+    assert (tmp_path / "run/round-1/optimize/model").exists()

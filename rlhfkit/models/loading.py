@@ -364,10 +364,12 @@ def load_causal_lm(
     gradient_checkpointing: bool = False,
     device_map: str | dict[str, Any] | None = None,
     load_in_4bit: bool = False,
+    num_layers: int | None = None,
 ) -> PreTrainedModel:
     """A causal LM from a builtin name, a local checkpoint, or a local PEFT adapter (loaded on its base, trainable).
 
     load_in_4bit: QLoRA-style NF4 base (needs bitsandbytes + CUDA; otherwise QuantizationUnavailableError).
+    num_layers: keep only the first N transformer blocks (see `truncated_config`).
     """
     from transformers import AutoModelForCausalLM
 
@@ -375,8 +377,27 @@ def load_causal_lm(
     kwargs = _load_kwargs(dtype, trust_remote_code, device_map, load_in_4bit)  # validates before any heavy load
     base = _adapter_base(path)
     adapter = path if base is not None else None
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base) if base else path, **kwargs)
+    ckpt = resolve_model_path(base) if base else path
+    if num_layers is not None:
+        kwargs["config"] = truncated_config(ckpt, num_layers, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
     return _finish_load(model, adapter, gradient_checkpointing, load_in_4bit)
+
+
+def truncated_config(ckpt: Path, num_layers: int, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's config with only its first `num_layers` blocks: the weights of the others are not loaded.
+    A shallow copy of a pretrained model is a cheap starting point for a reward model (sentiment, format and
+    length signals live in the lower blocks), about num_hidden_layers / num_layers times faster to train and run."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(ckpt, local_files_only=True, **_remote_code_kwargs(trust_remote_code))
+    total = config.num_hidden_layers
+    if not 1 <= num_layers <= total:
+        raise ValueError(f"model.num_layers={num_layers} but {ckpt} has {total} transformer blocks")
+    config.num_hidden_layers = num_layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:num_layers]
+    return config
 
 
 def _is_sequence_classifier(path: Path) -> bool:
@@ -391,6 +412,7 @@ def load_reward_model(
     gradient_checkpointing: bool = False,
     device_map: str | dict[str, Any] | None = None,
     load_in_4bit: bool = False,
+    num_layers: int | None = None,
 ) -> PreTrainedModel:
     """A scalar reward model: ``AutoModelForSequenceClassification`` with ``num_labels=1``.
 
@@ -406,7 +428,10 @@ def load_reward_model(
     base = _adapter_base(path)
     adapter = path if base is not None else None
     ckpt = resolve_model_path(base) if base else path
-    config = AutoConfig.from_pretrained(ckpt, local_files_only=True, **_remote_code_kwargs(trust_remote_code))
+    if num_layers is not None:
+        config = truncated_config(ckpt, num_layers, trust_remote_code)
+    else:
+        config = AutoConfig.from_pretrained(ckpt, local_files_only=True, **_remote_code_kwargs(trust_remote_code))
     fresh_head = not _is_sequence_classifier(ckpt)
     if not fresh_head and config.num_labels != 1:
         raise ValueError(f"{ckpt} is a classifier with num_labels={config.num_labels}; a reward model needs 1")

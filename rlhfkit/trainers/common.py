@@ -168,6 +168,7 @@ def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tu
             trust_remote_code=model_cfg.trust_remote_code,
             gradient_checkpointing=model_cfg.gradient_checkpointing,
             load_in_4bit=lora.enabled and lora.load_in_4bit,
+            num_layers=model_cfg.num_layers,
         )
     else:
         model = load_reward_model(
@@ -176,6 +177,7 @@ def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tu
             trust_remote_code=model_cfg.trust_remote_code,
             gradient_checkpointing=model_cfg.gradient_checkpointing,
             load_in_4bit=lora.enabled and lora.load_in_4bit,
+            num_layers=model_cfg.num_layers,
         )
     if lora.enabled:
         targets = lora.target_modules if lora.target_modules == "all-linear" else lora.target_modules.split(",")
