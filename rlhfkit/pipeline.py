@@ -559,6 +559,9 @@ class Pipeline:
             else:
                 prompts, a, b = pairs_from_samples(_read(samples), c.pairs, c.max_pairs, seed)
                 rows, info = LABELLERS[c.source](self, r, d, prompts, a, b, seed)
+            valid = [x for x in rows if _valid_pair(x)]  # an empty or identical pair is no preference
+            info["dropped_invalid"] = len(rows) - len(valid)
+            rows = valid
             train, heldout = _split_by_prompt(rows, c.heldout_fraction, seed)
             _write(d / "prefs.jsonl", train)
             _write(d / "heldout.jsonl", heldout)
@@ -654,6 +657,17 @@ class Pipeline:
                 yield self.rm_stage(r)
             yield self.optimize_stage(r)
             yield self.eval_stage(r)
+
+
+def _valid_pair(row: dict[str, Any]) -> bool:
+    a, b = row.get("chosen"), row.get("rejected")
+    return (
+        bool(a)
+        and bool(b)
+        and a != b
+        and (not isinstance(a, str) or a.strip() != "")
+        and (not isinstance(b, str) or b.strip() != "")
+    )
 
 
 def _split_by_prompt(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
