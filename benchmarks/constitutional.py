@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--layout", default="paper", choices=("paper", "quoted"))
+    ap.add_argument("--rm", help="also report how often this reward model scores the revision above the original")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/constitutional.jsonl"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -74,6 +75,15 @@ def main() -> None:
     judge_s = time.perf_counter() - t1
 
     usable = [r for r in records if r.revision.strip() and r.response.strip() and r.revision != r.response]
+    rm_rate = float("nan")
+    if a.rm and usable:
+        from rlhfkit.rewards.sources import RewardModelSource
+
+        rm = RewardModelSource.from_path(a.rm)
+        prompts_u = [list(r.prompt) for r in usable]
+        revised = rm(prompts_u, [r.revision for r in usable]).total
+        original = rm(prompts_u, [r.response for r in usable]).total
+        rm_rate = float((revised > original).float().mean())
     k = len(verdicts)
     bias = position_bias(verdicts)
 
@@ -92,6 +102,8 @@ def main() -> None:
         "pref_pairs": len(preference_rows(records)),
         "unchanged_or_empty": len(records) - len(usable),
         "judge_prefers_revision": rate([v.p_a > 0.5 for v in verdicts]),
+        "rm": a.rm,
+        "rm_prefers_revision": rm_rate,
         "judge_prefers_revision_first_order_only": rate([v.p_a_first > 0.5 for v in verdicts]),
         "judge_mean_p_revision": sum(v.p_a for v in verdicts) / k if k else float("nan"),
         "judge_ties": sum(v.choice == "tie" for v in verdicts),

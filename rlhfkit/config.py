@@ -299,8 +299,9 @@ class RewardSpec:
     """k in mean - k * std for reduce=mean-std."""
     batch_size: int = 16
     """Responses per reward-model forward pass."""
-    max_length: int = 1024
-    """Longest prompt + response the reward model sees, in tokens (prompts are cut from the left)."""
+    max_length: int | None = None
+    """Longest prompt + response a reward model sees, in tokens (prompts cut from the left); None = as it was trained
+    (recorded by `rlhfkit rm`), else 1024."""
 
 
 @dataclass(frozen=True)

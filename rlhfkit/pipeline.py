@@ -79,6 +79,8 @@ class PromptsConfig:
     """Prompts sampled and labelled per round; each round takes the next ones (wrapping around)."""
     template: str = "{prompt}"
     """Format applied to every prompt, e.g. "Continue this movie review: {prompt}"."""
+    system: str | None = None
+    """A system message put before every prompt (None = the chat template's default, if it has one)."""
 
 
 @dataclass(frozen=True)
@@ -457,6 +459,12 @@ class Pipeline:
     def policy(self, round_: int) -> str:
         return self.base_policy if round_ == 0 else str(self.p(round_, "optimize", "model"))
 
+    def _messages(self, prompt: str) -> str | list[dict[str, str]]:
+        system = self.cfg.prompts.system
+        if system is None:
+            return prompt
+        return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+
     # round 0
     def prompts_stage(self) -> Stage:
         c = self.cfg.prompts
@@ -483,8 +491,8 @@ class Pipeline:
                 if len(rows) <= c.eval_count:
                     raise ConfigError(f"{src}: {len(rows)} prompts, but prompts.eval_count={c.eval_count} are held out")
                 heldout, rows = rows[: c.eval_count], rows[c.eval_count :]
-            _write(d / "train.jsonl", [{"prompt": p} for p in rows])
-            _write(d / "eval.jsonl", [{"prompt": p} for p in heldout])
+            _write(d / "train.jsonl", [{"prompt": self._messages(p)} for p in rows])
+            _write(d / "eval.jsonl", [{"prompt": self._messages(p)} for p in heldout])
             return {"train_prompts": len(rows), "eval_prompts": len(heldout)}
 
         return Stage(0, "prompts", to_dict(c), inputs, ("train.jsonl", "eval.jsonl"), run)

@@ -89,6 +89,15 @@ def test_pipeline_end_to_end_then_skips_unchanged_stages(root: Path) -> None:
     rm2 = sum(1 for _ in open(out / "round-2/rm/data/train.jsonl"))
     labels = sum(1 for i in (1, 2) for _ in open(out / f"round-{i}/label/prefs.jsonl"))
     assert rm2 == labels > 0
+    # the reward model records how its pairs were cut; as a reward source it cuts new responses the same way
+    from rlhfkit.rewards.sources import RewardModelSource
+
+    assert json.loads((out / "round-1/rm/model/rlhfkit_encoding.json").read_text()) == {
+        "max_length": 64,
+        "max_prompt_length": 32,
+    }
+    source = RewardModelSource.from_path(out / "round-1/rm/model")
+    assert (source.formatter.max_length, source.formatter.max_prompt_length) == (64, 32)
     ev = json.loads((out / "round-2/eval/eval.json").read_text())
     assert {"gold", "kl", "length", "distinct_1", "win_rate", "proxy", "reward_model"} <= set(ev)
     assert abs(ev["kl"]) > 1e-3  # the optimized policy moved away from the reference
@@ -193,6 +202,18 @@ def test_malformed_pipeline_is_one_line_naming_the_key(root: Path, tmp_path: Pat
     assert not (tmp_path / "out").exists()  # nothing ran
 
 
+def test_system_message_goes_before_every_prompt(root: Path, tmp_path: Path) -> None:
+    from rlhfkit.pipeline import Pipeline, Runner
+
+    d = pipeline_dict(root, tmp_path / "run")
+    d["prompts"]["system"] = "You are a critic."
+    pl = Pipeline(load_pipeline_from(d, tmp_path))
+    Runner(pl.dir, resume=False, force=False, log=lambda _: None)(pl.prompts_stage())
+    rows = [json.loads(x)["prompt"] for x in open(tmp_path / "run/round-0/prompts/eval.jsonl")]
+    assert len(rows) == 6 and all(r[0] == {"role": "system", "content": "You are a critic."} for r in rows)
+    assert all(r[1]["role"] == "user" and r[1]["content"].startswith("Say: the film number") for r in rows)
+
+
 def test_bad_prompt_row_names_file_line_and_field(root: Path, tmp_path: Path) -> None:
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "ok one"}\n{"text": "no prompt"}\n')
@@ -286,3 +307,64 @@ def test_label_by_humans_waits_for_the_campaign_then_continues(root: Path, tmp_p
     rows = [json.loads(x) for f in ("prefs", "heldout") for x in open(tmp_path / f"run/round-1/label/{f}.jsonl")]
     assert len(rows) == progress["total_items"] and all(r["rater"] == "adjudicated" for r in rows)
     assert (tmp_path / "run/round-1/optimize/model").exists()
+
+
+def test_judge_routes_its_least_confident_pairs_to_humans(root: Path, tmp_path: Path) -> None:
+    import threading
+
+    from rlhfkit.feedback.store import Store
+
+    db = f"sqlite:///{tmp_path / 'annotations.db'}"
+    store = Store(db)
+    rid = store.rater_by_token(store.add_rater("carol")).id
+    label = {"source": "judge", "judge": str(root / "tiny"), "human_share": 0.25, "audit_share": 0.25}
+    d = _one_round(root, tmp_path / "run", label | {"db": db, "poll_seconds": 0.1})
+    cfg = load_pipeline_from(d, tmp_path)
+    thread = threading.Thread(target=run_pipeline, args=(cfg, "p.yaml"), kwargs={"report": False})
+    thread.start()
+    t0 = time.monotonic()
+    while not store.campaigns():
+        assert thread.is_alive() and time.monotonic() - t0 < 120
+        time.sleep(0.1)
+    name = store.campaigns()[0]["name"]
+    while (a := store.next_assignment(rid, name)) is not None:
+        store.submit(rid, a["id"], {"choice": "A", "strength": 1})
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    rec = next(r for r in stage_records(tmp_path / "run") if r["stage"] == "label")["metrics"]
+    sampled = rec["pairs"] + rec["dropped_invalid"]
+    humans = store.progress(name)["total_items"]
+    # the least confident quarter plus a random quarter of the rest (rounding aside) went to people
+    assert 0.25 * sampled <= humans <= 0.25 * sampled + 0.25 * sampled * 0.75 + 2
+    assert rec["human_pairs"] == humans and "judge_human_accuracy" in rec
+    rows = [json.loads(x) for f in ("prefs", "heldout") for x in open(tmp_path / f"run/round-1/label/{f}.jsonl")]
+    assert sum(r["rater"] == "adjudicated" for r in rows) == humans
+    assert sum(r["rater"] == "judge:tiny" for r in rows) == len(rows) - humans
+
+
+def test_eval_command_end_to_end(root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    prompts = tmp_path / "heldout.jsonl"
+    write_jsonl(prompts, [{"prompt": f"Say: film {i}"} for i in range(6)])
+    base = tmp_path / "base"
+    shutil.copytree(root / "tiny", base)  # the same weights under another name
+    out = tmp_path / "eval.json"
+    r = subprocess.run(
+        [
+            sys.executable, "-m", "rlhfkit.cli", "eval", "--policy", str(root / "tiny"), "--baseline", str(base),
+            "--prompts", str(prompts), "--gold", "tests.toy:letter_reward", "--max-new-tokens", "6", "--seed", "1",
+            "--safety", "-o", str(out),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    policy = res["policies"][str(root / "tiny")]
+    assert abs(policy["kl"]) < 1e-5  # the same weights as the reference (the baseline)
+    w = policy["win_rate"]
+    assert w["wins"] + w["ties"] + w["losses"] == 6 and w["ties"] == 6  # same weights, same seed: identical samples
+    assert sorted(row["name"] for row in res["ratings"]) == sorted([str(root / "tiny"), str(base)])
+    assert "win rate 0.500" in r.stdout
+    safety = res["safety"][str(root / "tiny")]
+    assert 0 <= safety["harmful/refusal_rate"] <= 1 and 0 <= safety["over_refusal_rate"] <= 1

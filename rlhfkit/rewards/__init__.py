@@ -130,7 +130,7 @@ def build_source(
     if spec.kind in ("model", "ensemble"):
         if spec.batch_size < 1:
             raise ConfigError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
-        if spec.max_length < 2:
+        if spec.max_length is not None and spec.max_length < 2:
             raise ConfigError(f"{where}.max_length must be >= 2, got {spec.max_length}")
     if spec.kind == "ensemble":
         if spec.reduce not in ENSEMBLE_REDUCTIONS:

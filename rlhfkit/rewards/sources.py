@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import math
 import os
 import sys
@@ -83,6 +84,10 @@ def unique_names(names: Sequence[str]) -> list[str]:
 # reward model
 
 
+ENCODING_FILE = "rlhfkit_encoding.json"
+"""Written beside a reward model by `rlhfkit rm`: the max_length / max_prompt_length its pairs were encoded with."""
+
+
 class RewardModelSource:
     """A scalar-head reward model, encoded exactly as the reward-model trainer encoded pairs.
 
@@ -127,12 +132,23 @@ class RewardModelSource:
         device: str | torch.device = "cpu",
         dtype: str = "float32",
         batch_size: int = 16,
-        max_length: int = 1024,
+        max_length: int | None = None,
         name: str | None = None,
         max_prompt_length: int | None = None,
     ) -> RewardModelSource:
-        """Load a reward model directory (or PEFT adapter) saved by ``rlhfkit rm``; frozen, in eval mode, on device."""
+        """Load a reward model directory (or PEFT adapter) saved by ``rlhfkit rm``; frozen, in eval mode, on device.
+
+        Lengths left as None are those the model was trained with (``rlhfkit_encoding.json``, written by ``rlhfkit
+        rm``), so new responses are cut exactly as its training pairs were; otherwise 1024 and half of it.
+        """
         from rlhfkit.models.loading import load_reward_model, load_tokenizer
+
+        saved = Path(os.fspath(path)) / ENCODING_FILE
+        if saved.exists() and max_length is None:
+            trained = json.loads(saved.read_text())
+            max_length = int(trained["max_length"])
+            max_prompt_length = max_prompt_length or int(trained["max_prompt_length"])
+        max_length = max_length or 1024
 
         model = load_reward_model(path, dtype=dtype)  # type: ignore[arg-type]
         model.to(device).eval().requires_grad_(False)

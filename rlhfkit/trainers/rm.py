@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import torch
 
 from rlhfkit.config import RewardLossConfig, RMConfig, to_dict
 from rlhfkit.losses.reward import reward_loss
+from rlhfkit.rewards.sources import ENCODING_FILE
 from rlhfkit.trainers.common import finish_run, load_for_training, load_train_eval, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
@@ -191,4 +193,8 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     # 4. save (Hugging Face sequence-classification format) and summarize
     if not result.is_main:
         return {}
-    return finish_run(out, "rm", model, tokenizer, result, notes, len(train_rows), len(eval_rows))
+    summary = finish_run(out, "rm", model, tokenizer, result, notes, len(train_rows), len(eval_rows))
+    # how pairs were encoded, so that a reward source scores new responses the same way (rewards/sources.py)
+    encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
+    (Path(summary["model"]) / ENCODING_FILE).write_text(json.dumps(encoding) + "\n")
+    return summary
