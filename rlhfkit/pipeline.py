@@ -240,13 +240,13 @@ def _stage_config(cls: type, user: dict[str, Any], forced: dict[str, Any], where
 
 
 def hash_path(path: str | Path) -> str:
-    """sha256 of a file, or of a directory's files (relative names + contents, checkpoints excluded)."""
+    """sha256 of a file, or of a directory's files (relative names + contents, resumable checkpoints excluded)."""
     p = Path(path)
     h = hashlib.sha256()
     if p.is_file():
         files = [p]
     else:
-        files = sorted(f for f in p.rglob("*") if f.is_file() and "checkpoint-" not in f.as_posix())
+        files = sorted(f for f in p.rglob("*") if f.is_file() and "/checkpoints/" not in f.as_posix())
     for f in files:
         if p.is_dir():
             h.update(f.relative_to(p).as_posix().encode() + b"\0")

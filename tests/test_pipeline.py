@@ -147,15 +147,15 @@ def test_sigkill_mid_stage_resumes_without_repeating_finished_stages(root: Path)
     out = root / "killed"
     d = pipeline_dict(root, out, rounds=1)
     d["rounds"] = 1
-    d["optimize"]["train"]["max_steps"] = 4
+    d["optimize"]["train"]["max_steps"] = 20
     path = out.parent / "killed.yaml"
     path.write_text(yaml.safe_dump(d))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "rlhfkit.cli", "run", str(path)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     opt = out / "round-1" / "optimize"
-    _wait_for(lambda: any(opt.glob("checkpoint-*/trainer_state*")) or any(opt.glob("checkpoint-*")), 240, proc)
-    time.sleep(0.3)
+    # kill once a second checkpoint exists (so the first is complete), well before step 20
+    _wait_for(lambda: len(list((opt / "checkpoints").glob("step-*"))) >= 2, 240, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     record = json.loads((opt / "stage.json").read_text())
@@ -172,7 +172,7 @@ def test_sigkill_mid_stage_resumes_without_repeating_finished_stages(root: Path)
     record = json.loads((opt / "stage.json").read_text())
     assert record["status"] == "done" and record["resumed"] is True
     steps = [json.loads(x)["step"] for x in open(opt / "metrics.jsonl") if "train/loss" in x]
-    assert steps == sorted(set(steps)) and steps[-1] == 4  # continued from the checkpoint, no step repeated
+    assert steps == sorted(set(steps)) and steps[-1] == 20  # continued from the checkpoint, no step repeated
     assert "unchanged: skipped" in r.stdout and (out / "report.html").exists()
 
 
