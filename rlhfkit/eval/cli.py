@@ -35,6 +35,8 @@ def evaluate_policies(
         raise ConfigError("--judge gold needs a gold scorer (--gold sentiment, or a reward spec)")
     if judge == "rm" and not rm:
         raise ConfigError("--judge rm needs --rm DIR")
+    if len({baseline, *policies}) != len(policies) + 1:
+        raise ConfigError("each --policy must differ from the baseline and from each other (results are keyed by path)")
     sampling = sampling or SamplingConfig(max_new_tokens=32)
     examples = _prompt_rows(prompts)
     reference = reference or baseline
