@@ -52,7 +52,7 @@ COMMAND_MODULES = (
 )
 
 
-def _trainer(path: str) -> Callable[[Any], dict[str, Any]]:
+def trainer_from_path(path: str) -> Callable[[Any], dict[str, Any]]:
     import importlib
 
     module, name = path.split(":")
@@ -130,7 +130,7 @@ def run_command(
     if best_of:
         extra += [f"num_samples={best_of}", "best_of=true"]
     cfg = load_config(cls, config, extra)
-    return _trainer(trainer)(cfg)
+    return trainer_from_path(trainer)(cfg)
 
 
 def demo(output: str, model: str, overrides: list[str]) -> None:

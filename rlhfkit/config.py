@@ -582,7 +582,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "<config>", prefix: 
             raise ConfigError(f"{where}: unknown key {prefix + key!r} (valid keys here: {valid})")
         if _is_dataclass_type(hints[key]) and isinstance(value, dict):
             # a partial section overrides the stage's OWN default for it (e.g. GRPO's algo), not the bare class defaults
-            value = _deep_merge(to_dict(_field_default(cls, key)), value)
+            value = deep_merge(to_dict(_field_default(cls, key)), value)
         kwargs[key] = _coerce(value, hints[key], prefix + key, where)
     try:
         return cls(**kwargs)
@@ -597,12 +597,12 @@ def _field_default(cls: type, name: str) -> Any:
     return f.default if f.default is not dataclasses.MISSING else None
 
 
-def _deep_merge(base: Any, update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Any, update: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(base, dict):
         return dict(update)
     out = dict(base)
     for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -42,6 +42,7 @@ from rlhfkit.config import (
     RMConfig,
     SamplingConfig,
     SFTConfig,
+    deep_merge,
     from_dict,
     resolve,
     to_dict,
@@ -194,6 +195,8 @@ def load_pipeline(path: str | Path | None, overrides: list[str] | None = None) -
         raise ConfigError(f"{where}: key 'rounds' must be at least 1, got {cfg.rounds}")
     if cfg.label.source not in LABEL_SOURCES:
         raise ConfigError(f"{where}: key 'label.source' must be one of {', '.join(LABEL_SOURCES)}")
+    if not 0.0 <= cfg.label.heldout_fraction < 1.0:
+        raise ConfigError(f"{where}: key 'label.heldout_fraction' must be in [0, 1), got {cfg.label.heldout_fraction}")
     if cfg.eval.judge not in ("gold", "rm", "judge"):
         raise ConfigError(f"{where}: key 'eval.judge' must be gold, rm or judge, got {cfg.eval.judge!r}")
     if cfg.prompts.per_round < 1 or cfg.sample.num_samples < 2:
@@ -217,18 +220,11 @@ def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in keys}
 
 
-def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _stage_config(cls: type, user: dict[str, Any], forced: dict[str, Any], where: str, prefix: str) -> Any:
     """The stage's config: its own defaults <- the pipeline file's settings <- what the pipeline decides (paths)."""
     if not isinstance(user, dict):
         raise ConfigError(f"{where}: key {prefix.rstrip('.')!r} must be a mapping")
-    cfg = from_dict(cls, _deep_update(user, forced), where=where, prefix=prefix)
+    cfg = from_dict(cls, deep_merge(user, forced), where=where, prefix=prefix)
     try:
         return resolve(cfg)
     except ConfigError as e:  # resolve() names keys within the stage: say which stage
@@ -426,18 +422,9 @@ def _prompt_text(row: dict[str, Any], where: str, line: int) -> str:
 
 
 def _trainer(path: str) -> Callable[[Any], dict[str, Any]]:
-    import importlib
+    from rlhfkit.cli import trainer_from_path
 
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _gold_fn(specs: list[RewardSpec]) -> Callable[[list[Any], list[str]], list[float]]:
-    from rlhfkit.config import RewardConfig
-    from rlhfkit.rewards import build_reward
-
-    source = build_reward(RewardConfig(sources=list(specs)))
-    return lambda prompts, responses: source(list(prompts), list(responses)).total.tolist()
+    return trainer_from_path(path)
 
 
 class Pipeline:
@@ -570,7 +557,9 @@ class Pipeline:
             valid = [x for x in rows if _valid_pair(x)]  # an empty or identical pair is no preference
             info["dropped_invalid"] = len(rows) - len(valid)
             rows = valid
-            train, heldout = _split_by_prompt(rows, c.heldout_fraction, seed)
+            from rlhfkit.data import train_eval_split
+
+            train, heldout = train_eval_split(rows, c.heldout_fraction, seed)  # by prompt: none in both
             _write(d / "prefs.jsonl", train)
             _write(d / "heldout.jsonl", heldout)
             ties = sum(bool(x.get("tie")) for x in rows)
@@ -678,20 +667,6 @@ def _valid_pair(row: dict[str, Any]) -> bool:
     )
 
 
-def _split_by_prompt(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
-    """Held-out pairs by prompt, so no held-out prompt is seen in training."""
-    import random
-
-    prompts = sorted({json.dumps(r.get("prompt"), sort_keys=True) for r in rows})
-    random.Random(seed).shuffle(prompts)
-    k = int(round(len(prompts) * fraction))
-    if fraction > 0 and len(prompts) > 1:
-        k = min(max(k, 1), len(prompts) - 1)
-    held = set(prompts[:k])
-    train = [x for x in rows if json.dumps(x.get("prompt"), sort_keys=True) not in held]
-    return train, [x for x in rows if json.dumps(x.get("prompt"), sort_keys=True) in held]
-
-
 # label sources: (pipeline, round, stage dir, prompts, responses a, responses b, seed) -> (preference rows, info)
 
 
@@ -699,7 +674,9 @@ def _label_simulated(pl: Pipeline, r: int, d: Path, prompts: list, a: list, b: l
     from rlhfkit.feedback.simulated import RaterSpec, simulate_preferences
 
     raters = [RaterSpec(**to_dict(x)) for x in pl.cfg.label.raters]
-    rows = simulate_preferences(prompts, a, b, _gold_fn(pl.cfg.label.gold), raters, seed=seed)
+    from rlhfkit.eval.policy import scorer
+
+    rows = simulate_preferences(prompts, a, b, scorer(pl.cfg.label.gold), raters, seed=seed)
     return rows, {"raters": len(raters)}
 
 

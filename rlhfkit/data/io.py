@@ -187,10 +187,11 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
 
 def _group_key(example: Any, index: int) -> str:
     """Examples that share a prompt go to the same split (ranking rows expand to many pairs with one prompt)."""
-    prompt = getattr(example, "prompt", None)  # SFTExample.prompt = context before its final assistant turn
+    # SFTExample.prompt = context before its final assistant turn; plain rows (dicts) group by their "prompt" field
+    prompt = example.get("prompt") if isinstance(example, dict) else getattr(example, "prompt", None)
     if prompt is None:
         return f"#{index}"
-    return json.dumps(list(prompt), sort_keys=True, ensure_ascii=False)
+    return json.dumps(prompt if isinstance(prompt, str) else list(prompt), sort_keys=True, ensure_ascii=False)
 
 
 def train_eval_split(examples: Sequence[T], eval_fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:

@@ -26,7 +26,7 @@ def evaluate_policies(
 ) -> dict[str, Any]:
     """Sample every policy (and the baseline) on the same prompts; gold / proxy scores, KL to the reference, length,
     distinct-n, win rate against the baseline with a 95% CI, Elo / Bradley-Terry ratings across all of them."""
-    from rlhfkit.eval.policy import _diversity, _prompt_rows, _safety, _scores, _win, generate, rm_quality
+    from rlhfkit.eval.policy import _diversity, _prompt_rows, _safety, _win, generate, model_scorer, rm_quality, scorer
     from rlhfkit.eval.ratings import ratings_table
 
     if judge not in ("gold", "rm"):
@@ -40,17 +40,19 @@ def evaluate_policies(
     sampling = sampling or SamplingConfig(max_new_tokens=32)
     examples = _prompt_rows(prompts)
     reference = reference or baseline
+    gold_score = scorer(gold) if gold else None  # reward sources are loaded once, not once per policy
+    rm_score = model_scorer(rm) if rm else None
     results: dict[str, dict[str, Any]] = {}
     scores: dict[str, list[float]] = {}
     for name in [baseline, *policies]:
         gen = generate(name, examples, sampling, seed, reference)
         r: dict[str, Any] = {"kl": sum(gen["kl"]) / len(gen["kl"]), "length": sum(gen["lengths"]) / len(gen["lengths"])}
         r |= _diversity(gen["texts"])
-        if gold:
-            g = _scores(gold, gen["messages"], gen["texts"])
+        if gold_score:
+            g = gold_score(gen["messages"], gen["texts"])
             r["gold"] = sum(g) / len(g)
-        if rm:
-            p = _scores([RewardSpec(kind="model", path=rm)], gen["messages"], gen["texts"])
+        if rm_score:
+            p = rm_score(gen["messages"], gen["texts"])
             r["proxy"] = sum(p) / len(p)
         scores[name] = g if judge == "gold" else p
         results[name] = r
@@ -63,10 +65,10 @@ def evaluate_policies(
         for x, y in zip(scores[a], scores[b])
     ]
     out: dict[str, Any] = {"baseline": baseline, "policies": results, "ratings": ratings_table(comparisons)}
-    if rm and heldout:
+    if rm_score and heldout:
         from rlhfkit.data import read_rows
 
-        out["reward_model"] = rm_quality(rm, [row for _, row in read_rows(heldout)])
+        out["reward_model"] = rm_quality(rm_score, [row for _, row in read_rows(heldout)])
     if safety:
         out["safety"] = {name: _safety(name, sampling) for name in policies}
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +75,21 @@ def generate(
     return out
 
 
-def _scores(specs: Sequence[RewardSpec], messages: list[Any], texts: list[str]) -> list[float]:
+def scorer(specs: Sequence[RewardSpec]) -> Callable[[Sequence[Any], Sequence[str]], list[float]]:
+    """Build the reward sources once; returns score(prompts, responses) -> one float per response."""
     from rlhfkit.rewards import build_reward
 
     source = build_reward(RewardConfig(sources=list(specs)), device="cuda" if torch.cuda.is_available() else "cpu")
-    return [float(x) for x in source(list(messages), list(texts)).total.tolist()]
+    return lambda prompts, responses: [float(x) for x in source(list(prompts), list(responses)).total.tolist()]
 
 
-def rm_quality(rm_path: str, heldout: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def model_scorer(rm_path: str) -> Callable[[Sequence[Any], Sequence[str]], list[float]]:
+    return scorer([RewardSpec(kind="model", path=rm_path)])
+
+
+def rm_quality(
+    score: Callable[[Sequence[Any], Sequence[str]], list[float]], heldout: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Reward-model accuracy, AUC, ECE and reliability bins on held-out preference rows."""
     from rlhfkit.eval.metrics import (
         calibration_curve_bins,
@@ -94,10 +101,9 @@ def rm_quality(rm_path: str, heldout: Sequence[dict[str, Any]]) -> dict[str, Any
     rows = [r for r in heldout if not r.get("tie")]
     if not rows:
         return {}
-    spec = RewardSpec(kind="model", path=rm_path)
     prompts = [r["prompt"] for r in rows]
-    chosen = _scores([spec], prompts, [r["chosen"] for r in rows])
-    rejected = _scores([spec], prompts, [r["rejected"] for r in rows])
+    chosen = score(prompts, [r["chosen"] for r in rows])
+    rejected = score(prompts, [r["rejected"] for r in rows])
     p = 1 / (1 + np.exp(-(np.array(chosen) - np.array(rejected))))  # Bradley-Terry P(chosen preferred)
     probs, labels = np.concatenate([p, 1 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)])
     bins = calibration_curve_bins(probs, labels)
@@ -145,7 +151,7 @@ def evaluate_round(pl: Any, r: int, d: Path) -> dict[str, Any]:
     gen = generate(pl.policy(r), examples, cfg.eval.sampling, stage_seed(cfg.seed, 0, "eval"), pl.base_policy)
     messages, texts = gen["messages"], gen["texts"]
     has_gold = cfg.label.source == "simulated" or cfg.eval.judge == "gold"
-    gold = _scores(cfg.label.gold, messages, texts) if has_gold else None
+    gold = scorer(cfg.label.gold)(messages, texts) if has_gold else None
     result: dict[str, Any] = {
         "round": r,
         "policy": "baseline" if r == 0 else f"round {r}",
@@ -166,13 +172,13 @@ def evaluate_round(pl: Any, r: int, d: Path) -> dict[str, Any]:
         baseline = [row for _, row in read_rows(pl.p(0, "eval", "responses.jsonl"))]
         base_texts = [b["response"] for b in baseline]
         if has_rm:
-            proxy = _scores([RewardSpec(kind="model", path=rm_path)], messages, texts)
-            base_proxy = _scores([RewardSpec(kind="model", path=rm_path)], messages, base_texts)
+            rm = model_scorer(rm_path)  # loaded once for the policy, the baseline and the held-out labels
+            proxy, base_proxy = rm(messages, texts), rm(messages, base_texts)
             result["proxy"], result["baseline_proxy"] = float(np.mean(proxy)), float(np.mean(base_proxy))
             for row, s in zip(rows, proxy):
                 row["proxy"] = s
             heldout = [row for i in range(1, r + 1) for _, row in read_rows(pl.p(i, "label", "heldout.jsonl"))]
-            result["reward_model"] = rm_quality(rm_path, heldout)
+            result["reward_model"] = rm_quality(rm, heldout)
         judges = {"gold": (gold, [b.get("gold") for b in baseline])}
         if has_rm:
             judges["rm"] = (proxy, base_proxy)
@@ -224,18 +230,6 @@ def _text(messages: Any) -> str:
 # the run report
 
 
-def _metrics_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -245,6 +239,7 @@ def report_data(run_dir: str | Path) -> dict[str, Any]:
     from rlhfkit.eval.overopt import alarms, build_points
     from rlhfkit.eval.ratings import ratings_table
     from rlhfkit.pipeline import stage_records
+    from rlhfkit.tracking import read_metrics
 
     run = Path(run_dir)
     recs = stage_records(run)
@@ -302,7 +297,7 @@ def report_data(run_dir: str | Path) -> dict[str, Any]:
     curves, eval_curves, overopt = {}, {}, []
     for p in sorted(run.glob("round-*/optimize/metrics.jsonl")):
         r = int(p.parent.parent.name.split("-")[1])
-        rows = _metrics_rows(p)
+        rows = read_metrics(p)
         curves[f"round {r}"] = [
             {"step": x["step"], **{k[6:]: v for k, v in x.items() if k.startswith("train/") and _finite(v)}}
             for x in rows
