@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-SRC := rlhfkit tests benchmarks
+SRC := rlhfkit tests benchmarks tools
 
 .PHONY: demo test install dev lint format clean
 

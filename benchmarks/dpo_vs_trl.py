@@ -228,11 +228,11 @@ def child_rlhfkit(args: argparse.Namespace, rows_file: Path, run_dir: Path, refe
     import torch
 
     from rlhfkit.config import DPOConfig, load_config, to_dict
-    from rlhfkit.data import ChatFormatter
-    from rlhfkit.trainers.common import load_for_training, load_train_eval
-    from rlhfkit.trainers.dpo import DPOObjective, DPORow, Reference, precompute_reference
+    from rlhfkit.data import ChatFormatter, encode_pairs, load_train_eval
+    from rlhfkit.models import Reference
+    from rlhfkit.trainers.common import load_for_training
+    from rlhfkit.trainers.dpo import DPOObjective, DPORow, precompute_reference
     from rlhfkit.trainers.loop import run_loop
-    from rlhfkit.trainers.rm import encode_pairs
 
     cfg = load_config(
         DPOConfig,

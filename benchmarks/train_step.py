@@ -20,10 +20,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from rlhfkit.config import PreferenceLossConfig, RewardLossConfig, TrainConfig
+from rlhfkit.data import EncodedPair
 from rlhfkit.data.templates import Encoded
-from rlhfkit.trainers.dpo import DPOObjective, DPORow, Reference, precompute_reference
+from rlhfkit.models import Reference
+from rlhfkit.trainers.dpo import DPOObjective, DPORow, precompute_reference
 from rlhfkit.trainers.loop import run_loop
-from rlhfkit.trainers.rm import EncodedPair, RewardObjective
+from rlhfkit.trainers.rm import RewardObjective
 from rlhfkit.trainers.sft import SFTObjective
 
 VOCAB = 32000

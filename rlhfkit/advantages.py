@@ -10,10 +10,10 @@ token-level outputs are float32 whatever the input dtype (long bf16 sums drift).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
-
-from rlhfkit.ops import masked_whiten
 
 __all__ = [
     "broadcast_to_tokens",
@@ -93,19 +93,43 @@ def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Ten
     return returns
 
 
+AllReduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over processes and returns the sum, e.g. ``lambda t: accelerator.reduce(t, "sum")``."""
+
+
 @torch.no_grad()
-def whiten_advantages(adv: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten_advantages(
+    adv: Tensor,
+    mask: Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    *,
+    all_reduce: AllReduce | None = None,
+) -> Tensor:
     """Normalize advantages over all valid tokens of the batch: (A - mean) / sqrt(var + eps), 0 on padding.
 
-    shift_mean=False keeps the original mean (only rescales), as TRL's ``whiten(shift_mean=False)``. Uses
-    ``ops.masked_whiten`` (unbiased variance), so it needs at least two valid tokens.
+    mean and the unbiased variance (Bessel's n - 1) are taken over every valid token of the GLOBAL batch when
+    ``all_reduce`` is given (it must sum over processes; every process must call this, even one without valid
+    tokens), otherwise over this process's tokens only. Two passes (count and sum, then the sum of squared
+    deviations from the global mean) avoid the cancellation of sum-of-squares formulas; statistics are in fp64.
+    shift_mean=False keeps the original mean (only rescales), as TRL's ``whiten(shift_mean=False)``.
+    With fewer than 2 valid tokens the variance is undefined: nothing is rescaled, the values are only centered
+    (shift_mean=True; a single token becomes 0) or returned as they are (shift_mean=False). Returns (B, T) fp32.
     """
     _check_token_shapes(mask, adv=adv)
     valid = mask.bool()
-    if valid.sum() == 0:
-        raise ValueError("whiten_advantages: mask has no valid tokens")
+    reduce = all_reduce if all_reduce is not None else (lambda t: t)
     x = torch.where(valid, adv.float(), 0.0)  # padding may hold anything
-    return torch.where(valid, masked_whiten(x, valid, shift_mean=shift_mean, eps=eps), 0.0)
+    xs = x.to(torch.float32 if x.device.type == "mps" else torch.float64)  # MPS has no fp64
+    count_and_sum = reduce(torch.stack([valid.sum().to(xs.dtype), xs.sum()]))  # (2,) global n and sum
+    n, mean = count_and_sum[0], count_and_sum[1] / count_and_sum[0].clamp(min=1)
+    sq_dev = reduce(torch.where(valid, (xs - mean) ** 2, 0.0).sum())  # global sum of squared deviations
+    var = sq_dev / (n - 1).clamp(min=1)  # unbiased
+    # n < 2: undefined variance, scale 1 (no host sync: a tensor condition, not a Python branch)
+    scale = torch.where(n >= 2, torch.rsqrt(var + eps), torch.ones_like(var))
+    whitened = (xs - mean) * scale
+    out = (whitened if shift_mean else whitened + mean).float()
+    return torch.where(valid, out, 0.0)
 
 
 @torch.no_grad()
@@ -137,14 +161,22 @@ def leave_one_out(scores: Tensor, group_size: int) -> Tensor:
 
 
 @torch.no_grad()
-def reinforce_pp(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, eps: float = 1e-8) -> Tensor:
+def reinforce_pp(
+    token_rewards: Tensor,
+    mask: Tensor,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
+    *,
+    all_reduce: AllReduce | None = None,
+) -> Tensor:
     """REINFORCE++ advantage, Hu 2025 §3: per-token discounted return-to-go (the KL-shaped token rewards
     already include the score at EOS), then whitened over every valid token of the global batch.
 
-    token_rewards, mask: (B, T). Returns (B, T), 0 on padding.
+    token_rewards, mask: (B, T). all_reduce: sums over processes (see ``whiten_advantages``); without it the
+    whitening is over this process's tokens only. Returns (B, T), 0 on padding.
     """
     returns = discounted_returns(token_rewards, mask, gamma)
-    return whiten_advantages(returns, mask, shift_mean=True, eps=eps)
+    return whiten_advantages(returns, mask, shift_mean=True, eps=eps, all_reduce=all_reduce)
 
 
 def broadcast_to_tokens(seq_adv: Tensor, mask: Tensor) -> Tensor:

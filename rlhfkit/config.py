@@ -3,6 +3,10 @@
 The same objects are built from Python, from a YAML file and from dotted command-line overrides
 (`train.lr=1e-5 loss.beta=0.2`). Each field's docstring (the string literal under it) is its help text:
 `field_docs()` reads it from the source, so the CLI help and the code never disagree.
+
+Checks sit beside their fields: a choice is a `Literal[...]` type (checked while the value is read, the error lists
+the choices), and each dataclass's `validate()` checks its own ranges and the constraints between its fields, naming
+them relative to itself; `resolve()` walks the tree and prefixes the section (`train.`, `algo.`, ...).
 """
 
 from __future__ import annotations
@@ -16,13 +20,40 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and the key."""
+
+
+def require(ok: bool, message: str) -> None:
+    """A `validate()` check: the message names the field relative to its section."""
+    if not ok:
+        raise ConfigError(message)
+
+
+# the choices of every named setting, listed once (registries keyed by these names are checked against them in tests)
+DType = Literal["float32", "bfloat16", "float16", "auto"]
+Truncation = Literal["keep_end", "drop"]
+Scheduler = Literal["constant", "linear", "cosine"]
+MixedPrecision = Literal["no", "bf16", "fp16"]
+Sink = Literal["tensorboard", "mlflow", "wandb"]
+Aggregation = Literal["token-mean", "sequence-mean"]
+TieModel = Literal["davidson", "rao-kupper"]
+PreferenceLossName = Literal["dpo", "ipo", "robust", "hinge", "simpo", "orpo"]
+DPOTies = Literal["drop", "davidson", "rao-kupper"]
+RewardKind = Literal["model", "ensemble", "rule", "callable", "sentiment"]
+EnsembleReduce = Literal["mean", "min", "mean-std"]
+Backend = Literal["auto", "hf", "hf-static"]
+KLControllerName = Literal["fixed", "adaptive"]
+KLEstimator = Literal["k1", "k2", "k3"]
+KLPlacement = Literal["reward", "loss"]
+AlgoName = Literal["ppo", "grpo", "rloo", "reinforce++", "online-dpo"]
+Critic = Literal["head", "separate", "none"]
+SampleFormat = Literal["samples", "sft", "prefs"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -44,12 +75,16 @@ class LoraConfig:
     load_in_4bit: bool = False
     """QLoRA: load the base weights in 4 bits (needs bitsandbytes and a CUDA GPU)."""
 
+    def validate(self) -> None:
+        require(self.r >= 1 and self.alpha > 0, "r must be >= 1 and alpha > 0")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"
     """A local Hugging Face model directory or a builtin name (smollm2-135m-instruct)."""
-    dtype: str = "float32"
+    dtype: DType = "float32"
     """Weights dtype: float32, bfloat16, float16 or auto."""
     trust_remote_code: bool = False
     """Allow custom modelling code shipped with the checkpoint. Off unless you trust the source."""
@@ -61,6 +96,14 @@ class ModelConfig:
     """Keep only the first N transformer blocks of the checkpoint (a shallow, much faster model, e.g. a cheap reward model). None = all."""
     trainable_layers: int | None = None
     """Train only the top N transformer blocks (and the final norm and new heads); embeddings and lower blocks are frozen, so the backward pass stops early. None = train everything."""
+    disable_dropout: bool = True
+    """Turn every dropout off, as RLHF peers do: the DPO loss at step 0 is exactly log 2 and PPO's first ratio exactly 1. false keeps the checkpoint's dropout."""
+
+    def validate(self) -> None:
+        require(self.num_layers is None or self.num_layers >= 1, "num_layers must be >= 1 (or unset)")
+        require(
+            self.trainable_layers is None or self.trainable_layers >= 0, "trainable_layers must be >= 0 (or unset)"
+        )
 
 
 @dataclass(frozen=True)
@@ -78,6 +121,10 @@ class CurationConfig:
     max_chars: int | None = None
     """Drop rows whose response is longer than this many characters."""
 
+    def validate(self) -> None:
+        require(0.0 < self.near_threshold <= 1.0, "near_threshold must be in (0, 1]")
+        require(self.max_chars is None or self.max_chars >= self.min_chars, "max_chars must be >= min_chars")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -91,7 +138,7 @@ class DataConfig:
     """Longest prompt + response in tokens."""
     max_prompt_length: int = 256
     """Longest prompt in tokens (prompts are cut from the left)."""
-    truncation: str = "keep_end"
+    truncation: Truncation = "keep_end"
     """keep_end: cut long prompts from the left and long responses from the right; drop: drop rows that do not fit."""
     max_rows: int | None = None
     """Use at most this many training rows (drawn with the seed)."""
@@ -101,6 +148,11 @@ class DataConfig:
     """SFT only: pack several short examples into one sequence."""
     curation: CurationConfig = field(default_factory=CurationConfig)
     """Cleaning applied after loading."""
+
+    def validate(self) -> None:
+        require(self.max_prompt_length < self.max_length, "max_prompt_length must be smaller than data.max_length")
+        require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
+        require(self.max_rows is None or self.max_rows >= 1, "max_rows must be >= 1 (or unset)")
 
 
 @dataclass(frozen=True)
@@ -126,11 +178,11 @@ class TrainConfig:
     """AdamW betas."""
     warmup_ratio: float = 0.0
     """Share of steps with linear warm-up."""
-    scheduler: str = "cosine"
+    scheduler: Scheduler = "cosine"
     """Learning-rate schedule: constant, linear or cosine (after warm-up)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
-    mixed_precision: str = "no"
+    mixed_precision: MixedPrecision = "no"
     """accelerate mixed precision: no, bf16 or fp16."""
     log_every: int = 1
     """Log metrics every N steps."""
@@ -142,7 +194,7 @@ class TrainConfig:
     """How many step checkpoints to keep."""
     resume: bool = False
     """Continue from the newest checkpoint in output_dir."""
-    report_to: tuple[str, ...] = ()
+    report_to: tuple[Sink, ...] = ()
     """Extra metric sinks: tensorboard, mlflow, wandb (metrics.jsonl is always written)."""
     progress: bool = True
     """Show a progress bar."""
@@ -150,6 +202,27 @@ class TrainConfig:
     @property
     def micro(self) -> int:
         return self.micro_batch_size or self.batch_size
+
+    def validate(self) -> None:
+        require(self.batch_size > 0, "batch_size must be positive")
+        require(self.micro_batch_size >= 0, "micro_batch_size must be 0 (= batch_size) or positive")
+        require(
+            self.log_every >= 1 and self.keep_checkpoints >= 1, "log_every and keep_checkpoints must be at least 1"
+        )
+        require(
+            self.eval_every >= 0 and self.save_every >= 0 and self.max_steps >= 0 and self.epochs > 0,
+            "eval_every, save_every and max_steps must be >= 0, and epochs > 0",
+        )
+        require(self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0")
+        require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
+        require(self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0 disables clipping)")
+
+    def validate_accumulation(self) -> None:
+        """Offline trainers: micro-batches must tile the batch (online RL checks its mini-batches instead)."""
+        require(
+            self.batch_size % self.micro == 0,
+            f"train.micro_batch_size={self.micro_batch_size} must divide train.batch_size={self.batch_size}",
+        )
 
     @property
     def grad_accum(self) -> int:
@@ -164,7 +237,7 @@ class TrainConfig:
 class SFTLossConfig:
     completion_only: bool = True
     """Train on assistant tokens only (prompt tokens carry no loss)."""
-    aggregation: str = "token-mean"
+    aggregation: Aggregation = "token-mean"
     """token-mean (every completion token weighs the same) or sequence-mean (every example weighs the same)."""
 
 
@@ -179,10 +252,17 @@ class SFTConfig:
     loss: SFTLossConfig = field(default_factory=SFTLossConfig)
     """Objective."""
 
+    def validate(self) -> None:
+        self.train.validate_accumulation()
+        require(
+            not (self.loss.aggregation == "sequence-mean" and self.data.packing),
+            "loss.aggregation=sequence-mean needs one example per row: turn data.packing off",
+        )
+
 
 @dataclass(frozen=True)
 class RewardLossConfig:
-    tie_model: str = "davidson"
+    tie_model: TieModel = "davidson"
     """How ties enter the likelihood: davidson (Davidson 1970) or rao-kupper (Rao & Kupper 1967)."""
     tie_param: float = 1.0
     """Davidson nu or Rao-Kupper theta (>1)."""
@@ -194,6 +274,12 @@ class RewardLossConfig:
     """Weight each pair's loss by its confidence."""
     magnitude_penalty: float = 0.0
     """Coefficient of (r_chosen^2 + r_rejected^2)/2, keeping rewards centred near zero."""
+
+    def validate(self) -> None:
+        if self.tie_model == "rao-kupper":
+            require(self.tie_param > 1.0, "tie_param must be > 1 for the Rao-Kupper tie model (theta), e.g. 1.5")
+        require(self.tie_param >= 0, "tie_param (Davidson nu) must be >= 0")
+        require(self.magnitude_penalty >= 0 and self.margin_scale >= 0, "magnitude_penalty and margin_scale >= 0")
 
 
 @dataclass(frozen=True)
@@ -207,26 +293,47 @@ class RMConfig:
     loss: RewardLossConfig = field(default_factory=RewardLossConfig)
     """Objective."""
 
+    def validate(self) -> None:
+        self.train.validate_accumulation()
 
-# the names of rlhfkit.losses.PREFERENCE_LOSSES (kept here so that configs validate without importing torch; a test
-# checks that the two agree)
-PREFERENCE_LOSS_NAMES = ("dpo", "ipo", "robust", "hinge", "simpo", "orpo")
+
+PREFERENCE_LOSS_NAMES: tuple[str, ...] = typing.get_args(PreferenceLossName)
+"""The keys of rlhfkit.losses.PREFERENCE_LOSSES (named here so that configs validate without importing torch)."""
 
 
 @dataclass(frozen=True)
 class PreferenceLossConfig:
-    name: str = "dpo"
+    name: PreferenceLossName = "dpo"
     """dpo, ipo, robust, hinge, simpo or orpo."""
     beta: float = 0.1
     """Strength of the implicit KL constraint (temperature of the implicit reward)."""
     label_smoothing: float = 0.0
-    """Assumed label-noise rate for conservative (dpo) and robust DPO."""
+    """Assumed label-noise rate for conservative (dpo) and robust DPO (robust needs it > 0: at 0 it is plain dpo)."""
     gamma: float = 0.5
     """SimPO target reward margin."""
     lam: float = 0.1
     """ORPO weight of the odds-ratio term."""
-    reference: str = "precompute"
+    reference: Literal["precompute", "live"] = "precompute"
     """Reference log-probs: precompute (one pass before training) or live (a forward per step)."""
+    ties: DPOTies = "drop"
+    """Rows marked "tie": drop them (counted in the summary), or train them with the tie-aware DPO of Chen et al.
+    2024 under the davidson or rao-kupper tie model (loss.name=dpo only)."""
+    tie_param: float = 1.0
+    """Davidson nu (>= 0) or Rao-Kupper theta (> 1) of the tie-aware DPO."""
+
+    def validate(self) -> None:
+        require(self.beta > 0, "beta must be > 0")
+        require(0.0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)")
+        require(
+            self.name != "robust" or self.label_smoothing > 0,
+            "label_smoothing must be > 0 for loss.name=robust (at 0 robust DPO is exactly dpo), e.g. 0.1",
+        )
+        if self.ties != "drop":
+            require(self.name == "dpo", f"ties={self.ties} is the tie-aware DPO: it needs loss.name=dpo")
+            require(
+                self.tie_param > 1.0 if self.ties == "rao-kupper" else self.tie_param > 0,
+                "tie_param must be > 1 (Rao-Kupper theta) or > 0 (Davidson nu) to train ties",
+            )
 
 
 @dataclass(frozen=True)
@@ -246,6 +353,10 @@ class DPOConfig:
     eval_kl_tokens: int = 32
     """New tokens per sample for that KL estimate."""
 
+    def validate(self) -> None:
+        self.train.validate_accumulation()
+        require(self.eval_kl_samples >= 0 and self.eval_kl_tokens >= 1, "eval_kl_samples >= 0, eval_kl_tokens >= 1")
+
 
 @dataclass(frozen=True)
 class KTOLossConfig:
@@ -255,6 +366,12 @@ class KTOLossConfig:
     """lambda_D: weight of desirable examples (raise it when they are rarer than undesirable ones)."""
     undesirable_weight: float = 1.0
     """lambda_U: weight of undesirable examples."""
+
+    def validate(self) -> None:
+        require(self.beta > 0, "beta must be > 0")
+        require(
+            self.desirable_weight > 0 and self.undesirable_weight > 0, "desirable_weight and undesirable_weight > 0"
+        )
 
 
 @dataclass(frozen=True)
@@ -270,18 +387,25 @@ class KTOConfig:
     loss: KTOLossConfig = field(default_factory=KTOLossConfig)
     """Objective."""
 
+    def validate(self) -> None:
+        self.train.validate_accumulation()
+        require(
+            self.train.micro >= 2,
+            "train.micro_batch_size must be >= 2: KTO estimates its KL reference point from mismatched pairs",
+        )
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Online RL: rollout, reward sources, KL, algorithm
 
 
-REWARD_KINDS = ("model", "ensemble", "rule", "callable", "sentiment")
-ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce++", "online-dpo")
+REWARD_KINDS: tuple[str, ...] = typing.get_args(RewardKind)
+ALGORITHMS: tuple[str, ...] = typing.get_args(AlgoName)
 
 
 @dataclass(frozen=True)
 class RewardSpec:
-    kind: str = "model"
+    kind: RewardKind = "model"
     """model (a reward model directory), ensemble (several reward model directories), rule (a builtin rule: length,
     format, keywords), callable (any Python function) or sentiment (the VADER gold scorer of the sentiment task)."""
     path: str = ""
@@ -293,7 +417,7 @@ class RewardSpec:
     """Label in logs (default: derived from kind and path)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of a rule or callable, e.g. {target: 40, coef: 0.01} for the length rule."""
-    reduce: str = "mean"
+    reduce: EnsembleReduce = "mean"
     """Ensemble reduction: mean, min, or mean-std (mean - std_coef * std; pessimistic under disagreement)."""
     std_coef: float = 1.0
     """k in mean - k * std for reduce=mean-std."""
@@ -302,6 +426,10 @@ class RewardSpec:
     max_length: int | None = None
     """Longest prompt + response a reward model sees, in tokens (prompts cut from the left); None = as it was trained
     (recorded by `rlhfkit rm`), else 1024."""
+
+    def validate(self) -> None:
+        require(self.kind == "sentiment" or bool(self.path), f"path is empty: a {self.kind} source needs one")
+        require(self.batch_size >= 1, "batch_size must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -312,6 +440,9 @@ class RewardConfig:
     """Standardize the total with a running mean and std over every score seen so far (Welford)."""
     clip: float | None = None
     """Clip the (normalized) total to [-clip, clip]."""
+
+    def validate(self) -> None:
+        require(self.clip is None or self.clip > 0, f"clip must be > 0 (or unset), got {self.clip}")
 
 
 @dataclass(frozen=True)
@@ -328,35 +459,62 @@ class SamplingConfig:
     """Nucleus sampling mass (1.0: off). Same caveat as top_k."""
     batch_size: int = 64
     """Sequences per generate call (prompts are bucketed by length)."""
-    backend: str = "auto"
+    backend: Backend = "auto"
     """hf: transformers generate with a dynamic KV cache; hf-static: a static KV cache with the decoding step compiled
     by torch.compile (about 6x faster decoding on an H100 after a one-off compile of ~35 s); auto: hf-static on CUDA,
     hf elsewhere."""
+
+    def validate(self) -> None:
+        require(
+            self.max_new_tokens >= 1 and 0 <= self.min_new_tokens <= self.max_new_tokens,
+            "max_new_tokens must be >= 1 and 0 <= min_new_tokens <= max_new_tokens",
+        )
+        require(self.temperature >= 0, "temperature must be >= 0 (0 = greedy)")
+        require(self.top_k >= 0 and 0.0 < self.top_p <= 1.0, "top_k must be >= 0 and top_p in (0, 1]")
+        require(self.batch_size >= 1, "batch_size must be at least 1")
 
 
 @dataclass(frozen=True)
 class KLConfig:
     coef: float = 0.05
     """(Initial) KL coefficient beta."""
-    controller: str = "fixed"
+    controller: KLControllerName = "fixed"
     """fixed, or adaptive (Ziegler et al. 2019: beta tracks target)."""
     target: float = 6.0
     """Adaptive controller: target KL per sequence, in nats."""
     horizon: float = 10000.0
     """Adaptive controller: horizon in samples."""
-    estimator: str = "k1"
-    """Per-token KL estimator: k1 (log ratio), k2 or k3 (Schulman 2020)."""
-    placement: str = "reward"
+    estimator: KLEstimator = "k1"
+    """Per-token KL estimator: k1 (log ratio), k2 or k3 (Schulman 2020). In the loss (placement=loss) k1 has zero
+    expected gradient and is refused; k3 there is logged as k3 and differentiated as k2, whose gradient is that of
+    KL(pi || ref)."""
+    placement: KLPlacement = "reward"
     """reward: subtract beta * KL from the token rewards (PPO, RLOO, REINFORCE++); loss: add beta * KL to the loss
     (GRPO)."""
     uncertainty_scale: float = 0.0
     """Scale each sequence's KL coefficient by (1 + c * ensemble std): stay closer to the reference where the reward
     models disagree. 0 disables."""
+    log_ratio_clip: float | None = 10.0
+    """Clamp log pi - log ref to [-c, c] before the estimator (k3 overflows on tokens the reference finds far likelier;
+    OpenRLHF uses 10). None disables."""
+
+    def validate(self) -> None:
+        require(
+            self.coef >= 0 and (self.controller != "adaptive" or self.coef > 0),
+            "coef must be >= 0 (and > 0 for the adaptive controller)",
+        )
+        require(
+            self.placement != "loss" or self.estimator != "k1",
+            "estimator=k1 has zero expected gradient in the loss (placement=loss): use k2 or k3",
+        )
+        require(self.target > 0 and self.horizon > 0, "target and horizon must be > 0")
+        require(self.uncertainty_scale >= 0, "uncertainty_scale must be >= 0")
+        require(self.log_ratio_clip is None or self.log_ratio_clip > 0, "log_ratio_clip must be > 0 (or unset)")
 
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    name: str = "ppo"
+    name: AlgoName = "ppo"
     """ppo (critic + GAE), grpo, rloo, reinforce++ or online-dpo."""
     num_samples: int = 1
     """Responses per prompt (the group size of grpo / rloo, the candidates of online-dpo)."""
@@ -374,7 +532,7 @@ class AlgoConfig:
     """Stop the remaining epochs of a rollout once the approximate KL to the rollout policy exceeds this."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
-    aggregation: str = "token-mean"
+    aggregation: Aggregation = "token-mean"
     """token-mean or sequence-mean loss aggregation."""
     whiten_advantages: bool = True
     """Whiten advantages over the batch (ppo and rloo; reinforce++ always whitens, grpo normalizes per group)."""
@@ -384,7 +542,7 @@ class AlgoConfig:
     """Discount (GAE and REINFORCE++)."""
     lam: float = 0.95
     """GAE lambda."""
-    critic: str = "head"
+    critic: Critic = "head"
     """ppo only: head (a value head on the policy), separate (its own network) or none."""
     critic_path: str | None = None
     """Initialize a separate critic from this directory (e.g. the reward model); default: the policy checkpoint."""
@@ -398,6 +556,27 @@ class AlgoConfig:
     """Subtract this from the score of responses that never reached EOS."""
     dpo_beta: float = 0.1
     """online-dpo: beta of the DPO loss on (best, worst) pairs of each prompt's samples."""
+
+    def validate(self) -> None:
+        require(
+            self.name not in ("grpo", "rloo", "online-dpo") or self.num_samples >= 2,
+            f"num_samples must be >= 2: algo.name={self.name} compares samples of the same prompt; set algo.num_samples >= 2",
+        )
+        require(
+            self.num_samples >= 1 and self.epochs >= 1 and self.mini_batch_size >= 0,
+            "num_samples and epochs must be >= 1, mini_batch_size >= 0",
+        )
+        require(
+            self.name != "ppo" or self.critic != "none",
+            "critic=none: algo.name=ppo estimates advantages with GAE and needs a critic (head or separate)",
+        )
+        require(0 < self.clip < 1, "clip must be in (0, 1)")
+        require(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma must be in (0, 1] and lam in [0, 1]")
+        for key in ("target_kl", "dpo_beta", "critic_lr", "value_clip", "clip_high"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"{key} must be > 0 (or unset), got {value}")
+        require(self.dual_clip is None or self.dual_clip > 1, "dual_clip must be > 1 (Ye et al. 2020)")
+        require(self.vf_coef >= 0 and self.entropy_coef >= 0, "vf_coef and entropy_coef must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -423,6 +602,43 @@ class RLConfig:
     and length."""
     gold: RewardConfig = field(default_factory=RewardConfig)
     """Optional held-out-only reward sources (e.g. a gold scorer), reported beside the training reward: proxy vs gold."""
+
+    def validate(self) -> None:
+        a, tc = self.algo, self.train
+        rows = tc.batch_size * a.num_samples
+        mini = a.mini_batch_size or rows
+        require(
+            rows % mini == 0,
+            f"algo.mini_batch_size={mini} must divide the rollout batch train.batch_size x algo.num_samples = {rows}",
+        )
+        micro = tc.micro_batch_size or mini  # online RL: sequences per forward; 0 = the whole mini-batch
+        require(mini % micro == 0, f"train.micro_batch_size={micro} must divide the mini-batch of {mini} sequences")
+        require(
+            a.name != "online-dpo" or not (mini % 2 or micro % 2),
+            "online-dpo trains on pairs: algo.mini_batch_size and train.micro_batch_size must be even",
+        )
+        require(
+            bool(self.reward.sources),
+            "reward.sources is empty: give at least one reward source, e.g. a reward model directory",
+        )
+        require(
+            tc.mixed_precision != "fp16", "train.mixed_precision=fp16 is not supported for online RL: use bf16 (or no)"
+        )
+        require(self.eval_samples >= 0, "eval_samples must be >= 0")
+        require(
+            not (self.sampling.temperature == 0 and a.num_samples > 1),
+            "sampling.temperature=0 (greedy) makes a prompt's samples identical: use a temperature > 0",
+        )
+        # EOS suppressed while sampling but not in the training log-probs would make the ratio and the KL wrong
+        require(
+            self.sampling.min_new_tokens == 0,
+            "sampling.min_new_tokens must be 0 for online RL: the training log-probs cannot see the suppressed EOS "
+            "(penalize short responses with a reward rule instead, e.g. {kind: rule, path: length})",
+        )
+        require(
+            self.kl.placement == "reward" or self.kl.uncertainty_scale == 0 or a.name != "online-dpo",
+            "kl.uncertainty_scale has no effect on online-dpo: set it to 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -478,13 +694,21 @@ class SampleConfig:
     """Responses per prompt (N of best-of-N)."""
     best_of: bool = False
     """Keep only the highest-scoring response of each prompt."""
-    format: str = "samples"
+    format: SampleFormat = "samples"
     """Output rows: samples ({"prompt", "responses", "scores"}), sft (the best response: rejection-sampling
     fine-tuning data) or prefs (best vs worst as a preference pair)."""
     output: str = "samples.jsonl"
     """Output JSONL file."""
     seed: int = 0
     """Sampling seed."""
+
+    def validate(self) -> None:
+        require(self.num_samples >= 1, "num_samples must be at least 1")
+        require(
+            not ((self.best_of or self.format != "samples") and not self.reward.sources),
+            "best-of-N and the sft / prefs formats need a reward source (reward.sources)",
+        )
+        require(self.format != "prefs" or self.num_samples >= 2, "format=prefs needs num_samples >= 2")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -503,6 +727,13 @@ def _hints(cls: type) -> dict[str, Any]:
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Convert a YAML value to the annotated type, or raise a ConfigError naming the key."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and "no" in choices:
+            value = "no" if value is False else "yes"  # YAML 1.1 reads a bare no as false
+        if value not in choices:
+            raise ConfigError(f"{where}: {key}={value!r}: choose one of {', '.join(map(str, choices))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -666,164 +897,37 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     cfg = from_dict(cls, tree, where=where)
-    return resolve(cfg)
+    try:
+        return resolve(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if path is not None else str(e)) from None
 
 
 def resolve(cfg: Any) -> Any:
-    """Check cross-field constraints and fill derived fields; returns the same frozen type."""
-    train = getattr(cfg, "train", None)
-    if train is not None:
-        if train.batch_size <= 0:
-            raise ConfigError("train.batch_size must be positive")
-        if train.micro_batch_size < 0:
-            raise ConfigError("train.micro_batch_size must be 0 (= batch_size) or positive")
-        if train.log_every < 1 or train.keep_checkpoints < 1:
-            raise ConfigError("train.log_every and train.keep_checkpoints must be at least 1")
-        if train.eval_every < 0 or train.save_every < 0 or train.max_steps < 0 or train.epochs <= 0:
-            raise ConfigError("train.eval_every, save_every and max_steps must be >= 0, and train.epochs > 0")
-        if train.batch_size % train.micro != 0 and not isinstance(cfg, RLConfig):  # RL: checked per mini-batch
-            raise ConfigError(
-                f"train.micro_batch_size={train.micro_batch_size} must divide train.batch_size={train.batch_size}"
-            )
-        if train.scheduler not in ("constant", "linear", "cosine"):
-            raise ConfigError(f"train.scheduler={train.scheduler!r}: choose constant, linear or cosine")
-        for sink in train.report_to:
-            if sink not in ("tensorboard", "mlflow", "wandb"):
-                raise ConfigError(f"train.report_to: unknown sink {sink!r} (tensorboard, mlflow, wandb)")
-        if train.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(f"train.mixed_precision={train.mixed_precision!r}: choose no, bf16 or fp16")
-    data = getattr(cfg, "data", None)
-    if data is not None:
-        if data.truncation not in ("keep_end", "drop"):
-            raise ConfigError(f"data.truncation={data.truncation!r}: choose keep_end or drop")
-        if data.max_prompt_length >= data.max_length:
-            raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
-        if not 0.0 <= data.eval_fraction < 1.0:
-            raise ConfigError("data.eval_fraction must be in [0, 1)")
-    loss = getattr(cfg, "loss", None)
-    if isinstance(loss, SFTLossConfig):
-        if loss.aggregation not in ("token-mean", "sequence-mean"):
-            raise ConfigError(f"loss.aggregation={loss.aggregation!r}: choose token-mean or sequence-mean")
-        if loss.aggregation == "sequence-mean" and cfg.data.packing:
-            raise ConfigError("loss.aggregation=sequence-mean needs one example per row: turn data.packing off")
-    if isinstance(loss, RewardLossConfig):
-        if loss.tie_model not in ("davidson", "rao-kupper"):
-            raise ConfigError(f"loss.tie_model={loss.tie_model!r}: choose davidson or rao-kupper")
-        if loss.tie_model == "rao-kupper" and loss.tie_param <= 1.0:
-            raise ConfigError("loss.tie_param must be > 1 for the Rao-Kupper tie model (theta), e.g. 1.5")
-        if loss.tie_model == "davidson" and loss.tie_param < 0:
-            raise ConfigError("loss.tie_param (Davidson nu) must be >= 0")
-    if isinstance(loss, PreferenceLossConfig):
-        if loss.name not in PREFERENCE_LOSS_NAMES:
-            raise ConfigError(f"loss.name={loss.name!r}: choose one of {', '.join(PREFERENCE_LOSS_NAMES)}")
-        if loss.reference not in ("precompute", "live"):
-            raise ConfigError(f"loss.reference={loss.reference!r}: choose precompute or live")
-    if isinstance(cfg, RLConfig):
-        _resolve_rl(cfg)
-    for section in ("sampling",):
-        sampling = getattr(cfg, section, None)
-        if isinstance(sampling, SamplingConfig):
-            _resolve_sampling(sampling)
-    for section in ("reward", "gold"):
-        reward = getattr(cfg, section, None)
-        if not isinstance(reward, RewardConfig):
-            continue
-        for i, src in enumerate(reward.sources):
-            where = f"{section}.sources[{i}]"
-            if src.kind not in REWARD_KINDS:
-                raise ConfigError(f"{where}.kind={src.kind!r}: choose one of {', '.join(REWARD_KINDS)}")
-            if src.kind != "sentiment" and not src.path:
-                raise ConfigError(f"{where}.path is empty: a {src.kind} source needs one")
-            if src.reduce not in ("mean", "min", "mean-std"):
-                raise ConfigError(f"{where}.reduce={src.reduce!r}: choose mean, min or mean-std")
-    if isinstance(cfg, SampleConfig):
-        if cfg.num_samples < 1:
-            raise ConfigError("num_samples must be at least 1")
-        if cfg.format not in ("samples", "sft", "prefs"):
-            raise ConfigError(f"format={cfg.format!r}: choose samples, sft or prefs")
-        if (cfg.best_of or cfg.format != "samples") and not cfg.reward.sources:
-            raise ConfigError("best-of-N and the sft / prefs formats need a reward source (reward.sources)")
-        if cfg.format == "prefs" and cfg.num_samples < 2:
-            raise ConfigError("format=prefs needs num_samples >= 2")
-    model = getattr(cfg, "model", None)
-    if isinstance(model, ModelConfig) and model.dtype not in ("float32", "bfloat16", "float16", "auto"):
-        raise ConfigError(f"model.dtype={model.dtype!r}: choose float32, bfloat16, float16 or auto")
+    """Validate a config tree: every dataclass's `validate()`, inner sections first, errors prefixed with the section
+    (`train.batch_size must be positive`). Returns the same frozen object."""
+    _validate(cfg, "")
     return cfg
 
 
-def _resolve_sampling(s: SamplingConfig) -> None:
-    if s.max_new_tokens < 1 or s.min_new_tokens < 0 or s.min_new_tokens > s.max_new_tokens:
-        raise ConfigError("sampling.max_new_tokens must be >= 1 and 0 <= sampling.min_new_tokens <= max_new_tokens")
-    if s.temperature < 0:
-        raise ConfigError("sampling.temperature must be >= 0 (0 = greedy)")
-    if s.top_k < 0 or not 0.0 < s.top_p <= 1.0:
-        raise ConfigError("sampling.top_k must be >= 0 and sampling.top_p in (0, 1]")
-    if s.batch_size < 1:
-        raise ConfigError("sampling.batch_size must be at least 1")
-    if s.backend not in ("auto", "hf", "hf-static"):
-        raise ConfigError(f"sampling.backend={s.backend!r}: choose auto, hf or hf-static")
-
-
-def _resolve_rl(cfg: RLConfig) -> None:
-    a, kl = cfg.algo, cfg.kl
-    if a.name not in ALGORITHMS:
-        raise ConfigError(f"algo.name={a.name!r}: choose one of {', '.join(ALGORITHMS)}")
-    if a.name in ("grpo", "rloo", "online-dpo") and a.num_samples < 2:
-        raise ConfigError(f"algo.name={a.name} compares samples of the same prompt: set algo.num_samples >= 2")
-    if a.num_samples < 1 or a.epochs < 1 or a.mini_batch_size < 0:
-        raise ConfigError("algo.num_samples and algo.epochs must be >= 1, algo.mini_batch_size >= 0")
-    if a.critic not in ("head", "separate", "none"):
-        raise ConfigError(f"algo.critic={a.critic!r}: choose head, separate or none")
-    if a.name == "ppo" and a.critic == "none":
-        raise ConfigError(
-            "algo.name=ppo estimates advantages with GAE and needs a critic: algo.critic=head or separate"
-        )
-    if a.aggregation not in ("token-mean", "sequence-mean"):
-        raise ConfigError(f"algo.aggregation={a.aggregation!r}: choose token-mean or sequence-mean")
-    rows = cfg.train.batch_size * a.num_samples
-    mini = a.mini_batch_size or rows
-    if rows % mini != 0:
-        raise ConfigError(
-            f"algo.mini_batch_size={mini} must divide the rollout batch train.batch_size x algo.num_samples = {rows}"
-        )
-    micro = cfg.train.micro_batch_size or mini  # online RL: sequences per forward; 0 = the whole mini-batch
-    if mini % micro != 0:
-        raise ConfigError(f"train.micro_batch_size={micro} must divide the mini-batch of {mini} sequences")
-    if a.name == "online-dpo" and (mini % 2 or micro % 2):
-        raise ConfigError("online-dpo trains on pairs: algo.mini_batch_size and train.micro_batch_size must be even")
-    if not 0 < a.clip < 1:
-        raise ConfigError("algo.clip must be in (0, 1)")
-    if kl.controller not in ("fixed", "adaptive"):
-        raise ConfigError(f"kl.controller={kl.controller!r}: choose fixed or adaptive")
-    if kl.estimator not in ("k1", "k2", "k3"):
-        raise ConfigError(f"kl.estimator={kl.estimator!r}: choose k1, k2 or k3")
-    if kl.placement not in ("reward", "loss"):
-        raise ConfigError(f"kl.placement={kl.placement!r}: choose reward or loss")
-    if kl.coef < 0 or (kl.controller == "adaptive" and kl.coef == 0):
-        raise ConfigError("kl.coef must be >= 0 (and > 0 for the adaptive controller)")
-    if not cfg.reward.sources:
-        raise ConfigError("reward.sources is empty: give at least one reward source, e.g. a reward model directory")
-    if cfg.train.mixed_precision == "fp16":
-        raise ConfigError("train.mixed_precision=fp16 is not supported for online RL: use bf16 (or no)")
-    if not (0 < a.gamma <= 1 and 0 <= a.lam <= 1):
-        raise ConfigError("algo.gamma must be in (0, 1] and algo.lam in [0, 1]")
-    positive = {
-        "algo.target_kl": a.target_kl,
-        "algo.dpo_beta": a.dpo_beta,
-        "algo.critic_lr": a.critic_lr,
-        "algo.value_clip": a.value_clip,
-        "algo.clip_high": a.clip_high,
-        "reward.clip": cfg.reward.clip,
-    }
-    for key, value in positive.items():
-        if value is not None and not value > 0:
-            raise ConfigError(f"{key} must be > 0 (or unset), got {value}")
-    if a.dual_clip is not None and a.dual_clip <= 1:
-        raise ConfigError("algo.dual_clip must be > 1 (Ye et al. 2020)")
-    if a.vf_coef < 0 or a.entropy_coef < 0 or kl.uncertainty_scale < 0 or cfg.eval_samples < 0:
-        raise ConfigError("algo.vf_coef, algo.entropy_coef, kl.uncertainty_scale and eval_samples must be >= 0")
-    if cfg.sampling.temperature == 0 and a.num_samples > 1:
-        raise ConfigError("sampling.temperature=0 (greedy) makes a prompt's samples identical: use a temperature > 0")
+def _validate(node: Any, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _validate(value, f"{prefix}{f.name}.")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _validate(item, f"{prefix}{f.name}[{i}].")
+    check = getattr(node, "validate", None)
+    if check is None:
+        return
+    try:
+        check()
+    except ConfigError as e:
+        message = str(e)
+        # a message that already names its full key (a check across sections) is not prefixed again
+        raise ConfigError(message if not prefix or message.startswith(prefix) else prefix + message) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -867,3 +971,15 @@ def describe(cls: type, prefix: str = "", instance: Any = None) -> list[tuple[st
         else:
             rows.append((prefix + f.name, repr(value), docs.get(f.name, "")))
     return rows
+
+
+def keys_help(cls: type) -> str:
+    """The `--help` epilog of a command: every configuration key with its default and help text."""
+    rows = describe(cls)
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["configuration keys (YAML sections or key.sub=value overrides):"]
+    for key, default, doc in rows:
+        wrapped = textwrap.wrap(f"{doc} [default: {default}]", 100 - width) or [""]
+        lines.append(f"  {key:<{width}}  {wrapped[0]}")
+        lines.extend(f"  {'':<{width}}  {w}" for w in wrapped[1:])
+    return "\n".join(lines)

@@ -15,9 +15,11 @@ from torch import Tensor
 from rlhfkit.ops import KL_ESTIMATORS, kl_estimate
 
 __all__ = [
+    "LOSS_KL_ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",
     "KLController",
+    "kl_loss_term",
     "last_valid_index",
     "make_kl_controller",
     "per_token_kl_penalty",
@@ -129,7 +131,7 @@ def per_token_kl_penalty(
     estimator: str = "k1",
     log_ratio_clip: float | None = None,
 ) -> Tensor:
-    """coef * KL_t per token, (B, T) float32, 0 where mask is 0 (Ziegler et al. 2019 §2.2).
+    """coef * KL_t per token, (B, T) float32 (fp64 for fp64 inputs), 0 where mask is 0 (Ziegler et al. 2019 §2.2).
 
     logprobs / ref_logprobs: (B, T) log pi(a_t|s_t) and log ref(a_t|s_t) of the sampled tokens; pass detached
     rollout logprobs when the penalty goes into the reward. estimator: "k1" | "k2" | "k3" (Schulman 2020, see
@@ -147,6 +149,58 @@ def per_token_kl_penalty(
     lp, ref = torch.where(valid, logprobs, 0.0), torch.where(valid, ref_logprobs, 0.0)
     kl = kl_estimate(lp, ref, kind=estimator, log_ratio_clip=log_ratio_clip)
     return torch.where(valid, coef * kl, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# KL in the loss (GRPO, Shao et al. 2024 eq. 3-4; kl.placement=loss)
+#
+# In the loss, an estimator is differentiated at FIXED samples a ~ pi, so what matters is E_pi[grad term(a)], not
+# E_pi[term(a)]. With lr = log pi(a) - log ref(a) and sum_a pi(a) grad log pi(a) = 0:
+#   k1 = lr:                 E_pi[grad lr] = 0                                  -> no gradient at all
+#   k2 = lr^2 / 2:           E_pi[lr grad log pi] = grad KL(pi || ref)          -> the right gradient
+#   k3 = e^{-lr} - 1 + lr:   E_pi[(1 - ref/pi) grad log pi] = grad KL(ref || pi) -> the reverse KL's gradient
+# so only k2 differentiates correctly; "k3" keeps k3's unbiased VALUE for logs with k2's gradient (straight-through).
+
+LOSS_KL_ESTIMATORS = ("k2", "k3")
+
+
+def kl_loss_term(
+    logp: Tensor,
+    ref_logp: Tensor,
+    estimator: str,
+    log_ratio_clip: float | None = None,
+    *,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Per-token KL(pi || ref) term to ADD TO THE LOSS (kl.placement=loss), same shape as logp, fp32 (fp64 for fp64).
+
+    logp: differentiable log pi(a_t) of the sampled tokens; ref_logp: log ref(a_t) (treated as a constant).
+      "k2": (log pi - log ref)^2 / 2; its gradient (log pi - log ref) grad log pi has expectation grad KL(pi || ref).
+      "k3": the value of k3 = (r - 1) - log r, r = ref / pi (unbiased for KL, Schulman 2020), with k2's gradient:
+            k2 + (k3 - k2).detach(). Differentiating k3 itself follows grad KL(ref || pi) instead.
+      "k1": rejected: its gradient has expectation 0 under pi, so the KL term would silently do nothing.
+    log_ratio_clip c clamps log pi - log ref to [-c, c] first (value and gradient, as ``ops.kl_estimate``).
+    mask (same shape, optional): positions with mask 0 give exactly 0 with zero gradient, whatever logp holds there.
+    """
+    if estimator == "k1":
+        raise ValueError(
+            "KL estimator 'k1' in the loss has zero expected gradient (E_pi[grad log pi] = 0), so the KL penalty "
+            f"would do nothing; use one of {list(LOSS_KL_ESTIMATORS)} for kl.placement=loss, or put k1 in the reward"
+        )
+    if estimator not in LOSS_KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r} for the loss; valid: {list(LOSS_KL_ESTIMATORS)}")
+    if logp.shape != ref_logp.shape or (mask is not None and mask.shape != logp.shape):
+        shapes = f"logp {tuple(logp.shape)}, ref_logp {tuple(ref_logp.shape)}"
+        raise ValueError(shapes + (f", mask {tuple(mask.shape)}" if mask is not None else "") + " must match")
+    lp, ref = logp, ref_logp.detach()
+    if mask is not None:  # padding may hold -inf: select before subtracting so no inf/NaN reaches the gradient
+        valid = mask.bool()
+        lp, ref = torch.where(valid, lp, 0.0), torch.where(valid, ref, 0.0)
+    k2 = kl_estimate(lp, ref, "k2", log_ratio_clip)  # same shape as logp
+    if estimator == "k2":
+        return k2
+    k3 = kl_estimate(lp.detach(), ref, "k3", log_ratio_clip)
+    return k2 + (k3 - k2.detach())  # value k3, gradient of k2
 
 
 def last_valid_index(mask: Tensor) -> Tensor:

@@ -281,13 +281,16 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1", log_ratio_clip
 
     kind: "k1" = logp - ref_logp, "k2" = 0.5 (logp - ref_logp)^2, "k3" = (r - 1) - log r with r = exp(ref_logp - logp)
     (Schulman 2020). `log_ratio_clip` optionally clamps logp - ref_logp to [-c, c] first (k3 overflows otherwise for
-    tokens the reference finds far likelier; OpenRLHF uses 10).
+    tokens the reference finds far likelier; OpenRLHF uses 10). Computed in fp32, or in fp64 for fp64 inputs.
+    These are estimators of the VALUE; to differentiate a KL term in the loss use ``kl.kl_loss_term``.
     """
     try:
         fn = KL_ESTIMATORS[kind]
     except KeyError:
         raise ValueError(f"unknown KL estimator {kind!r}; valid: {sorted(KL_ESTIMATORS)}") from None
-    log_ratio = logp.float() - ref_logp.float()
+    # fp32 at least (bf16 differences of log-probs are too coarse); fp64 inputs stay fp64
+    dtype = torch.promote_types(torch.promote_types(logp.dtype, ref_logp.dtype), torch.float32)
+    log_ratio = logp.to(dtype) - ref_logp.to(dtype)
     if log_ratio_clip is not None:
         if not (log_ratio_clip > 0 and math.isfinite(log_ratio_clip)):
             raise ValueError(f"log_ratio_clip must be a positive finite number, got {log_ratio_clip}")

@@ -13,28 +13,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rlhfkit.config import SampleConfig
-from rlhfkit.data.io import write_jsonl
+from rlhfkit.data import ChatFormatter, load_examples, resolve_data_path, write_jsonl
 from rlhfkit.data.schemas import PromptExample
+from rlhfkit.models import load_for_inference
+from rlhfkit.rewards import build_reward
+from rlhfkit.rollout import encode_prompts, make_engine, sampling_params
+from rlhfkit.seeding import set_seed
 
 
 def sample(cfg: SampleConfig) -> dict[str, Any]:
-    from rlhfkit.data import ChatFormatter, load_examples
-    from rlhfkit.models import load_causal_lm, load_tokenizer
-    from rlhfkit.rewards import build_reward
-    from rlhfkit.trainers.common import resolve_data_path
-    from rlhfkit.trainers.loop import set_seed
-    from rlhfkit.trainers.online import encode_prompts, make_engine, sampling_params
-
     if not cfg.data.train:
         raise FileNotFoundError("data.train is empty: give a prompt file, e.g. data.train=prompts.jsonl")
     set_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = cfg.model
-    tokenizer = load_tokenizer(m.name_or_path, trust_remote_code=m.trust_remote_code)
-    model = load_causal_lm(m.name_or_path, dtype=m.dtype, trust_remote_code=m.trust_remote_code).to(device)
+    model, tokenizer = load_for_inference(m.name_or_path, m.dtype, trust_remote_code=m.trust_remote_code)
+    device = next(model.parameters()).device
     reward = build_reward(cfg.reward, device=str(device), dtype=m.dtype) if cfg.reward.sources else None
 
     examples = load_examples(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from rlhfkit.advantages import (
     broadcast_to_tokens,
@@ -111,8 +115,20 @@ def test_whiten_advantages() -> None:
     assert (out[mask == 0] == 0).all()
     kept = whiten_advantages(adv, mask, shift_mean=False, eps=0.0)
     torch.testing.assert_close(kept[mask.bool()], expected + 3.0)
-    with pytest.raises(ValueError, match="no valid tokens"):
-        whiten_advantages(adv, torch.zeros_like(mask))
+
+
+def test_whiten_advantages_fewer_than_two_tokens_do_not_raise() -> None:
+    adv = torch.tensor([[1.5, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    # no valid token: all zeros (it used to raise)
+    for shift in (True, False):
+        assert torch.equal(whiten_advantages(adv, torch.zeros(2, 3), shift_mean=shift), torch.zeros(2, 3))
+    one = torch.tensor([[0, 1, 0], [0, 0, 0]])
+    # one valid token: the variance is undefined, so no rescaling: centered (0), or unchanged with shift_mean=False
+    assert torch.equal(whiten_advantages(adv, one), torch.zeros(2, 3))
+    torch.testing.assert_close(
+        whiten_advantages(adv, one, shift_mean=False), torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    )
+    assert torch.equal(reinforce_pp(adv, torch.zeros(2, 3)), torch.zeros(2, 3))
 
 
 def group_reference(scores: list[float], k: int, scale: bool, eps: float) -> list[float]:
@@ -206,3 +222,62 @@ def test_broadcast_to_tokens() -> None:
     torch.testing.assert_close(out, torch.tensor([[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]]))
     with pytest.raises(ValueError):
         broadcast_to_tokens(torch.tensor([1.0, 2.0, 3.0]), torch.ones(2, 3))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# two processes (gloo on CPU), each holding half of the rows, give the single-process result on the full batch
+
+
+def _distributed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    adv = torch.randn(6, 5, generator=g) * 3 + 1
+    # rank 1's rows hold fewer valid tokens than rank 0's, and one of its rows none at all
+    return adv, ragged_mask([5, 4, 5, 1, 0, 2], 5)
+
+
+def _whiten_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+
+        def all_reduce(t: torch.Tensor) -> torch.Tensor:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            return t
+
+        adv, mask = _distributed_batch()
+        rows = slice(rank * 3, rank * 3 + 3)
+        a, m = adv[rows], mask[rows]
+        one_token = torch.zeros_like(m)
+        one_token[0, 0] = int(rank == 0)
+        out = {
+            "shift": whiten_advantages(a, m, all_reduce=all_reduce),
+            "keep": whiten_advantages(a, m, shift_mean=False, all_reduce=all_reduce),
+            "rpp": reinforce_pp(a, m, gamma=0.9, all_reduce=all_reduce),
+            "local": whiten_advantages(a, m),  # without all_reduce: this process's statistics only
+            # only rank 0 holds a valid token: one token globally, centered to 0; the empty rank neither raises nor hangs
+            "one": whiten_advantages(a, one_token, all_reduce=all_reduce),
+        }
+        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_whitening_two_processes_equal_one(tmp_path: Path) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_whiten_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    adv, mask = _distributed_batch()
+    full = {
+        "shift": whiten_advantages(adv, mask),
+        "keep": whiten_advantages(adv, mask, shift_mean=False),
+        "rpp": reinforce_pp(adv, mask, gamma=0.9),
+    }
+    for key, expected in full.items():
+        got = torch.cat([parts[0][key], parts[1][key]])
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    # the test discriminates: per-process statistics differ from the global ones
+    local = torch.cat([parts[0]["local"], parts[1]["local"]])
+    assert (local - full["shift"]).abs().max() > 1e-2
+    # a single valid token over both processes: centered to 0, no error on the rank without tokens
+    assert torch.equal(parts[0]["one"], torch.zeros(3, 5)) and torch.equal(parts[1]["one"], torch.zeros(3, 5))

@@ -79,3 +79,40 @@ def test_metric_errors() -> None:
         calibration_curve_bins([1.5], [1])
     with pytest.raises(ValueError, match="groups"):
         per_group_accuracy(RC, RR, ["a"])
+
+
+def test_pairwise_probabilities_under_tie_models() -> None:
+    d = [math.log(3), -math.log(3), 0.0]
+    bt, labels = pairwise_probabilities(d, [0.0] * 3)
+    assert bt.tolist() == pytest.approx([0.75, 0.25, 0.5, 0.25, 0.75, 0.5]) and labels.tolist() == [1.0] * 3 + [0.0] * 3
+    # Davidson: P(win | no tie) = e^{d/2} / (e^{d/2} + e^{-d/2}) = σ(d), whatever ν
+    dav, _ = pairwise_probabilities(d, [0.0] * 3, tie_model="davidson", tie_param=5.0)
+    assert dav.tolist() == pytest.approx(bt.tolist(), rel=1e-12)
+    # Rao–Kupper θ = 2, d = log 3 (p_w = 3, p_l = 1): P_win = 3/(3+2) = 3/5, P_lose = 1/(1+6) = 1/7,
+    # P(win | no tie) = (3/5) / (3/5 + 1/7) = 21/26 (σ(d) would say 3/4); d = 0: 1/2 by symmetry
+    rk, _ = pairwise_probabilities(d, [0.0] * 3, tie_model="rao-kupper", tie_param=2.0)
+    assert rk.tolist() == pytest.approx([21 / 26, 5 / 26, 0.5, 5 / 26, 21 / 26, 0.5], rel=1e-12)
+    # the calibration error changes accordingly: one correct 21:5 pair -> gaps |1 - 21/26| and |0 - 5/26|
+    one, one_labels = pairwise_probabilities([math.log(3)], [0.0], tie_model="rao-kupper", tie_param=2.0)
+    assert expected_calibration_error(one, one_labels) == pytest.approx(5 / 26)
+    # tie-labelled pairs are excluded, as before
+    kept, _ = pairwise_probabilities(d, [0.0] * 3, tie=[False, True, True], tie_model="rao-kupper", tie_param=2.0)
+    assert kept.tolist() == pytest.approx([21 / 26, 5 / 26])
+    with pytest.raises(ValueError, match="θ > 1"):
+        pairwise_probabilities(d, [0.0] * 3, tie_model="rao-kupper")
+    with pytest.raises(ValueError, match="unknown tie model"):
+        pairwise_probabilities(d, [0.0] * 3, tie_model="thurstone")
+
+
+def test_pairwise_probabilities_extreme_scores_are_finite_and_quiet() -> None:
+    with np.errstate(all="raise"):  # the old 1 / (1 + exp(-d)) overflowed for d = -1000
+        probs, _ = pairwise_probabilities([-1000.0, 1000.0], [0.0, 0.0])
+    assert probs.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_fp64_tensor_scores_are_not_rounded_to_fp32() -> None:
+    # 1 + 1e-9 > 1 in fp64 but rounds to 1 in fp32, which turned a right answer into a half
+    rc = torch.tensor([1.0 + 1e-9], dtype=torch.float64)
+    rr = torch.tensor([1.0], dtype=torch.float64)
+    assert pairwise_accuracy(rc, rr) == 1.0
+    assert pairwise_accuracy(rc.bfloat16(), rr.bfloat16()) == 0.5  # lower precision still accepted

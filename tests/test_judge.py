@@ -17,7 +17,6 @@ from rlhfkit.data import load_examples
 from rlhfkit.feedback.judge import (
     DIMENSION_RUBRICS,
     Judge,
-    JudgeReward,
     Verdict,
     combine_verdicts,
     judge_agreement,
@@ -26,6 +25,7 @@ from rlhfkit.feedback.judge import (
     route_to_humans,
 )
 from rlhfkit.models.tiny import save_tiny, tiny_causal_lm, tiny_tokenizer
+from rlhfkit.rewards.judge import JudgeReward
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from rlhfkit.kl import (
+    LOSS_KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
+    kl_loss_term,
     last_valid_index,
     make_kl_controller,
     per_token_kl_penalty,
     shape_rewards,
 )
+from rlhfkit.ops import kl_estimate
 
 
 def adaptive_closed_form(beta0: float, target: float, horizon: float, kls: list[float], n_steps: int) -> float:
@@ -128,3 +131,84 @@ def test_kl_penalty_clip_and_finite_gradients_with_padding() -> None:
     torch.testing.assert_close(clipped, torch.tensor([[0.0, math.exp(10.0) - 11.0, 0.0]]))
     clipped.sum().backward()
     assert torch.isfinite(logp.grad).all() and logp.grad[0, 2] == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# KL in the loss: the EXACT expected gradient over a small softmax, sum_a pi(a) grad term(a), against grad KL(pi || ref)
+
+
+def _exact_softmax(seed: int, vocab: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.nn.Parameter(torch.randn(vocab, generator=g, dtype=torch.float64))
+    ref_logp = torch.log_softmax(torch.randn(vocab, generator=g, dtype=torch.float64) * 2, dim=0)
+    return logits, ref_logp
+
+
+def _expected_loss_gradient(term_fn, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E_{a~pi}[grad term(log pi(a))], grad KL(pi || ref)) w.r.t. the logits, both exact (every token weighted)."""
+    logits, ref_logp = _exact_softmax(seed)
+    logp = torch.log_softmax(logits, dim=0)  # (V,): every token is a "sample", weighted by its probability below
+    (logp.exp().detach() * term_fn(logp, ref_logp)).sum().backward()
+    expected = logits.grad.clone()
+    logits.grad = None
+    logp = torch.log_softmax(logits, dim=0)
+    (logp.exp() * (logp - ref_logp)).sum().backward()  # KL(pi || ref) = sum pi (log pi - log ref)
+    return expected, logits.grad.clone()
+
+
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_loss_term_expected_gradient_is_grad_of_kl_pi_ref(estimator: str, seed: int) -> None:
+    expected, exact = _expected_loss_gradient(lambda lp, ref: kl_loss_term(lp, ref, estimator), seed)
+    torch.testing.assert_close(expected, exact, atol=1e-6, rtol=1e-6)
+    assert exact.abs().max() > 1e-2  # a non-trivial case
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_old_k3_and_k1_in_the_loss_have_the_wrong_gradient(seed: int) -> None:
+    # what the loss used before: ops.kl_estimate differentiated directly. k3 follows grad KL(ref || pi), k1 gives 0.
+    k3_grad, exact = _expected_loss_gradient(lambda lp, ref: kl_estimate(lp, ref, "k3"), seed)
+    assert (k3_grad - exact).abs().max() > 1e-2
+    logits, ref_logp = _exact_softmax(seed)
+    logp = torch.log_softmax(logits, dim=0)
+    (-(ref_logp.exp() * logp).sum()).backward()  # grad KL(ref || pi) = grad of the cross-entropy -sum ref log pi
+    torch.testing.assert_close(k3_grad, logits.grad, atol=1e-6, rtol=1e-6)
+    k1_grad, _ = _expected_loss_gradient(lambda lp, ref: kl_estimate(lp, ref, "k1"), seed)
+    torch.testing.assert_close(k1_grad, torch.zeros_like(k1_grad), atol=1e-12, rtol=0)
+
+
+def test_kl_loss_term_values_k1_rejected_and_unknown() -> None:
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5]])  # log ratio [0.5, -1, 0]
+    torch.testing.assert_close(kl_loss_term(logp, ref, "k2"), torch.tensor([[0.125, 0.5, 0.0]]))
+    # the k3 VALUE is logged: (r - 1) - log r with log r = -log ratio
+    torch.testing.assert_close(kl_loss_term(logp, ref, "k3"), torch.tensor([[math.exp(-0.5) - 0.5, math.e - 2.0, 0.0]]))
+    with pytest.raises(ValueError, match="zero expected gradient.*k2.*k3"):
+        kl_loss_term(logp, ref, "k1")
+    with pytest.raises(ValueError, match="unknown KL estimator"):
+        kl_loss_term(logp, ref, "k4")
+    assert LOSS_KL_ESTIMATORS == ("k2", "k3")
+
+
+def test_kl_loss_term_k3_gradient_is_log_ratio() -> None:
+    logp = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
+    ref = torch.tensor([-1.5, -1.0, -0.5], requires_grad=True)
+    kl_loss_term(logp, ref, "k3").sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([0.5, -1.0, 0.0]))  # d k2 / d log pi = log pi - log ref
+    assert ref.grad is None  # the reference is a constant
+
+
+def test_kl_loss_term_log_ratio_clip_and_mask() -> None:
+    logp = torch.tensor([[-1.0, -30.0, float("-inf")]], requires_grad=True)
+    ref = torch.tensor([[-1.0, -0.1, -2.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    out = kl_loss_term(logp, ref, "k3", log_ratio_clip=10.0, mask=mask)
+    # log ratio -29.9 clamped to -10: k3 value e^10 - 1 - 10 (unclipped it would be e^29.9 - 1 - 29.9)
+    torch.testing.assert_close(out, torch.tensor([[0.0, math.exp(10.0) - 11.0, 0.0]]))
+    out.sum().backward()
+    assert torch.isfinite(logp.grad).all()
+    assert logp.grad[0, 1] == 0 and logp.grad[0, 2] == 0  # clamped: no gradient; masked: no gradient
+    k2 = kl_loss_term(torch.tensor([0.0]), torch.tensor([-30.0]), "k2", log_ratio_clip=10.0)
+    torch.testing.assert_close(k2, torch.tensor([50.0]))
+    with pytest.raises(ValueError, match="log_ratio_clip"):
+        kl_loss_term(torch.zeros(1), torch.zeros(1), "k3", log_ratio_clip=-1.0)

@@ -10,6 +10,7 @@ import torch
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE
 from rlhfkit.losses.preference import (
     dpo_loss,
+    dpo_ties_loss,
     hinge_loss,
     ipo_loss,
     kto_loss,
@@ -176,3 +177,63 @@ def test_uniform_table_errors_name_the_missing_input() -> None:
 def test_bf16_inputs_give_fp32_losses() -> None:
     losses, rc, _ = dpo_loss(*(x.bfloat16() for x in ARGS), beta=0.1)
     assert losses.dtype == torch.float32 and rc.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# DPO with ties (Chen et al. 2024): d = β h under the reward model's Davidson / Rao–Kupper likelihood
+
+
+def test_dpo_ties_davidson_hand_values() -> None:
+    tie = torch.tensor([False, True])  # pair 0 (h = 1.5) preferred, pair 1 (h = 0.5) a tie
+    losses, rc, rr = dpo_ties_loss(*ARGS, tie, beta=1.0, tie_model="davidson", tie_param=1.0)
+    # ν = 1, d = 1.5: P(w≻l) = e^{0.75} / (e^{0.75} + e^{-0.75} + 1); d = 0.5: P(tie) = 1 / (e^{0.25} + e^{-0.25} + 1)
+    row0 = -math.log(math.exp(0.75) / (math.exp(0.75) + math.exp(-0.75) + 1))
+    row1 = math.log(math.exp(0.25) + math.exp(-0.25) + 1)
+    assert losses.tolist() == pytest.approx([row0, row1], rel=1e-6)
+    torch.testing.assert_close(rc, dpo_loss(*ARGS, beta=1.0)[1])  # the same implicit-reward diagnostics as DPO
+    torch.testing.assert_close(rr, dpo_loss(*ARGS, beta=1.0)[2])
+    assert not rc.requires_grad and not rr.requires_grad
+
+
+def test_dpo_ties_rao_kupper_hand_values() -> None:
+    tie = torch.tensor([False, True])
+    beta = 0.5  # d = β h = 0.75 and 0.25
+    losses, _, _ = dpo_ties_loss(*ARGS, tie, beta=beta, tie_model="rao-kupper", tie_param=2.0)
+    # θ = 2: P(w≻l) = σ(d - log 2) = 1 / (1 + 2 e^{-d}); P(tie) = (θ² - 1) σ(d - log 2) σ(-d - log 2)
+    row0 = math.log(1 + 2 * math.exp(-0.75))
+    row1 = -math.log(3 / ((1 + 2 * math.exp(-0.25)) * (1 + 2 * math.exp(0.25))))
+    assert losses.tolist() == pytest.approx([row0, row1], rel=1e-6)
+
+
+def test_dpo_ties_without_ties_and_nu_zero_is_dpo() -> None:
+    no_tie = torch.zeros(2, dtype=torch.bool)
+    for beta in (0.1, 1.0, 3.0):
+        torch.testing.assert_close(
+            dpo_ties_loss(*ARGS, no_tie, beta=beta, tie_model="davidson", tie_param=0.0)[0],
+            dpo_loss(*ARGS, beta=beta)[0],
+        )
+
+
+@pytest.mark.parametrize(("model", "param"), [("davidson", 1.0), ("davidson", 0.2), ("rao-kupper", 1.5)])
+def test_dpo_ties_gradient_on_a_tie_pulls_the_margin_to_zero(model: str, param: float) -> None:
+    # pair 0 has h = 1.5 > 0, pair 1 (swapped) has h = -1.5 < 0; both are ties
+    pi_c = torch.tensor([-10.0, -12.0], requires_grad=True)
+    pi_r = torch.tensor([-12.0, -10.0], requires_grad=True)
+    ref_c, ref_r = torch.tensor([-11.0, -11.5]), torch.tensor([-11.5, -11.0])
+    tie = torch.ones(2, dtype=torch.bool)
+    losses, _, _ = dpo_ties_loss(pi_c, pi_r, ref_c, ref_r, tie, beta=0.5, tie_model=model, tie_param=param)
+    losses.sum().backward()
+    # gradient descent moves π_c by -grad: down where h > 0, up where h < 0; π_r the other way
+    assert pi_c.grad[0] > 0 and pi_r.grad[0] < 0
+    assert pi_c.grad[1] < 0 and pi_r.grad[1] > 0
+    # the same pair, not a tie: the usual DPO direction (raise chosen, lower rejected)
+    pi_c.grad = pi_r.grad = None
+    dpo_ties_loss(pi_c, pi_r, ref_c, ref_r, ~tie, beta=0.5, tie_model=model, tie_param=param)[0].sum().backward()
+    assert torch.all(pi_c.grad < 0) and torch.all(pi_r.grad > 0)
+
+
+def test_dpo_ties_errors() -> None:
+    with pytest.raises(ValueError, match="tie shape"):
+        dpo_ties_loss(*ARGS, torch.zeros(3, dtype=torch.bool), beta=0.1)
+    with pytest.raises(ValueError, match="θ must be > 1"):
+        dpo_ties_loss(*ARGS, torch.zeros(2, dtype=torch.bool), beta=0.1, tie_model="rao-kupper", tie_param=1.0)

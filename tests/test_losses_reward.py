@@ -14,6 +14,8 @@ from rlhfkit.losses.reward import (
     reward_loss,
     tie_log_probs,
     tie_loss,
+    win_log_probability_given_no_tie,
+    win_probability_given_no_tie,
 )
 
 
@@ -135,3 +137,23 @@ def test_reward_errors() -> None:
         tie_loss(RC, RR, tie, "davidson", -1.0)
     with pytest.raises(ValueError, match="shapes differ"):
         bradley_terry_loss(RC, RR[:2])
+
+
+def test_win_probability_given_no_tie_hand_values() -> None:
+    d = torch.tensor([math.log(3), 0.0, -2.0], dtype=torch.float64)
+    sig = torch.sigmoid(d)
+    torch.testing.assert_close(win_probability_given_no_tie(d), sig)
+    torch.testing.assert_close(win_probability_given_no_tie(d, "davidson", 0.7), sig)  # ν cancels
+    torch.testing.assert_close(win_probability_given_no_tie(d, "davidson"), sig)
+    # Rao–Kupper θ = 2: p_a = 3, p_b = 1: P(a≻b) = 3/5, P(b≻a) = 1/7 -> 21/26; d = -2: 1/(1 + 2e^2) vs 1/(1 + 2e^-2)
+    rk = win_probability_given_no_tie(d, "rao-kupper", 2.0)
+    w, lo = 1 / (1 + 2 * math.exp(2)), 1 / (1 + 2 * math.exp(-2))
+    assert rk.tolist() == pytest.approx([21 / 26, 0.5, w / (w + lo)], rel=1e-12)
+    # consistent with the likelihood the loss uses: exp(log_win) / (exp(log_win) + exp(log_lose))
+    log_win, log_lose, _ = rao_kupper_log_probs(d, 2.0)
+    torch.testing.assert_close(rk, log_win.exp() / (log_win.exp() + log_lose.exp()))
+    torch.testing.assert_close(win_log_probability_given_no_tie(d, "rao-kupper", 2.0), rk.log())
+    with pytest.raises(ValueError, match="θ > 1"):
+        win_probability_given_no_tie(d, "rao-kupper")
+    with pytest.raises(ValueError, match="bradley-terry"):
+        win_probability_given_no_tie(d, "thurstone")

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlhfkit.advantages import gae, whiten_advantages
+from rlhfkit.commands import trainer
 from rlhfkit.config import (
     AlgoConfig,
     GRPOConfig,
@@ -29,7 +30,8 @@ from rlhfkit.models.tiny import save_tiny, tiny_causal_lm, tiny_tokenizer
 from rlhfkit.models.value import PolicyWithValue
 from rlhfkit.rollout import Rollout
 from rlhfkit.tracking import read_metrics
-from rlhfkit.trainers.online import ADVANTAGES, UpdateContext, _policy_gradient_loss, best_worst_pairs, train_rl
+from rlhfkit.trainers.online import ADVANTAGES, UpdateContext, normalizer_count, policy_gradient_loss
+from rlhfkit.trainers.rl_common import pair_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 REWARD = "reward.sources=[{kind: callable, path: 'tests.toy:letter_reward'}]"
@@ -70,7 +72,7 @@ def _run(setup, out: Path, algo: str, *extra: str) -> dict:
         ],
     )
     with contextlib.redirect_stdout(io.StringIO()):
-        return train_rl(cfg)
+        return trainer(algo)(cfg)
 
 
 def _train_metrics(out: Path) -> list[dict]:
@@ -170,6 +172,7 @@ def _rollout(B: int = 4, P: int = 5, R: int = 6, seed: int = 0) -> Rollout:
     ro.values = torch.randn(B, R, generator=g) * resp_mask
     ro.returns = torch.randn(B, R, generator=g) * resp_mask
     ro.advantages = torch.randn(B, R, generator=g) * resp_mask
+    ro.kl_coef = torch.full((B,), 0.1)
     return ro
 
 
@@ -177,7 +180,7 @@ def test_gradients_reach_response_tokens_only():
     tok = tiny_tokenizer()
     module = PolicyWithValue(tiny_causal_lm(tok), "head")
     ro = _rollout()
-    ctx = UpdateContext(AlgoConfig(entropy_coef=0.01), 0.1, "k3", True, 0.7, False)
+    ctx = UpdateContext(AlgoConfig(entropy_coef=0.01), "k3", True, 0.7, False)
     emb = module.policy.get_input_embeddings()
     captured = {}
 
@@ -186,7 +189,7 @@ def test_gradients_reach_response_tokens_only():
         captured["emb"] = output
 
     handle = emb.register_forward_hook(keep)
-    total, count, _ = _policy_gradient_loss(module, ro, ctx)
+    total, count, _ = policy_gradient_loss(module, ro, ctx)
     (total / count).backward()
     handle.remove()
     grad = captured["emb"].grad.abs().sum(-1)  # (B, P + R): gradient w.r.t. each input position's embedding
@@ -200,35 +203,33 @@ def test_gradients_reach_response_tokens_only():
     ro2.response_ids[1, 3:] = 7
     ro2.prompt_ids[0, :2] = 9
     ro2.logprobs[1, 3:] = -100.0
-    a, _, _ = _policy_gradient_loss(module, ro, ctx)
-    b, _, _ = _policy_gradient_loss(module, ro2, ctx)
+    a, _, _ = policy_gradient_loss(module, ro, ctx)
+    b, _, _ = policy_gradient_loss(module, ro2, ctx)
     assert torch.allclose(a, b)
 
 
 @pytest.mark.parametrize("aggregation", ["token-mean", "sequence-mean"])
 def test_micro_batch_split_gives_the_same_gradient(aggregation):
     """The loop's recipe (each micro-batch's summed loss / the global count) == one forward over the whole batch."""
-    from rlhfkit.trainers.online import _count
-
     tok = tiny_tokenizer()
     module = PolicyWithValue(tiny_causal_lm(tok), "head")
     ro = _rollout()
     a = AlgoConfig(aggregation=aggregation, entropy_coef=0.01)
-    ctx = UpdateContext(a, 0.1, "k3", True, 1.0, False)
+    ctx = UpdateContext(a, "k3", True, 1.0, False)
 
     def grads() -> list[torch.Tensor]:
         out = [p.grad.clone() for p in module.parameters()]
         module.zero_grad()
         return out
 
-    total, count, _ = _policy_gradient_loss(module, ro, ctx)
+    total, count, _ = policy_gradient_loss(module, ro, ctx)
     (total / count).backward()
     whole = grads()
     batches = [ro.select([i]).trimmed() for i in range(len(ro))]  # micro-batches of one row, each trimmed
-    global_count = sum(_count(b, a) for b in batches)
+    global_count = sum(normalizer_count(b, a) for b in batches)
     assert global_count == pytest.approx(float(count))
     for b in batches:
-        (_policy_gradient_loss(module, b, ctx)[0] / global_count).backward()
+        (policy_gradient_loss(module, b, ctx)[0] / global_count).backward()
     split = grads()
     assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-4) for x, y in zip(whole, split))
     assert any(x.abs().sum() > 0 for x in whole)
@@ -257,9 +258,9 @@ def test_grpo_and_rloo_advantages_by_hand():
     assert torch.allclose(rloo[:, 3], torch.tensor([-2.0, 2.0, 0.0, 0.0]))
 
 
-def test_best_worst_pairs():
+def test_best_worst_pairs():  # online DPO's pairs
     scores = torch.tensor([0.1, 0.5, 0.3, 2.0, 2.0, 2.0, -1.0, 0.0, -3.0])
-    assert best_worst_pairs(scores, 3) == [1, 0, 7, 8]  # the all-equal group gives no pair
+    assert pair_rows(scores, 3) == [1, 0, 7, 8]  # the all-equal group gives no pair
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -205,3 +205,12 @@ def test_kl_unknown_kind_and_clip() -> None:
     assert set(KL_ESTIMATORS) == {"k1", "k2", "k3"}
     clipped = kl_estimate(torch.tensor([-200.0]), torch.tensor([0.0]), "k3", log_ratio_clip=10.0)
     assert clipped.item() == pytest.approx(math.expm1(10.0) - 10.0, rel=1e-5)
+
+
+def test_kl_estimate_keeps_fp64_and_upcasts_bf16() -> None:
+    # a log ratio of 1e-10 is lost if fp64 inputs are rounded to fp32 (it used to return 0 here)
+    logp = torch.tensor([-1.0 - 1e-10], dtype=torch.float64)
+    ref = torch.tensor([-1.0], dtype=torch.float64)
+    out = kl_estimate(logp, ref, "k1")
+    assert out.dtype == torch.float64 and out.item() == pytest.approx(-1e-10, rel=1e-5)
+    assert kl_estimate(logp.bfloat16(), ref.bfloat16(), "k2").dtype == torch.float32

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from rlhfkit.models.tiny import tiny_causal_lm, tiny_tokenizer
-from rlhfkit.rollout import HFEngine, Rollout, SamplingParams, left_pad
-from rlhfkit.trainers.online import response_logits, rollout_forward
+from rlhfkit.rollout import HFEngine, Rollout, SamplingParams, left_pad, response_logits, rollout_forward
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
-from rlhfkit.tasks.build_sample_data import build_all, to_jsonl
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from build_sample_data import build_all, to_jsonl  # noqa: E402  (a development tool, not part of the package)
 
 DATA = Path(__file__).resolve().parents[1] / "rlhfkit" / "tasks" / "data"
 INSTRUCTION = "Continue this movie review: "

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from rlhfkit.config import DataConfig
-from rlhfkit.data import DataError
-from rlhfkit.trainers.common import load_train_eval, resolve_data_path
+from rlhfkit.data import DataError, load_train_eval, resolve_data_path
 
 
 def _write(path, rows):

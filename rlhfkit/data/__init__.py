@@ -11,6 +11,14 @@ from rlhfkit.data.curation import (
     scrub_text,
 )
 from rlhfkit.data.io import load_examples, read_rows, train_eval_split, write_jsonl
+from rlhfkit.data.pairs import (
+    EncodedPair,
+    UnpairedRow,
+    collate_pair_batch,
+    encode_all,
+    encode_pairs,
+    encode_unpaired,
+)
 from rlhfkit.data.schemas import (
     DataError,
     Example,
@@ -20,6 +28,7 @@ from rlhfkit.data.schemas import (
     SFTExample,
     UnpairedExample,
 )
+from rlhfkit.data.sources import load_train_eval, resolve_data_path
 from rlhfkit.data.templates import ChatFormatter, Encoded, TruncationReport
 
 __all__ = [
@@ -28,6 +37,7 @@ __all__ = [
     "CurationReport",
     "DataError",
     "Encoded",
+    "EncodedPair",
     "Example",
     "Message",
     "PreferenceExample",
@@ -35,6 +45,13 @@ __all__ = [
     "SFTExample",
     "TruncationReport",
     "UnpairedExample",
+    "UnpairedRow",
+    "collate_pair_batch",
+    "encode_all",
+    "encode_pairs",
+    "encode_unpaired",
+    "load_train_eval",
+    "resolve_data_path",
     "collate_pairs",
     "collate_sft",
     "curate",

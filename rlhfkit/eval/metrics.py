@@ -26,7 +26,8 @@ __all__ = [
 
 def _array(x: Any, dtype: type = np.float64) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor: no torch import needed here
-        x = x.detach().cpu().float().numpy() if dtype is not bool else x.detach().cpu().numpy()
+        # .double(), not .float(): fp64 scores must not be rounded to fp32 (bf16 / fp16 are upcast exactly)
+        x = x.detach().cpu().double().numpy() if dtype is not bool else x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype).reshape(-1)
 
 
@@ -68,15 +69,31 @@ def pairwise_auc(r_chosen: Any, r_rejected: Any, tie: Any = None) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def pairwise_probabilities(r_chosen: Any, r_rejected: Any, tie: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Bradley–Terry probabilities σ(r_w - r_l) that the chosen response wins, symmetrized for calibration.
+def pairwise_probabilities(
+    r_chosen: Any,
+    r_rejected: Any,
+    tie: Any = None,
+    *,
+    tie_model: str = "bradley-terry",
+    tie_param: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities that the chosen response wins GIVEN that the pair is not a tie, symmetrized for calibration.
 
-    Returns (probs (2N,), labels (2N,)): each pair as (σ(d), 1) and (σ(-d), 0), so a model that is always right but
-    overconfident is penalized the same way whichever response is listed first.
+    tie_model / tie_param: the likelihood the reward model was trained with (``losses.reward``). Bradley–Terry and
+    Davidson (any ν) give σ(r_w - r_l); Rao–Kupper (tie_param = θ > 1, required) gives
+    P_win / (P_win + P_lose) with P_win = σ(d - log θ), P_lose = σ(-d - log θ).
+    Returns (probs (2N,), labels (2N,)): each non-tie pair as (P(w≻l | no tie), 1) and (P(l≻w | no tie), 0), so a
+    model that is always right but overconfident is penalized the same way whichever response is listed first.
     """
+    import torch  # only here: the other metrics need numpy alone
+
+    from rlhfkit.losses.reward import win_probability_given_no_tie
+
     d = _pairs(r_chosen, r_rejected, tie)
-    p = 1.0 / (1.0 + np.exp(-d))
-    return np.concatenate([p, 1.0 - p]), np.concatenate([np.ones_like(p), np.zeros_like(p)])
+    d_t = torch.from_numpy(d)  # fp64
+    p = win_probability_given_no_tie(d_t, tie_model, tie_param).numpy()
+    q = win_probability_given_no_tie(-d_t, tie_model, tie_param).numpy()  # = 1 - p, without rounding 1 - p near 1
+    return np.concatenate([p, q]), np.concatenate([np.ones_like(p), np.zeros_like(p)])
 
 
 @dataclass(frozen=True)

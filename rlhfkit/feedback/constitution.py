@@ -179,17 +179,14 @@ class ChatGenerator:
     ) -> None:
         from rlhfkit.config import SamplingConfig
         from rlhfkit.data import ChatFormatter
-        from rlhfkit.trainers.online import make_engine, sampling_params
+        from rlhfkit.rollout import make_engine, sampling_params
 
         if isinstance(model, tuple):
             self.model, self.tokenizer = model
         else:
-            from rlhfkit.models import load_causal_lm, load_tokenizer
+            from rlhfkit.models import load_for_inference
 
-            self.tokenizer = load_tokenizer(model)
-            self.model = load_causal_lm(model)
-            if torch.cuda.is_available():
-                self.model.to("cuda")
+            self.model, self.tokenizer = load_for_inference(model)
         cfg = SamplingConfig(
             max_new_tokens=max_new_tokens,
             min_new_tokens=1,  # an empty first token (EOS) would give nothing to critique

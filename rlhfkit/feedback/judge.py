@@ -13,7 +13,7 @@ P(first better) = P("A") + P("C") / 2, so a tie vote splits evenly between the t
 Several rubric dimensions (helpful, harmless, ...) or several judges combine as a weighted mean of probabilities
 (:func:`combine_verdicts`). :meth:`Judge.label_pairs` writes the package's preference rows; :func:`judge_agreement`
 calibrates a judge against human labels and :func:`route_to_humans` picks the pairs a person should see.
-:class:`JudgeReward` turns a judge into a reward source (log-odds of beating a reference response).
+:class:`rlhfkit.rewards.judge.JudgeReward` turns a judge into a reward source (log-odds of beating a reference response).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rlhfkit.data.schemas import Message, PreferenceExample
+from rlhfkit.rewards.base import as_messages as _messages
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -138,14 +139,6 @@ def position_bias(verdicts: Sequence[Verdict]) -> dict[str, float]:
 # The judge
 
 
-def _messages(prompt: PromptLike, where: str) -> list[Message]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) and "content" in m for m in prompt) and prompt:
-        return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in prompt]
-    raise ValueError(f"{where}: a prompt must be a string or a list of {{role, content}} messages, got {prompt!r:.60}")
-
-
 def _dimension_rubric(dim: str) -> str:
     """A known name -> its rubric; a single word -> "more <word>"; longer text is used as the rubric itself."""
     if dim in DIMENSION_RUBRICS:
@@ -193,13 +186,11 @@ class Judge:
             self.model, self.tokenizer = model
             default_name = _model_name(self.model)
         else:
-            from rlhfkit.models import load_causal_lm, load_tokenizer
+            from rlhfkit.models import load_for_inference
 
-            self.tokenizer = load_tokenizer(model)  # trust_remote_code stays off: a judge never runs a model's code
-            self.model = load_causal_lm(model, dtype=dtype)  # type: ignore[arg-type]
+            # trust_remote_code stays off: a judge never runs a model's code; on the GPU when there is one
+            self.model, self.tokenizer = load_for_inference(model, dtype, device)  # type: ignore[arg-type]
             default_name = Path(os.fspath(model)).name
-            if device is None and torch.cuda.is_available():
-                device = "cuda"  # a model we load ourselves goes where it runs fastest
         if device is not None:
             self.model.to(device)
         self.model.eval()
@@ -467,41 +458,6 @@ def rows_from_verdicts(
     if dropped:
         log.warning("label_pairs: dropped %d pairs with identical or empty responses", dropped)
     return rows
-
-
-class JudgeReward:
-    """A reward source (rlhfkit.rewards protocol) from a pairwise judge: each response is compared with a reference
-    response to the same prompt (e.g. the SFT policy's), and its reward is the judge's debiased log-odds
-    log(p / (1 - p)) that it beats the reference (0 = as good; clipped to +-clip). parts["judge_p"] holds p itself.
-
-    reference: a callable (prompts) -> one reference text per prompt, or a mapping from the prompt's last user turn.
-    """
-
-    def __init__(
-        self,
-        judge: Judge,
-        reference: Callable[[Sequence[Any]], Sequence[str]] | Mapping[str, str],
-        clip: float = 6.0,
-        name: str = "judge",
-    ) -> None:
-        self.judge, self.reference, self.clip, self.name = judge, reference, clip, name
-
-    def __call__(self, prompts: Sequence[Any], responses: Sequence[str]) -> Any:
-        from rlhfkit.rewards.base import Scores, prompt_text
-
-        if isinstance(self.reference, Mapping):
-            refs = []
-            for i, p in enumerate(prompts):
-                key = prompt_text(_messages(p, f"prompt {i}"))
-                if key not in self.reference:
-                    raise KeyError(f"JudgeReward: no reference response for prompt {i} ({key[:60]!r})")
-                refs.append(self.reference[key])
-        else:
-            refs = list(self.reference(prompts))
-        p = torch.tensor([v.p_a for v in self.judge.compare(prompts, responses, refs)], dtype=torch.float32)
-        p = p.clamp(1e-6, 1 - 1e-6)
-        total = torch.log(p / (1 - p)).clamp(-self.clip, self.clip)  # Bradley-Terry log-odds of beating the reference
-        return Scores(total=total, parts={self.name: total, "judge_p": p})
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from rlhfkit.losses.aggregation import AGGREGATION_MODES, aggregate, aggregate_s
 from rlhfkit.losses.preference import (
     REFERENCE_FREE,
     dpo_loss,
+    dpo_ties_loss,
     hinge_loss,
     ipo_loss,
     kto_loss,
@@ -28,6 +29,7 @@ from rlhfkit.losses.reward import (
     reward_loss,
     tie_log_probs,
     tie_loss,
+    win_probability_given_no_tie,
 )
 from rlhfkit.losses.sft import sft_loss
 
@@ -53,6 +55,7 @@ __all__ = [
     "aggregate_sum_and_count",
     "bradley_terry_loss",
     "dpo_loss",
+    "dpo_ties_loss",
     "hinge_loss",
     "ipo_loss",
     "kto_loss",
@@ -64,4 +67,5 @@ __all__ = [
     "simpo_loss",
     "tie_log_probs",
     "tie_loss",
+    "win_probability_given_no_tie",
 ]

@@ -14,9 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlhfkit.losses.reward import Scalar, tie_loss
+
 __all__ = [
     "REFERENCE_FREE",
     "dpo_loss",
+    "dpo_ties_loss",
     "hinge_loss",
     "ipo_loss",
     "kto_loss",
@@ -67,6 +70,32 @@ def dpo_loss(
     logits = beta * _log_ratio_difference(pi_chosen, pi_rejected, ref_chosen, ref_rejected)  # (B,)
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return (losses, *_implicit_rewards(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta))
+
+
+def dpo_ties_loss(
+    pi_chosen: Tensor,
+    pi_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    tie: Tensor,
+    beta: float,
+    tie_model: str = "davidson",
+    tie_param: Scalar = 1.0,
+) -> LossOutput:
+    """DPO with ties, Chen et al. 2024 ("On Extending Direct Preference Optimization to Accommodate Ties"): DPO-D
+    (tie_model "davidson", tie_param = ν >= 0) and DPO-RK ("rao-kupper", tie_param = θ > 1).
+
+    The Bradley–Terry likelihood of DPO is replaced by the tie model of the reward losses (``reward.tie_loss``, same
+    parameterization), applied to the DPO implicit reward difference d = β h (Rafailov et al. 2023 eq. 5):
+    non-tie rows (chosen preferred) -log P(w≻l; β h), tie rows -log P(tie; β h), which is largest at h = 0, so
+    ties pull the margin toward 0. Davidson ν = 0 with no ties is plain DPO; ν = 0 gives tie rows an infinite loss.
+    Inputs (B,) summed log-probs; tie (B,) bool. Returns (losses (B,), chosen_rewards, rejected_rewards) like
+    ``dpo_loss``; on tie rows "chosen" / "rejected" are just the two responses (the tie term is symmetric).
+    """
+    chosen = beta * (pi_chosen.float() - ref_chosen.float())  # (B,) implicit rewards β log π/ref
+    rejected = beta * (pi_rejected.float() - ref_rejected.float())
+    losses = tie_loss(chosen, rejected, tie, model=tie_model, param=tie_param)  # d = chosen - rejected = β h
+    return losses, chosen.detach(), rejected.detach()
 
 
 def robust_dpo_loss(

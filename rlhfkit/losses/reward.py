@@ -21,6 +21,8 @@ __all__ = [
     "reward_loss",
     "tie_log_probs",
     "tie_loss",
+    "win_log_probability_given_no_tie",
+    "win_probability_given_no_tie",
 ]
 
 Scalar = float | Tensor
@@ -98,6 +100,36 @@ def _tie_model(model: str) -> Callable[[Tensor, Scalar], tuple[Tensor, Tensor, T
         return TIE_MODELS[model]
     except KeyError:
         raise ValueError(f"unknown tie model {model!r}; valid: {sorted(TIE_MODELS)}") from None
+
+
+def win_log_probability_given_no_tie(
+    d: Tensor, tie_model: str = "bradley-terry", tie_param: Scalar | None = None
+) -> Tensor:
+    """log P(a≻b | not a tie) = log P(a≻b) - log(P(a≻b) + P(b≻a)) for d = r_a - r_b, same shape as d.
+
+    tie_model "bradley-terry" (no ties): log σ(d). "davidson": also log σ(d) for every ν (the tie term cancels).
+    "rao-kupper" (tie_param = θ > 1, required): log[σ(d - log θ) / (σ(d - log θ) + σ(-d - log θ))], which is
+    NOT σ(d): the calibration of a Rao–Kupper reward model must use this.
+    """
+    if tie_model == "bradley-terry":
+        return F.logsigmoid(d)
+    if tie_model not in TIE_MODELS:
+        raise ValueError(f"unknown tie model {tie_model!r}; valid: {['bradley-terry', *sorted(TIE_MODELS)]}")
+    if tie_param is None:
+        if tie_model == "rao-kupper":
+            raise ValueError(
+                "the Rao–Kupper model needs tie_param = θ > 1, the value the reward model was trained with"
+            )
+        tie_param = 1.0  # Davidson: P(a≻b | not a tie) does not depend on ν
+    log_win, log_lose, _ = _tie_model(tie_model)(d, tie_param)
+    return log_win - torch.logaddexp(log_win, log_lose)
+
+
+def win_probability_given_no_tie(
+    d: Tensor, tie_model: str = "bradley-terry", tie_param: Scalar | None = None
+) -> Tensor:
+    """P(a≻b | not a tie) for d = r_a - r_b; see `win_log_probability_given_no_tie`."""
+    return win_log_probability_given_no_tie(d, tie_model, tie_param).exp()
 
 
 def tie_log_probs(

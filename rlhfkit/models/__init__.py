@@ -10,13 +10,19 @@ from rlhfkit.models.loading import (
     builtin_gguf_path,
     cache_root,
     count_parameters,
+    default_device,
+    disable_dropout,
+    freeze_lower_layers,
     load_causal_lm,
+    load_for_inference,
     load_gguf,
     load_reward_model,
     load_tokenizer,
     resolve_model_path,
     save_model,
 )
+from rlhfkit.models.logprobs import completion_logps
+from rlhfkit.models.reference import Reference, build_reference
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -28,10 +34,17 @@ __all__ = [
     "builtin_gguf_path",
     "cache_root",
     "count_parameters",
+    "default_device",
+    "disable_dropout",
+    "freeze_lower_layers",
     "load_causal_lm",
+    "load_for_inference",
     "load_gguf",
     "load_reward_model",
     "load_tokenizer",
     "resolve_model_path",
     "save_model",
+    "Reference",
+    "build_reference",
+    "completion_logps",
 ]

@@ -357,6 +357,45 @@ def _finish_load(
     return model
 
 
+def _load(
+    auto_class: Any,
+    name_or_path: str | os.PathLike[str],
+    dtype: DType,
+    trust_remote_code: bool,
+    gradient_checkpointing: bool,
+    device_map: str | dict[str, Any] | None,
+    load_in_4bit: bool,
+    num_layers: int | None,
+    configure: Any = None,
+    after: Any = None,
+) -> PreTrainedModel:
+    """The one loader behind `load_causal_lm` and `load_reward_model`: resolve the name (builtin, checkpoint or PEFT
+    adapter on its base), validate the options before any heavy load, optionally keep the first `num_layers` blocks,
+    let `configure(ckpt, config)` adjust the config, load, let `after(ckpt, model)` finish it, then 4-bit preparation,
+    gradient checkpointing and the adapter."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name_or_path)
+    kwargs = _load_kwargs(dtype, trust_remote_code, device_map, load_in_4bit)  # validates before any heavy load
+    base = _adapter_base(path)
+    adapter = path if base is not None else None
+    ckpt = resolve_model_path(base) if base else path
+    if num_layers is not None:
+        config = truncated_config(ckpt, num_layers, trust_remote_code)
+    elif configure is not None:
+        config = AutoConfig.from_pretrained(ckpt, local_files_only=True, **_remote_code_kwargs(trust_remote_code))
+    else:
+        config = None
+    if configure is not None:
+        configure(ckpt, config)
+    if config is not None:
+        kwargs["config"] = config
+    model = auto_class.from_pretrained(ckpt, **kwargs)
+    if after is not None:
+        after(ckpt, model)
+    return _finish_load(model, adapter, gradient_checkpointing, load_in_4bit)
+
+
 def load_causal_lm(
     name_or_path: str | os.PathLike[str],
     dtype: DType = "float32",
@@ -373,15 +412,16 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(name_or_path)
-    kwargs = _load_kwargs(dtype, trust_remote_code, device_map, load_in_4bit)  # validates before any heavy load
-    base = _adapter_base(path)
-    adapter = path if base is not None else None
-    ckpt = resolve_model_path(base) if base else path
-    if num_layers is not None:
-        kwargs["config"] = truncated_config(ckpt, num_layers, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
-    return _finish_load(model, adapter, gradient_checkpointing, load_in_4bit)
+    return _load(
+        AutoModelForCausalLM,
+        name_or_path,
+        dtype,
+        trust_remote_code,
+        gradient_checkpointing,
+        device_map,
+        load_in_4bit,
+        num_layers,
+    )
 
 
 def truncated_config(ckpt: Path, num_layers: int, trust_remote_code: bool = False) -> Any:
@@ -421,37 +461,31 @@ def load_reward_model(
     and the backbone gets gradient from step one (a zero head would block it). ``config.pad_token_id`` is set from
     the tokenizer because the head reads the last token that is not padding.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    path = resolve_model_path(name_or_path)
-    kwargs = _load_kwargs(dtype, trust_remote_code, device_map, load_in_4bit)
-    base = _adapter_base(path)
-    adapter = path if base is not None else None
-    ckpt = resolve_model_path(base) if base else path
-    if num_layers is not None:
-        config = truncated_config(ckpt, num_layers, trust_remote_code)
-    else:
-        config = AutoConfig.from_pretrained(ckpt, local_files_only=True, **_remote_code_kwargs(trust_remote_code))
-    fresh_head = not _is_sequence_classifier(ckpt)
-    if not fresh_head and config.num_labels != 1:
-        raise ValueError(f"{ckpt} is a classifier with num_labels={config.num_labels}; a reward model needs 1")
-    config.num_labels = 1
-    try:
-        pad_id = load_tokenizer(ckpt, trust_remote_code=trust_remote_code).pad_token_id
-    except (OSError, ValueError):  # checkpoint without a tokenizer: trust its config
-        pad_id = None
-    if pad_id is None:
-        pad_id = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
-    if isinstance(pad_id, (list, tuple)):
-        pad_id = pad_id[0]
-    if pad_id is None:
-        raise ValueError(f"{ckpt}: no pad or eos token id in tokenizer or config; reward pooling needs one")
-    config.pad_token_id = pad_id
-    if pad_id == config.eos_token_id:
-        logger.warning("pad token == eos token (%d): a trailing EOS will be treated as padding when pooling", pad_id)
+    def configure(ckpt: Path, config: Any) -> None:
+        if _is_sequence_classifier(ckpt) and config.num_labels != 1:
+            raise ValueError(f"{ckpt} is a classifier with num_labels={config.num_labels}; a reward model needs 1")
+        config.num_labels = 1
+        try:
+            pad_id = load_tokenizer(ckpt, trust_remote_code=trust_remote_code).pad_token_id
+        except (OSError, ValueError):  # checkpoint without a tokenizer: trust its config
+            pad_id = None
+        if pad_id is None:
+            pad_id = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        if isinstance(pad_id, (list, tuple)):
+            pad_id = pad_id[0]
+        if pad_id is None:
+            raise ValueError(f"{ckpt}: no pad or eos token id in tokenizer or config; reward pooling needs one")
+        config.pad_token_id = pad_id
+        if pad_id == config.eos_token_id:
+            logger.warning(
+                "pad token == eos token (%d): a trailing EOS will be treated as padding when pooling", pad_id
+            )
 
-    model = AutoModelForSequenceClassification.from_pretrained(ckpt, config=config, **kwargs)
-    if fresh_head:
+    def init_head(ckpt: Path, model: Any) -> None:
+        if _is_sequence_classifier(ckpt):
+            return
         head = model.score if hasattr(model, "score") else model.get_output_embeddings()
         if head is None or not isinstance(head, torch.nn.Linear):
             raise ValueError(f"{type(model).__name__} has no linear `score` head to initialize")
@@ -459,7 +493,52 @@ def load_reward_model(
             head.weight.normal_(mean=0.0, std=1.0 / math.sqrt(head.in_features + 1))
             if head.bias is not None:
                 head.bias.zero_()
-    return _finish_load(model, adapter, gradient_checkpointing, load_in_4bit)
+
+    return _load(
+        AutoModelForSequenceClassification,
+        name_or_path,
+        dtype,
+        trust_remote_code,
+        gradient_checkpointing,
+        device_map,
+        load_in_4bit,
+        num_layers,
+        configure=configure,
+        after=init_head,
+    )
+
+
+def default_device() -> torch.device:
+    """Where a model this package loads for inference runs: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """No dropout anywhere (as peers do for RLHF): a DPO loss at step 0 is exactly log 2, the first PPO ratio is
+    exactly 1, and rollout and training forwards see the same function."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+    return model
+
+
+def load_for_inference(
+    name_or_path: str | os.PathLike[str],
+    dtype: DType = "float32",
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+    kind: str = "causal",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for sampling or scoring: on `device` (default: the GPU when there is one), eval mode,
+    no dropout, no gradients. `kind`: causal (an LM) or reward (a scalar-head reward model)."""
+    loader = {"causal": load_causal_lm, "reward": load_reward_model}[kind]
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    model = loader(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = disable_dropout(model.to(device or default_device()).eval())
+    model.requires_grad_(False)
+    return model, tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -39,6 +39,15 @@ def prompt_text(prompt: Messages) -> str:
         if m.get("role") == "user":
             return str(m.get("content", ""))
     return str(prompt[-1].get("content", "")) if len(prompt) else ""
+
+
+def as_messages(prompt: Any, where: str) -> list[dict[str, str]]:
+    """A prompt as chat turns: a string is one user turn."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) and "content" in m for m in prompt):
+        return [{"role": str(m.get("role", "user")), "content": str(m["content"])} for m in prompt]
+    raise ValueError(f"{where}: a prompt must be a string or a list of {{role, content}} messages, got {prompt!r:.60}")
 
 
 def as_scores(values: Sequence[float] | Tensor, name: str) -> Scores:

@@ -1,6 +1,33 @@
-"""Rollout engines: sample responses from the current policy into a typed `Rollout`."""
+"""Rollouts: engines that sample responses into a typed `Rollout`, prompt encoding, and the rollout forward (old and
+reference log-probs, values, KL per sequence on the policy's own samples)."""
 
+from rlhfkit.rollout.forward import (
+    make_engine,
+    model_logprobs,
+    response_logits,
+    rollout_forward,
+    sample_with_kl,
+    sampling_params,
+    sequence_kl,
+)
 from rlhfkit.rollout.hf import HFEngine, left_pad, right_pad
+from rlhfkit.rollout.prompts import Prompt, encode_prompts
 from rlhfkit.rollout.types import Engine, Rollout, SamplingParams
 
-__all__ = ["Engine", "HFEngine", "Rollout", "SamplingParams", "left_pad", "right_pad"]
+__all__ = [
+    "Engine",
+    "HFEngine",
+    "Prompt",
+    "Rollout",
+    "SamplingParams",
+    "encode_prompts",
+    "left_pad",
+    "make_engine",
+    "model_logprobs",
+    "response_logits",
+    "right_pad",
+    "rollout_forward",
+    "sample_with_kl",
+    "sampling_params",
+    "sequence_kl",
+]

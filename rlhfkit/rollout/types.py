@@ -47,6 +47,7 @@ class Rollout:
     scores: Tensor | None = None  # (B,) float32 sequence reward (after normalization and penalties)
     advantages: Tensor | None = None  # (B, R) float32 per-token advantage
     returns: Tensor | None = None  # (B, R) float32 value targets (critic only)
+    kl_coef: Tensor | None = None  # (B,) float32 per-sequence KL coefficient (the controller's, scaled by uncertainty)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]

@@ -1,81 +1,33 @@
-"""What every offline trainer does before and after the loop: load and clean data, write the output directory."""
+"""What every trainer does before and after its loop: load the model to train, write the output directory, save the
+model and the summary."""
 
 from __future__ import annotations
 
 import json
 import platform
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from accelerate import PartialState
 
-from rlhfkit.config import DataConfig, to_dict
-
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "tasks" / "data"
-SAMPLES = {"sft": "sft.jsonl", "prefs": "prefs.jsonl", "prompts": "review_prompts.jsonl"}
-
-
-def resolve_data_path(source: str) -> str:
-    """`sample:NAME` -> the file shipped in the package; anything else is returned unchanged."""
-    if source.startswith("sample:"):
-        name = source.split(":", 1)[1]
-        if name not in SAMPLES:
-            raise FileNotFoundError(
-                f"unknown sample data {source!r}; choose one of: sample:" + ", sample:".join(SAMPLES)
-            )
-        return str(SAMPLE_DIR / SAMPLES[name])
-    return source
-
-
-def load_train_eval(data: DataConfig, kind: str, seed: int) -> tuple[list[Any], list[Any], list[str]]:
-    """Load, curate and split; returns (train, eval, human-readable notes on what was dropped or changed)."""
-    from rlhfkit.data import curate, load_examples, train_eval_split
-
-    if not data.train:
-        raise FileNotFoundError("data.train is empty: give a data file, e.g. data.train=prefs.jsonl or sample:prefs")
-    notes: list[str] = []
-    errors = "skip" if data.skip_invalid else "raise"
-    train = load_examples(resolve_data_path(data.train), kind, errors=errors)
-    c = data.curation
-    train, report = curate(
-        train,
-        dedupe=c.dedupe,
-        near_dedupe=c.near_dedupe,
-        near_threshold=c.near_threshold,
-        scrub_pii=c.scrub_pii,
-        min_chars=c.min_chars,
-        max_chars=c.max_chars,
-    )
-    notes.append(str(report))
-    if data.eval:
-        evals = load_examples(resolve_data_path(data.eval), kind, errors=errors)
-    elif data.eval_fraction > 0:
-        train, evals = train_eval_split(train, data.eval_fraction, seed)
-    else:
-        evals = []
-    if data.max_rows is not None and len(train) > data.max_rows:
-        keep = sorted(random.Random(seed).sample(range(len(train)), data.max_rows))
-        train = [train[i] for i in keep]
-        notes.append(f"max_rows: kept {data.max_rows} of the training rows, drawn with the seed")
-    return train, evals, notes
-
-
-def encode_all(examples: list[Any], encode: Any) -> list[Any]:
-    """Encode rows, dropping the ones the truncation policy rejects (encode returns None)."""
-    out = []
-    for ex in examples:
-        enc = encode(ex)
-        if enc is not None:
-            out.append(enc)
-    return out
+import rlhfkit
+from rlhfkit.config import to_dict
+from rlhfkit.models import (
+    apply_lora,
+    disable_dropout,
+    freeze_lower_layers,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    save_model,
+)
+from rlhfkit.seeding import set_seed
 
 
 def is_main_process() -> bool:
     """True in the process that writes a run's files (the only one without accelerate launch)."""
-    from accelerate import PartialState
-
     return PartialState().is_main_process
 
 
@@ -88,8 +40,6 @@ def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:
 
 def write_summary(out_dir: Path, command: str, summary: dict[str, Any]) -> str:
     """summary.json for machines and summary.md for people; returns the markdown."""
-    import rlhfkit
-
     full = {
         "command": command,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -126,8 +76,6 @@ def finish_run(
     **extra: Any,
 ) -> dict[str, Any]:
     """Save the model in Hugging Face format (LoRA merged) and write / print the run's summary."""
-    from rlhfkit.models import save_model
-
     save_model(model, tokenizer, out_dir / "model", merge_lora=True)
     summary = {
         "model": str(out_dir / "model"),
@@ -154,9 +102,6 @@ def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tu
 
     Seeded first, so that newly initialized weights (a reward head, LoRA matrices) are the same on every run.
     """
-    from rlhfkit.models import apply_lora, load_causal_lm, load_reward_model, load_tokenizer
-    from rlhfkit.trainers.loop import set_seed
-
     set_seed(seed)
 
     tokenizer = load_tokenizer(model_cfg.name_or_path, trust_remote_code=model_cfg.trust_remote_code)
@@ -190,7 +135,7 @@ def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tu
             task_type="CAUSAL_LM" if kind == "causal" else "SEQ_CLS",
         )
     if model_cfg.trainable_layers is not None:
-        from rlhfkit.models.loading import freeze_lower_layers
-
         freeze_lower_layers(model, model_cfg.trainable_layers)
+    if model_cfg.disable_dropout:
+        disable_dropout(model)
     return model, tokenizer

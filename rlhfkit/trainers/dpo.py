@@ -8,7 +8,6 @@ adapters disabled, so no second copy is held) or in every step (`live`).
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhfkit.config import DPOConfig, PreferenceLossConfig, to_dict
+from rlhfkit.config import DPOConfig, PreferenceLossConfig, SamplingConfig, to_dict
+from rlhfkit.data import ChatFormatter, EncodedPair, collate_pair_batch, encode_pairs, load_train_eval
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE
-from rlhfkit.ops import sequence_logprobs
-from rlhfkit.trainers.common import finish_run, load_for_training, load_train_eval, write_run_files
+from rlhfkit.models import Reference, build_reference, completion_logps
+from rlhfkit.rollout import make_engine, sample_with_kl, sampling_params
+from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
-from rlhfkit.trainers.rm import EncodedPair, collate_pair_batch, encode_pairs
 
 
 @dataclass(frozen=True)
@@ -30,52 +30,6 @@ class DPORow:
     pair: EncodedPair
     ref_chosen: float = 0.0
     ref_rejected: float = 0.0
-
-
-def completion_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-probs (2B,), completion token counts (2B,)) of the completions in a collated pair batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return sequence_logprobs(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:].float())
-
-
-class Reference:
-    """Where reference log-probs come from: the policy with adapters disabled (LoRA), a frozen model, or nothing."""
-
-    def __init__(self, policy: torch.nn.Module, model: torch.nn.Module | None):
-        self.policy, self.model = policy, model
-
-    @contextlib.contextmanager
-    def __call__(self):
-        if self.model is not None:
-            yield self.model
-        elif hasattr(self.policy, "disable_adapter"):
-            with self.policy.disable_adapter():
-                yield self.policy
-        else:
-            raise RuntimeError("no reference model: pass one or train with LoRA")
-
-
-def build_reference(
-    policy: torch.nn.Module, model_cfg: Any, reference_path: str | None, keep: bool, device: torch.device
-) -> Reference:
-    """The reference for a policy: another checkpoint, the policy with LoRA adapters disabled, a frozen copy (`keep`:
-    needed after training starts), or the policy itself (only valid before the first step). Moved to `device`."""
-    from rlhfkit.models import load_causal_lm
-
-    if reference_path:
-        ref_model = load_causal_lm(reference_path, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
-    elif model_cfg.lora.enabled:
-        ref_model = None
-    elif keep:
-        ref_model = copy.deepcopy(policy)
-    else:
-        ref_model = policy
-    for m in {id(policy): policy, id(ref_model): ref_model}.values():
-        if m is not None and not getattr(m, "is_loaded_in_4bit", False):
-            m.to(device)
-    if ref_model is not None and ref_model is not policy:
-        ref_model.requires_grad_(False).eval()
-    return Reference(policy, ref_model)
 
 
 class DPOObjective:
@@ -175,13 +129,8 @@ def precompute_reference(
 
 def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Optimize cfg.model on preference pairs with cfg.loss; writes cfg.train.output_dir."""
-    from rlhfkit.data import ChatFormatter
-    from rlhfkit.eval.divergence import sampled_kl
-
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "dpo")
-    if cfg.loss.name not in PREFERENCE_LOSSES:
-        raise ValueError(f"loss.name={cfg.loss.name!r}: choose one of {', '.join(PREFERENCE_LOSSES)}")
     # 1. policy, and the reference: adapters off under LoRA, else a frozen copy (or another checkpoint)
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
     accelerator = make_accelerator(cfg.train)
@@ -209,11 +158,22 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     # 5. KL to the reference on the policy's own samples (held-out prompts)
     kl = {}
     if eval_pairs and cfg.eval_kl_samples > 0:
-        prompts = [p.prompt_ids for p in eval_pairs[: cfg.eval_kl_samples]]
-        eos = [tokenizer.eos_token_id]
-        kl = sampled_kl(model, reference, prompts, pad, eos, max_new_tokens=cfg.eval_kl_tokens, seed=cfg.train.seed)
+        kl = _sampled_kl(model, tokenizer, reference, [p.prompt_ids for p in eval_pairs[: cfg.eval_kl_samples]], cfg)
     # 6. save and summarize
-    kl = {f"kl/{k}": v for k, v in kl.items()}
     return finish_run(
         out, "dpo", model, tokenizer, result, notes, len(train_rows), len(eval_rows), eval_extra=kl, loss=cfg.loss.name
     )
+
+
+def _sampled_kl(model: Any, tokenizer: Any, reference: Reference, prompts: list[list[int]], cfg: DPOConfig):
+    """KL(pi || ref) on the policy's own samples of held-out prompts (temperature 1, no truncation)."""
+    sampling = SamplingConfig(max_new_tokens=cfg.eval_kl_tokens, batch_size=8, backend="hf")
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.train.seed)
+        ro, kl = sample_with_kl(make_engine(model, tokenizer, sampling), prompts, sampling_params(sampling), reference, 8)
+    length = ro.response_mask.sum(-1)
+    return {
+        "kl/kl_per_sequence": float(kl.mean()),
+        "kl/kl_per_token": float(kl.sum() / length.sum().clamp(min=1)),
+        "kl/sample_length": float(length.float().mean()),
+    }

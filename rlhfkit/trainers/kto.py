@@ -8,7 +8,6 @@ frozen reference (a copy, or the policy with LoRA adapters disabled) in another,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,11 @@ import numpy as np
 import torch
 
 from rlhfkit.config import KTOConfig, KTOLossConfig, to_dict
+from rlhfkit.data import ChatFormatter, UnpairedRow, collate_pairs, encode_unpaired, load_train_eval
 from rlhfkit.losses import kto_loss, kto_reference_point
-from rlhfkit.trainers.common import finish_run, load_for_training, load_train_eval, write_run_files
-from rlhfkit.trainers.dpo import Reference, build_reference, completion_logps
+from rlhfkit.models import Reference, build_reference, completion_logps
+from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
-
-
-@dataclass(frozen=True)
-class UnpairedRow:
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    label: bool
 
 
 class KTOObjective:
@@ -34,8 +27,6 @@ class KTOObjective:
         self.pad_id, self.cfg, self.reference, self.eval_batch_size = pad_id, loss_cfg, reference, eval_batch_size
 
     def collate(self, rows: Sequence[UnpairedRow]) -> dict[str, torch.Tensor]:
-        from rlhfkit.data import collate_pairs
-
         n = len(rows)
         # (prompt_i, response_i, response_{i+1}): matched rows first, then the mismatched rows for the KL estimate
         triples = [(r.prompt_ids, r.completion_ids, rows[(i + 1) % n].completion_ids) for i, r in enumerate(rows)]
@@ -90,26 +81,11 @@ class KTOObjective:
         return out
 
 
-def encode_unpaired(examples: Sequence[Any], formatter: Any) -> list[UnpairedRow]:
-    out = []
-    for ex in examples:
-        enc = formatter.encode_unpaired(ex)
-        if enc is not None:
-            out.append(UnpairedRow(enc[0], enc[1], bool(ex.label)))
-    return out
-
-
 def train_kto(cfg: KTOConfig) -> dict[str, Any]:
     """Optimize cfg.model on unpaired desirable / undesirable responses; writes cfg.train.output_dir."""
-    from rlhfkit.data import ChatFormatter
-
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "kto")
     # 1. policy and a frozen reference on the training device
-    if cfg.train.micro < 2:
-        raise ValueError(
-            "KTO estimates its KL reference point from mismatched pairs: train.micro_batch_size must be >= 2"
-        )
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
     accelerator = make_accelerator(cfg.train)
     reference = build_reference(model, cfg.model, cfg.reference, True, accelerator.device)

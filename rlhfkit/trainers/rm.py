@@ -6,7 +6,6 @@ import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,59 +13,18 @@ import numpy as np
 import torch
 
 from rlhfkit.config import RewardLossConfig, RMConfig, to_dict
+from rlhfkit.data import ChatFormatter, EncodedPair, collate_pair_batch, encode_pairs, load_train_eval
+from rlhfkit.eval.metrics import (
+    expected_calibration_error,
+    pairwise_accuracy,
+    pairwise_auc,
+    pairwise_probabilities,
+    per_group_accuracy,
+)
 from rlhfkit.losses.reward import reward_loss
 from rlhfkit.rewards.sources import ENCODING_FILE
-from rlhfkit.trainers.common import finish_run, load_for_training, load_train_eval, write_run_files
+from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
-
-
-@dataclass(frozen=True)
-class EncodedPair:
-    """A tokenized preference pair and its feedback metadata."""
-
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    tie: bool = False
-    strength: float = 0.0
-    confidence: float = 1.0
-    rater: str | None = None
-    index: int = 0
-
-
-def encode_pairs(examples: Sequence[Any], formatter: Any) -> list[EncodedPair]:
-    """Tokenize preference examples; rows the truncation policy drops are skipped (the formatter counts them)."""
-    out = []
-    for i, ex in enumerate(examples):
-        enc = formatter.encode_pair(ex)
-        if enc is None:
-            continue
-        p, c, r = enc
-        out.append(
-            EncodedPair(
-                p,
-                c,
-                r,
-                tie=bool(ex.tie),
-                strength=float(ex.strength or 0.0),
-                confidence=1.0 if ex.confidence is None else float(ex.confidence),
-                rater=ex.rater,
-                index=i,
-            )
-        )
-    return out
-
-
-def collate_pair_batch(rows: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows: one forward pass scores both. Adds tie/strength/confidence tensors."""
-    from rlhfkit.data import collate_pairs
-
-    batch = collate_pairs([(r.prompt_ids, r.chosen_ids, r.rejected_ids) for r in rows], pad_id)
-    batch["tie"] = torch.tensor([r.tie for r in rows], dtype=torch.bool)
-    batch["strength"] = torch.tensor([r.strength for r in rows], dtype=torch.float32)
-    batch["confidence"] = torch.tensor([r.confidence for r in rows], dtype=torch.float32)
-    batch["index"] = torch.tensor([r.index for r in rows], dtype=torch.long)
-    return batch
 
 
 def pair_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,14 +89,6 @@ def reward_model_report(
     objective: RewardObjective, model: torch.nn.Module, rows: Sequence[EncodedPair], train_sample: Sequence = ()
 ) -> dict[str, float]:
     """Held-out accuracy, ROC AUC, calibration error, mean margin, per-rater accuracy and the train-held-out gap."""
-    from rlhfkit.eval.metrics import (
-        expected_calibration_error,
-        pairwise_accuracy,
-        pairwise_auc,
-        pairwise_probabilities,
-        per_group_accuracy,
-    )
-
     r_c, r_r = objective.score_pairs(model, rows)
     tie = np.array([r.tie for r in rows], dtype=bool)
     decided = ~tie
@@ -170,8 +120,6 @@ def reward_model_report(
 
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
     """Train a reward model; writes cfg.train.output_dir (model/ reloads with transformers alone)."""
-    from rlhfkit.data import ChatFormatter
-
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "rm")
     # 1. base model with a scalar head

@@ -10,15 +10,10 @@ from typing import Any
 import torch
 
 from rlhfkit.config import SFTConfig, to_dict
+from rlhfkit.data import ChatFormatter, collate_sft, encode_all, load_train_eval, pack_sequences
 from rlhfkit.losses.aggregation import aggregate_sum_and_count
 from rlhfkit.losses.sft import sft_loss
-from rlhfkit.trainers.common import (
-    encode_all,
-    finish_run,
-    load_for_training,
-    load_train_eval,
-    write_run_files,
-)
+from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
@@ -43,8 +38,6 @@ class SFTObjective:
         self.eval_batch_size = eval_batch_size
 
     def collate(self, rows: Sequence[Any]) -> dict[str, torch.Tensor]:
-        from rlhfkit.data import collate_sft
-
         batch = collate_sft(list(rows), pad_id=self.pad_id)
         if not self.completion_only:
             batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -84,8 +77,6 @@ class SFTObjective:
 
 def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Fine-tune cfg.model on cfg.data; writes cfg.train.output_dir and returns the summary."""
-    from rlhfkit.data import ChatFormatter, pack_sequences
-
     out = Path(cfg.train.output_dir)
     write_run_files(out, cfg, "sft")
     # 1. model and tokenizer

@@ -3,8 +3,8 @@
 Theme: the classic RLHF sentiment task, "continue a movie review positively". Every film title, opening and continuation
 is original text written for rlhfkit from the hand-written fragments below; a fixed seed makes the output reproducible:
 
-    python -m rlhfkit.tasks.build_sample_data            # rewrites rlhfkit/tasks/data/*.jsonl
-    python -m rlhfkit.tasks.build_sample_data --check    # exit 1 if the committed files differ from a fresh build
+    python tools/build_sample_data.py            # rewrites rlhfkit/tasks/data/*.jsonl
+    python tools/build_sample_data.py --check    # exit 1 if the committed files differ from a fresh build
 
 Files written: ``review_prompts.jsonl`` (300 openings), ``sft.jsonl`` (120 prompt/response rows + 10 chat rows),
 ``prefs.jsonl`` (200 preference rows, about 10% ties). Pure standard library, so it runs anywhere.
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "rlhfkit" / "tasks" / "data"
 SEED = 20240611
 INSTRUCTION = "Continue this movie review: "
 N_OPENINGS = 360  # pool; the first 300 are review_prompts.jsonl, sft/prefs sample from all of it

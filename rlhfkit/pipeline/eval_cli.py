@@ -26,8 +26,19 @@ def evaluate_policies(
 ) -> dict[str, Any]:
     """Sample every policy (and the baseline) on the same prompts; gold / proxy scores, KL to the reference, length,
     distinct-n, win rate against the baseline with a 95% CI, Elo / Bradley-Terry ratings across all of them."""
-    from rlhfkit.eval.policy import _diversity, _prompt_rows, _safety, _win, generate, model_scorer, rm_quality, scorer
+    # torch and transformers: loaded when the command runs, not for `rlhfkit --help`
+    from rlhfkit.data import read_rows
     from rlhfkit.eval.ratings import ratings_table
+    from rlhfkit.pipeline.evaluate import (
+        _diversity,
+        _prompt_rows,
+        _safety,
+        _win,
+        generate,
+        model_scorer,
+        rm_quality,
+        scorer,
+    )
 
     if judge not in ("gold", "rm"):
         raise ConfigError(f"--judge must be gold or rm, got {judge!r}")
@@ -66,8 +77,6 @@ def evaluate_policies(
     ]
     out: dict[str, Any] = {"baseline": baseline, "policies": results, "ratings": ratings_table(comparisons)}
     if rm_score and heldout:
-        from rlhfkit.data import read_rows
-
         out["reward_model"] = rm_quality(rm_score, [row for _, row in read_rows(heldout)])
     if safety:
         out["safety"] = {name: _safety(name, sampling) for name in policies}
@@ -115,7 +124,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rlhfkit.eval.policy import write_run_report
+    from rlhfkit.pipeline.report import write_run_report  # matplotlib: only when the command runs
 
     if not (Path(args.run_dir) / "manifest.json").exists():
         raise ConfigError(f"{args.run_dir}: no manifest.json; give a directory made by `rlhfkit run`")

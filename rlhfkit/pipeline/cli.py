@@ -1,0 +1,76 @@
+"""`rlhfkit run` and `rlhfkit status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rlhfkit.config import ConfigError, keys_help
+from rlhfkit.pipeline.config import DEMO_PIPELINE, PipelineConfig, load_pipeline
+from rlhfkit.pipeline.layout import RunLayout
+from rlhfkit.pipeline.run import run_pipeline, status_table
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.pipeline and "=" in args.pipeline and not Path(args.pipeline).exists():
+        args.overrides, args.pipeline = [args.pipeline, *args.overrides], None  # overrides only, no file
+    cfg = load_pipeline(args.pipeline, list(args.overrides) + ([f"output={args.output}"] if args.output else []))
+    run_pipeline(cfg, args.pipeline or "<overrides>", resume=args.resume, force=args.force)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print(status_table(args.run_dir))
+    manifest = RunLayout(Path(args.run_dir)).manifest
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        print(f"run: {m.get('status')}, started {m.get('started')}, commit {m.get('git_commit') or '-'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The builtin demo: the closed loop of `rlhfkit run` on the shipped review openings (rlhfkit/tasks/data/demo.yaml)."""
+    from rlhfkit.pipeline.report import report_data  # matplotlib: only when the demo runs
+
+    out = RunLayout(Path(args.output))
+    if out.dir.exists() and any(out.dir.iterdir()) and not out.manifest.exists():
+        raise ConfigError(f"{out.dir} exists and is not a run directory: choose another --output")
+    cfg = load_pipeline(DEMO_PIPELINE, [f"output={args.output}", f"model={args.model}", *args.overrides])
+    t0 = time.perf_counter()
+    run_dir = run_pipeline(cfg, str(DEMO_PIPELINE), resume=True)
+    print(f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    for line in report_data(run_dir)["summary"]:
+        print(f"  {line}")
+    print(
+        f"open {run_dir / 'report.html'} (or read {run_dir / 'report.md'}); "
+        f"`rlhfkit status {args.output}` lists the stages"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the closed loop: sft -> (sample -> label -> rm -> optimize -> eval) x rounds -> report",
+        description="rlhfkit run: run or continue a pipeline; finished stages with unchanged inputs are skipped.",
+        epilog=keys_help(PipelineConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pipeline", nargs="?", help="pipeline YAML file")
+    p.add_argument("--output", "-o", help="run directory (same as output=...)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training stage from its checkpoint")
+    p.add_argument("--force", action="store_true", help="run every stage again, even when unchanged")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. rounds=3 label.source=judge")
+    p.set_defaults(handler=_cmd_run)
+    s = sub.add_parser("status", help="stages of a run directory: status, time, headline metrics")
+    s.add_argument("run_dir")
+    s.set_defaults(handler=_cmd_status)
+    demo = sub.add_parser(
+        "demo", help="the closed loop on the builtin model: SFT, 2 rounds of sample/label/rm/PPO/eval, report"
+    )
+    demo.add_argument("--output", "-o", default="runs/demo", help="run directory")
+    demo.add_argument("--model", default="smollm2-135m-instruct", help="builtin name or local model directory")
+    demo.add_argument("overrides", nargs="*", help="pipeline overrides, e.g. rounds=1 optimize.train.max_steps=20")
+    demo.set_defaults(handler=_cmd_demo)

@@ -1,0 +1,90 @@
+"""Running a pipeline (or continuing one) and the status table."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhfkit.config import ConfigError, to_dict
+from rlhfkit.pipeline.config import PipelineConfig
+from rlhfkit.pipeline.runner import Runner, _git_commit, _versions, _write_json, stage_records
+from rlhfkit.pipeline.stages import Pipeline
+
+
+def run_pipeline(
+    cfg: PipelineConfig, where: str = "<pipeline>", resume: bool = False, force: bool = False, report: bool = True
+) -> Path:
+    """Run (or continue) a pipeline; returns the run directory."""
+    pl = Pipeline(cfg, where)
+    pl.dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = pl.layout.manifest
+    pl.layout.pipeline_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    runner = Runner(pl.dir, resume, force)
+    t0 = time.perf_counter()
+    manifest = {
+        "config": to_dict(cfg),
+        "config_file": where,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "seed": cfg.seed,
+        "stages": [],
+        "status": "running",
+    }
+    _write_json(manifest_path, manifest)
+    for stage in pl.stages():
+        rec = runner(stage)
+        manifest["stages"].append(
+            {k: rec.get(k) for k in ("stage", "round", "status", "seconds", "fingerprint", "inputs", "outputs")}
+        )
+        _write_json(manifest_path, manifest)
+    manifest.update(status="done", seconds=round(time.perf_counter() - t0, 2))
+    _write_json(manifest_path, manifest)
+    if report:
+        from rlhfkit.pipeline.report import write_run_report  # matplotlib: only when a report is written
+
+        html, md = write_run_report(pl.dir)
+        print(f"report: {html}\n        {md}")
+    return pl.dir
+
+
+def status_table(run_dir: str | Path) -> str:
+    recs = stage_records(run_dir)
+    if not recs:
+        raise ConfigError(f"{run_dir}: no stage records (round-*/*/stage.json); is this a run directory?")
+    lines = [f"{'stage':<22} {'status':<8} {'seconds':>8}  metrics"]
+    for r in recs:
+        m = r.get("metrics") or {}
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in list(_headline(r["stage"], m).items())[:4])
+        secs = f"{r['seconds']:.1f}" if isinstance(r.get("seconds"), (int, float)) else "-"
+        lines.append(f"round-{r['round']}/{r['stage']:<14} {r['status']:<8} {secs:>8}  {shown}")
+    return "\n".join(lines)
+
+
+HEADLINES = {
+    "prompts": ("train_prompts", "eval_prompts"),
+    "sample": ("rows", "mean_length", "generated_tokens_per_s"),
+    "label": ("pairs", "ties", "heldout_pairs"),
+    "rm": ("eval.accuracy", "eval.auc", "seconds"),
+    "optimize": ("eval.gold", "eval.score", "eval.kl", "seconds"),
+    "sft": ("eval.loss", "seconds"),
+    "eval": ("gold", "win_rate", "kl", "length"),
+}
+
+
+def _headline(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key in HEADLINES.get(stage, ()):
+        v: Any = metrics
+        for part in key.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

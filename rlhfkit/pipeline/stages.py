@@ -1,0 +1,268 @@
+"""The stages of the closed loop, built from a PipelineConfig:
+
+round 0:  prompts -> sft -> eval (the baseline)
+round r:  sample (K responses per prompt from the newest policy) -> label (simulated | judge | human | file)
+          -> rm (on every label so far) -> optimize (ppo | grpo | rloo | reinforce | online-dpo | dpo) -> eval
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.commands import OPTIMIZERS, trainer
+from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, resolve, to_dict
+from rlhfkit.data import read_rows, resolve_data_path, train_eval_split, write_jsonl
+from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without
+from rlhfkit.pipeline.labellers import LABELLERS
+from rlhfkit.pipeline.layout import RunLayout
+from rlhfkit.pipeline.runner import Stage, stage_seed
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in read_rows(path)]
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(path, rows)
+
+
+def _prompt_text(row: dict[str, Any], where: str, line: int) -> str:
+    p = row.get("prompt") if isinstance(row, dict) else None
+    if not isinstance(p, str) or not p.strip():
+        raise ConfigError(f"{where}:{line}: field 'prompt' must be a non-empty string")
+    return p
+
+
+class Pipeline:
+    """Builds the stages of a PipelineConfig and runs them with a Runner."""
+
+    def __init__(self, cfg: PipelineConfig, where: str = "<pipeline>") -> None:
+        self.cfg, self.where = cfg, where
+        self.dir = Path(cfg.output).resolve()
+        self.layout = RunLayout(self.dir)
+        self.algo = cfg.optimize.get("algorithm", "ppo")
+
+    def p(self, round_: int, stage: str, name: str = "") -> Path:
+        return self.layout.file(round_, stage, name)
+
+    @property
+    def base_policy(self) -> str:
+        return str(self.layout.model(0, "sft")) if self.cfg.sft else self.cfg.model
+
+    def policy(self, round_: int) -> str:
+        return self.base_policy if round_ == 0 else str(self.layout.model(round_, "optimize"))
+
+    def _messages(self, prompt: str) -> str | list[dict[str, str]]:
+        system = self.cfg.prompts.system
+        if system is None:
+            return prompt
+        return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+
+    # round 0
+    def prompts_stage(self) -> Stage:
+        c = self.cfg.prompts
+        src = Path(resolve_data_path(c.train))
+        inputs = {"train": src}
+        if c.eval:
+            inputs["eval"] = Path(resolve_data_path(c.eval))
+
+        def run(d: Path, resume: bool) -> dict[str, Any]:
+            def load(path: Path) -> list[str]:
+                return [c.template.format(prompt=_prompt_text(r, str(path), i)) for i, r in read_rows(path)]
+
+            rows = load(src)
+            random.Random(self.cfg.seed).shuffle(rows)
+            if c.eval:
+                heldout = load(inputs["eval"])
+            else:
+                if len(rows) <= c.eval_count:
+                    raise ConfigError(f"{src}: {len(rows)} prompts, but prompts.eval_count={c.eval_count} are held out")
+                heldout, rows = rows[: c.eval_count], rows[c.eval_count :]
+            _write(d / "train.jsonl", [{"prompt": self._messages(p)} for p in rows])
+            _write(d / "eval.jsonl", [{"prompt": self._messages(p)} for p in heldout])
+            return {"train_prompts": len(rows), "eval_prompts": len(heldout)}
+
+        return Stage(0, "prompts", to_dict(c), inputs, ("train.jsonl", "eval.jsonl"), run)
+
+    def sft_stage(self) -> Stage:
+        user = dict(self.cfg.sft or {})
+        data = user.get("data", {}) if isinstance(user.get("data"), dict) else {}
+        inputs: dict[str, Path] = {}
+        if data.get("train"):
+            inputs["train"] = Path(resolve_data_path(str(data["train"])))
+        model_path = Path(self.cfg.model)
+        if model_path.exists():
+            inputs["model"] = model_path
+
+        def run(d: Path, resume: bool) -> dict[str, Any]:
+            forced = {
+                "model": {"name_or_path": self.cfg.model},
+                "train": {"output_dir": str(d), "resume": resume, "seed": stage_seed(self.cfg.seed, 0, "sft")},
+            }
+            cfg = _stage_config(SFTConfig, user, forced, self.where, "sft.")
+            return trainer("sft")(cfg)
+
+        return Stage(0, "sft", {"sft": user, "model": self.cfg.model}, inputs, ("model",), run)
+
+    # one round
+    def sample_stage(self, r: int) -> Stage:
+        c = self.cfg.sample
+        train = self.layout.prompts("train")
+        inputs = {"prompts": train, "policy": Path(self.policy(r - 1))}
+
+        def run(d: Path, resume: bool) -> dict[str, Any]:
+            from rlhfkit.sampling import sample  # torch and transformers: loaded when a stage runs, not at `--help`
+
+            rows = _read(train)
+            n = self.cfg.prompts.per_round
+            start = ((r - 1) * n) % len(rows)
+            chosen = [rows[(start + i) % len(rows)] for i in range(min(n, len(rows)))]
+            _write(d / "prompts.jsonl", chosen)
+            cfg = resolve(
+                SampleConfig(
+                    model=dataclasses.replace(SampleConfig().model, name_or_path=self.policy(r - 1)),
+                    data=dataclasses.replace(SampleConfig().data, train=str(d / "prompts.jsonl")),
+                    sampling=c.sampling,
+                    num_samples=c.num_samples,
+                    output=str(d / "samples.jsonl"),
+                    seed=stage_seed(self.cfg.seed, r, "sample"),
+                )
+            )
+            return sample(cfg)
+
+        return Stage(
+            r, "sample", to_dict(c) | {"per_round": self.cfg.prompts.per_round}, inputs, ("samples.jsonl",), run
+        )
+
+    def label_stage(self, r: int) -> Stage:
+        c = self.cfg.label
+        samples = self.layout.samples(r)
+        inputs = {"samples": samples}
+        if c.source == "file":
+            inputs["file"] = Path(c.file.format(round=r))
+
+        def run(d: Path, resume: bool) -> dict[str, Any]:
+            from rlhfkit.feedback.simulated import pairs_from_samples  # numpy and torch: only when it runs
+
+            seed = stage_seed(self.cfg.seed, r, "label")
+            if c.source == "file":
+                rows = _read(inputs["file"])
+                info: dict[str, Any] = {"source": str(inputs["file"])}
+            else:
+                prompts, a, b = pairs_from_samples(_read(samples), c.pairs, c.max_pairs, seed)
+                rows, info = LABELLERS[c.source](self.cfg, self.layout, r, d, prompts, a, b, seed)
+            valid = [x for x in rows if _valid_pair(x)]  # an empty or identical pair is no preference
+            info["dropped_invalid"] = len(rows) - len(valid)
+            rows = valid
+            train, heldout = train_eval_split(rows, c.heldout_fraction, seed)  # by prompt: none in both
+            _write(d / "prefs.jsonl", train)
+            _write(d / "heldout.jsonl", heldout)
+            ties = sum(bool(x.get("tie")) for x in rows)
+            return {"pairs": len(rows), "train_pairs": len(train), "heldout_pairs": len(heldout), "ties": ties, **info}
+
+        settings = to_dict(c)
+        return Stage(r, "label", settings, inputs, ("prefs.jsonl", "heldout.jsonl"), run)
+
+    def rm_stage(self, r: int) -> Stage:
+        prefs = [self.layout.prefs(i) for i in range(1, r + 1)]
+        heldout = [self.layout.heldout(i) for i in range(1, r + 1)]
+        inputs = {f"prefs{i + 1}": p for i, p in enumerate(prefs)} | {
+            f"heldout{i + 1}": p for i, p in enumerate(heldout)
+        }
+        inputs["init"] = Path(self.base_policy)
+
+        def run(d: Path, resume: bool) -> dict[str, Any]:
+            train_rows = [row for p in prefs for row in _read(p)]
+            eval_rows = [row for p in heldout for row in _read(p)]
+            _write(d / "data" / "train.jsonl", train_rows)
+            _write(d / "data" / "eval.jsonl", eval_rows)
+            forced = {
+                "model": {"name_or_path": self.base_policy},
+                "data": {"train": str(d / "data" / "train.jsonl"), "eval": str(d / "data" / "eval.jsonl")},
+                "train": {"output_dir": str(d), "resume": resume, "seed": stage_seed(self.cfg.seed, r, "rm")},
+            }
+            cfg = _stage_config(RMConfig, self.cfg.rm, forced, self.where, "rm.")
+            return trainer("rm")(cfg)
+
+        return Stage(r, "rm", {"rm": self.cfg.rm, "base": self.base_policy}, inputs, ("model",), run)
+
+    def optimize_stage(self, r: int) -> Stage:
+        opt = OPTIMIZERS[self.algo]
+        cls, online = opt.config, opt.online
+        user = _without(self.cfg.optimize, "algorithm")
+        inputs = {"policy": Path(self.policy(r - 1)), "reference": Path(self.base_policy)}
+        if online:
+            inputs |= {"prompts": self.layout.prompts("train"), "eval": self.layout.prompts("eval")}
+            inputs["rm"] = self.layout.model(r, "rm")
+        else:
+            inputs |= {f"prefs{i}": self.layout.prefs(i) for i in range(1, r + 1)}
+
+        def run(d: Path, resume: bool) -> dict[str, Any]:
+            forced: dict[str, Any] = {
+                "model": {"name_or_path": self.policy(r - 1)},
+                "reference": self.base_policy,
+                "train": {"output_dir": str(d), "resume": resume, "seed": stage_seed(self.cfg.seed, r, "optimize")},
+            }
+            if online:
+                forced["data"] = {"train": str(inputs["prompts"]), "eval": str(inputs["eval"])}
+                user_reward = user.get("reward", {}) if isinstance(user.get("reward"), dict) else {}
+                forced["reward"] = {
+                    "sources": [{"kind": "model", "path": str(inputs["rm"])}],
+                    "normalize": user_reward.get("normalize", True),
+                }
+                if self.cfg.label.source == "simulated" and not user.get("gold"):
+                    forced["gold"] = {"sources": [to_dict(s) for s in self.cfg.label.gold]}
+            else:
+                rows = [row for i in range(1, r + 1) for row in _read(self.layout.prefs(i))]
+                _write(d / "data" / "train.jsonl", rows)
+                forced["data"] = {"train": str(d / "data" / "train.jsonl")}
+            cfg = _stage_config(cls, user, forced, self.where, "optimize.")
+            return trainer(self.algo)(cfg)
+
+        return Stage(r, "optimize", {"optimize": self.cfg.optimize}, inputs, ("model",), run)
+
+    def eval_stage(self, r: int) -> Stage:
+        c = self.cfg.eval
+        prompts = self.layout.prompts("eval")
+        inputs = {"prompts": prompts, "policy": Path(self.policy(r)), "reference": Path(self.base_policy)}
+        if r > 0:
+            inputs["baseline"] = self.layout.eval_responses(0)
+            inputs["rm"] = self.layout.model(r, "rm")
+            inputs["heldout"] = self.layout.heldout(r)
+
+        def run(d: Path, resume: bool) -> dict[str, Any]:
+            from rlhfkit.pipeline.evaluate import evaluate_round  # loads torch: only when the stage runs
+
+            return evaluate_round(self.cfg, self.layout, r, d, self.policy(r), self.base_policy)
+
+        settings = to_dict(c) | {"gold": [to_dict(s) for s in self.cfg.label.gold]}
+        return Stage(r, "eval", settings, inputs, ("responses.jsonl", "eval.json"), run)
+
+    def stages(self) -> Iterator[Stage]:
+        yield self.prompts_stage()
+        if self.cfg.sft:
+            yield self.sft_stage()
+        yield self.eval_stage(0)
+        for r in range(1, self.cfg.rounds + 1):
+            yield self.sample_stage(r)
+            yield self.label_stage(r)
+            if self.algo != "dpo" or self.cfg.eval.judge == "rm":
+                yield self.rm_stage(r)
+            yield self.optimize_stage(r)
+            yield self.eval_stage(r)
+
+
+def _valid_pair(row: dict[str, Any]) -> bool:
+    a, b = row.get("chosen"), row.get("rejected")
+    return (
+        bool(a)
+        and bool(b)
+        and a != b
+        and (not isinstance(a, str) or a.strip() != "")
+        and (not isinstance(b, str) or b.strip() != "")
+    )
