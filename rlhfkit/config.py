@@ -101,9 +101,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         require(self.num_layers is None or self.num_layers >= 1, "num_layers must be >= 1 (or unset)")
-        require(
-            self.trainable_layers is None or self.trainable_layers >= 0, "trainable_layers must be >= 0 (or unset)"
-        )
+        require(self.trainable_layers is None or self.trainable_layers >= 0, "trainable_layers must be >= 0 (or unset)")
 
 
 @dataclass(frozen=True)
@@ -206,9 +204,7 @@ class TrainConfig:
     def validate(self) -> None:
         require(self.batch_size > 0, "batch_size must be positive")
         require(self.micro_batch_size >= 0, "micro_batch_size must be 0 (= batch_size) or positive")
-        require(
-            self.log_every >= 1 and self.keep_checkpoints >= 1, "log_every and keep_checkpoints must be at least 1"
-        )
+        require(self.log_every >= 1 and self.keep_checkpoints >= 1, "log_every and keep_checkpoints must be at least 1")
         require(
             self.eval_every >= 0 and self.save_every >= 0 and self.max_steps >= 0 and self.epochs > 0,
             "eval_every, save_every and max_steps must be >= 0, and epochs > 0",
@@ -760,12 +756,14 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: key {key!r} must be a list, got {value!r}")
         args = typing.get_args(tp)
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key, where) for v in value)
+            return tuple(_coerce(v, args[0], _item(key, args[0], i), where) for i, v in enumerate(value))
         if origin is tuple:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: key {key!r} needs {len(args)} values, got {value!r}")
             return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
-        return [_coerce(v, args[0], key, where) for v in value] if args else list(value)
+        return (
+            [_coerce(v, args[0], _item(key, args[0], i), where) for i, v in enumerate(value)] if args else list(value)
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: key {key!r} must be a mapping, got {value!r}")
@@ -800,6 +798,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is Any:
         return value
     return value
+
+
+def _item(key: str, tp: Any, i: int) -> str:
+    """The key of a list item: sections get their index (reward.sources[1].kind), plain values the list's key."""
+    return f"{key}[{i}]" if _is_dataclass_type(tp) else key
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "<config>", prefix: str = "") -> Any:

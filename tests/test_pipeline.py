@@ -260,6 +260,7 @@ def test_label_from_file_and_offline_dpo(root: Path, tmp_path: Path) -> None:
 
 def test_label_by_ai_judge(root: Path, tmp_path: Path) -> None:
     d = _one_round(root, tmp_path / "run", {"source": "judge", "judge": str(root / "tiny")})
+    d["optimize"]["loss"] = {"ties": "davidson"}  # a random tiny judge calls most pairs ties: train them as ties
     run_pipeline(load_pipeline_from(d, tmp_path), "p.yaml", report=False)
     rec = next(r for r in stage_records(tmp_path / "run") if r["stage"] == "label")
     assert rec["metrics"]["judge"] == str(root / "tiny") and "position_bias" in " ".join(rec["metrics"])

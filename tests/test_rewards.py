@@ -502,7 +502,7 @@ def test_build_reward_callable(tmp_path: Path) -> None:
             ConfigError,
             ["reward.sources[1]", "unknown rule 'lenght'"],
         ),
-        ([{"kind": "judge", "path": "x"}], ConfigError, ["reward.sources[0].kind='judge'"]),
+        ([{"kind": "judge", "path": "x"}], ConfigError, ["sources[0].kind='judge'", "choose one of model"]),
         ([{"kind": "rule"}], ConfigError, ["reward.sources[0].path is empty"]),
         ([{"kind": "sentiment", "params": {"x": 1}}], ConfigError, ["reward.sources[0].params", "sentiment"]),
         ([{"kind": "callable", "path": "no_such_mod_abc:f"}], ConfigError, ["reward.sources[0]", "no_such_mod_abc"]),

@@ -2,7 +2,7 @@
 a weighted multi-objective sum; running normalization. ``build_reward`` turns a ``RewardConfig`` into one source.
 
 Adding a source kind: write a class with ``name`` and ``__call__(prompts, responses) -> Scores`` (see base.py), add a
-builder to ``_BUILDERS`` below and its name to ``rlhfkit.config.REWARD_KINDS``, and test it against hand values.
+builder to ``BUILDERS`` below and its name to ``rlhfkit.config.RewardKind``, and test it against hand values.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _build_sentiment(spec: RewardSpec, where: str, device: str | torch.device, d
     return SentimentSource(name=spec.name or "sentiment")
 
 
-_BUILDERS: dict[str, Callable[[RewardSpec, str, str | torch.device, str], RewardSource]] = {
+BUILDERS: dict[str, Callable[[RewardSpec, str, str | torch.device, str], RewardSource]] = {
     "model": _build_model,
     "ensemble": _build_ensemble,
     "rule": _build_rule,
@@ -121,8 +121,8 @@ def build_source(
 ) -> RewardSource:
     """One RewardSpec -> its source (unweighted). Errors are one line and start with ``reward.sources[index]``."""
     where = f"reward.sources[{index}]"
-    if spec.kind not in _BUILDERS:
-        raise ConfigError(f"{where}.kind={spec.kind!r}: choose one of {', '.join(_BUILDERS)}")
+    if spec.kind not in BUILDERS:
+        raise ConfigError(f"{where}.kind={spec.kind!r}: choose one of {', '.join(BUILDERS)}")
     if spec.kind != "sentiment" and not spec.path.strip():
         raise ConfigError(f"{where}.path is empty: a {spec.kind} source needs one")
     if spec.params and spec.kind not in _TAKES_PARAMS:
@@ -137,7 +137,7 @@ def build_source(
             raise ConfigError(f"{where}.reduce={spec.reduce!r}: choose {', '.join(ENSEMBLE_REDUCTIONS)}")
         if not (math.isfinite(spec.std_coef) and spec.std_coef >= 0):
             raise ConfigError(f"{where}.std_coef must be a finite number >= 0, got {spec.std_coef}")
-    return _BUILDERS[spec.kind](spec, where, device, dtype)
+    return BUILDERS[spec.kind](spec, where, device, dtype)
 
 
 def build_reward(cfg: RewardConfig, device: str | torch.device = "cpu", dtype: str = "float32") -> RewardSource:

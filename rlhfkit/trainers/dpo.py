@@ -18,7 +18,7 @@ import torch
 
 from rlhfkit.config import DPOConfig, PreferenceLossConfig, SamplingConfig, to_dict
 from rlhfkit.data import ChatFormatter, EncodedPair, collate_pair_batch, encode_pairs, load_train_eval
-from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE
+from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE, dpo_ties_loss
 from rlhfkit.models import Reference, build_reference, completion_logps
 from rlhfkit.rollout import make_engine, sample_with_kl, sampling_params
 from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
@@ -58,6 +58,11 @@ class DPOObjective:
                 ref_logps, _ = completion_logps(ref_model, batch)
             ref_c, ref_r = ref_logps[:b], ref_logps[b:]
         c = self.cfg
+        if c.ties != "drop":  # Chen et al. 2024: tie rows under the tie model, the others as DPO's chosen-over-rejected
+            losses, r_c, r_r = dpo_ties_loss(
+                logps[:b], logps[b:], ref_c, ref_r, batch["tie"], c.beta, tie_model=c.ties, tie_param=c.tie_param
+            )
+            return losses, r_c, r_r, logps[:b], logps[b:]
         losses, r_c, r_r = self.loss_fn(
             logps[:b],
             logps[b:],
@@ -74,10 +79,11 @@ class DPOObjective:
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         losses, r_c, r_r, pi_c, pi_r = self._losses(model, batch)
+        decided = ~batch["tie"]
         metrics = {
             "rewards/chosen": float(r_c.mean()),
             "rewards/rejected": float(r_r.mean()),
-            "rewards/accuracy": float((r_c > r_r).float().mean()),
+            "rewards/accuracy": float((r_c > r_r)[decided].float().mean()) if decided.any() else float("nan"),
             "rewards/margin": float((r_c - r_r).mean()),
             "logps/chosen": float(pi_c.detach().mean()),
             "logps/rejected": float(pi_r.detach().mean()),
@@ -94,9 +100,10 @@ class DPOObjective:
             parts["r_c"].append(r_c.cpu().numpy())
             parts["r_r"].append(r_r.cpu().numpy())
         loss, r_c, r_r = (np.concatenate(parts[k]) for k in ("loss", "r_c", "r_r"))
+        decided = ~np.array([r.pair.tie for r in rows], dtype=bool)
         return {
             "loss": float(loss.mean()),
-            "rewards/accuracy": float((r_c > r_r).mean()),
+            "rewards/accuracy": float((r_c > r_r)[decided].mean()) if decided.any() else float("nan"),
             "rewards/margin": float((r_c - r_r).mean()),
             "rewards/chosen": float(r_c.mean()),
             "rewards/rejected": float(r_r.mean()),
@@ -141,6 +148,17 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
     train_pairs, eval_pairs = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
     notes.append(f"truncation: {fmt.report}")
+    n_ties = sum(p.tie for p in train_pairs)
+    if cfg.loss.ties == "drop":  # a tie trained as chosen-over-rejected would teach an arbitrary order
+        train_pairs, eval_pairs = [p for p in train_pairs if not p.tie], [p for p in eval_pairs if not p.tie]
+        notes.append(f"ties: dropped {n_ties} tie pairs from training (loss.ties=drop)")
+        if n_ties and not train_pairs:
+            raise ValueError(
+                f"{cfg.data.train}: every training pair is a tie ({n_ties}), and loss.ties=drop drops ties: "
+                "train them with loss.ties=davidson (or rao-kupper)"
+            )
+    else:
+        notes.append(f"ties: {n_ties} tie pairs trained with the {cfg.loss.ties} tie model (Chen et al. 2024)")
     # 3. reference log-probs once, before the policy moves
     pad = tokenizer.pad_token_id
     if cfg.loss.name in REFERENCE_FREE or cfg.loss.reference == "live":
@@ -161,7 +179,18 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         kl = _sampled_kl(model, tokenizer, reference, [p.prompt_ids for p in eval_pairs[: cfg.eval_kl_samples]], cfg)
     # 6. save and summarize
     return finish_run(
-        out, "dpo", model, tokenizer, result, notes, len(train_rows), len(eval_rows), eval_extra=kl, loss=cfg.loss.name
+        out,
+        "dpo",
+        model,
+        tokenizer,
+        result,
+        notes,
+        len(train_rows),
+        len(eval_rows),
+        eval_extra=kl,
+        loss=cfg.loss.name,
+        tie_pairs=n_ties,
+        ties=cfg.loss.ties,
     )
 
 
@@ -170,7 +199,9 @@ def _sampled_kl(model: Any, tokenizer: Any, reference: Reference, prompts: list[
     sampling = SamplingConfig(max_new_tokens=cfg.eval_kl_tokens, batch_size=8, backend="hf")
     with torch.random.fork_rng():
         torch.manual_seed(cfg.train.seed)
-        ro, kl = sample_with_kl(make_engine(model, tokenizer, sampling), prompts, sampling_params(sampling), reference, 8)
+        ro, kl = sample_with_kl(
+            make_engine(model, tokenizer, sampling), prompts, sampling_params(sampling), reference, 8
+        )
     length = ro.response_mask.sum(-1)
     return {
         "kl/kl_per_sequence": float(kl.mean()),

@@ -51,18 +51,24 @@ AllReduce = Callable[[Tensor], Tensor]
 """Sums a tensor over processes (None: one process)."""
 
 
-def _adv_ppo(ro: Rollout, token_rewards: Tensor, a: AlgoConfig, reduce: AllReduce | None = None) -> tuple[Tensor, Tensor | None]:
+def _adv_ppo(
+    ro: Rollout, token_rewards: Tensor, a: AlgoConfig, reduce: AllReduce | None = None
+) -> tuple[Tensor, Tensor | None]:
     adv, returns = gae(token_rewards, ro.values, ro.response_mask, a.gamma, a.lam)  # Schulman et al. 2016
     return (_whiten(adv, ro.response_mask, all_reduce=reduce) if a.whiten_advantages else adv), returns
 
 
-def _adv_grpo(ro: Rollout, token_rewards: Tensor, a: AlgoConfig, reduce: AllReduce | None = None) -> tuple[Tensor, Tensor | None]:
+def _adv_grpo(
+    ro: Rollout, token_rewards: Tensor, a: AlgoConfig, reduce: AllReduce | None = None
+) -> tuple[Tensor, Tensor | None]:
     seq = token_rewards.sum(-1)  # the score (minus the summed KL penalty when it is placed in the reward)
     adv = group_normalized(seq, a.num_samples, scale_by_std=a.scale_by_std)  # Shao et al. 2024 eq. 3
     return broadcast_to_tokens(adv, ro.response_mask), None
 
 
-def _adv_rloo(ro: Rollout, token_rewards: Tensor, a: AlgoConfig, reduce: AllReduce | None = None) -> tuple[Tensor, Tensor | None]:
+def _adv_rloo(
+    ro: Rollout, token_rewards: Tensor, a: AlgoConfig, reduce: AllReduce | None = None
+) -> tuple[Tensor, Tensor | None]:
     adv = broadcast_to_tokens(leave_one_out(token_rewards.sum(-1), a.num_samples), ro.response_mask)  # Ahmadian 2024
     return (_whiten(adv, ro.response_mask, all_reduce=reduce) if a.whiten_advantages else adv), None
 
@@ -106,7 +112,9 @@ def policy_gradient_loss(module: Any, mb: Rollout, ctx: UpdateContext) -> tuple[
     per_token, stats = ppo_clip_loss(logp, old, mb.advantages, mask, a.clip, a.clip_high, a.dual_clip)  # (B, R)
     stats["pg_loss"] = masked_mean(per_token.detach(), mask)
     stats["policy_kl"] = ((logp.detach() - mb.ref_logprobs) * mask).sum(-1).mean()  # k1 per sequence, for logs
-    if ctx.kl_in_loss and bool((mb.kl_coef > 0).any()):  # GRPO eq. 3-4: beta * KL(pi || ref) per token in the loss, with an unbiased gradient
+    if ctx.kl_in_loss and bool(
+        (mb.kl_coef > 0).any()
+    ):  # GRPO eq. 3-4: beta * KL(pi || ref) per token in the loss, with an unbiased gradient
         kl = kl_loss_term(torch.where(valid, logp, 0.0), mb.ref_logprobs, ctx.kl_estimator, ctx.log_ratio_clip)
         per_token = per_token + mb.kl_coef.unsqueeze(1) * torch.where(valid, kl, 0.0)
     if a.entropy_coef > 0:
@@ -166,7 +174,9 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     start = rl_common.restore(run, session)
     all_reduce: AllReduce = lambda t: acc.reduce(t, "sum")  # noqa: E731
     reuse_old = a.epochs == 1 and mini == n_rows and not module.has_critic and kl_cfg.placement == "loss"
-    ctx = UpdateContext(a, kl_cfg.estimator, kl_cfg.placement == "loss", run.temperature, reuse_old, kl_cfg.log_ratio_clip)
+    ctx = UpdateContext(
+        a, kl_cfg.estimator, kl_cfg.placement == "loss", run.temperature, reuse_old, kl_cfg.log_ratio_clip
+    )
 
     before = rl_common.evaluate(run, micro_size) if start == 0 else {}
     session.log(0, "eval", before)
@@ -192,7 +202,9 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         # 4. per-token KL and token rewards
         mask = ro.response_mask
         if ro.logprobs is not None:
-            kl_tok = per_token_kl_penalty(ro.logprobs, ro.ref_logprobs, mask, 1.0, kl_cfg.estimator, kl_cfg.log_ratio_clip)
+            kl_tok = per_token_kl_penalty(
+                ro.logprobs, ro.ref_logprobs, mask, 1.0, kl_cfg.estimator, kl_cfg.log_ratio_clip
+            )
             seq_kl = ((ro.logprobs - ro.ref_logprobs) * mask).sum(-1)  # k1 per sequence: controller and logs
         else:  # reuse_old: the penalty is in the loss; the KL is logged from the training forward
             kl_tok, seq_kl = torch.zeros_like(mask), None

@@ -77,7 +77,10 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
         ro.ref_logprobs = rl_common.reference_logprobs(run, ro, micro)
         with acc.autocast(), torch.no_grad():
             logp = rollout_forward(
-                lambda mb: (unwrapped(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids.shape[1])[0], None),
+                lambda mb: (
+                    unwrapped(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids.shape[1])[0],
+                    None,
+                ),
                 ro,
                 run.temperature,
                 micro,

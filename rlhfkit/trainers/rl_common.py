@@ -187,7 +187,10 @@ def evaluate(run: OnlineRun, micro: int) -> dict[str, float]:
 
 def checkpoint_state(run: OnlineRun) -> dict[str, Any]:
     """What an online checkpoint adds to the session's: the KL controller and the reward normalizer."""
-    return {"kl_controller": run.kl_ctl.state_dict(), "reward_normalizer": run.normalizer and run.normalizer.state_dict()}
+    return {
+        "kl_controller": run.kl_ctl.state_dict(),
+        "reward_normalizer": run.normalizer and run.normalizer.state_dict(),
+    }
 
 
 def on_diverge(run: OnlineRun, session: Session, step: int, rows: list[int]) -> Callable[[str, float], Exception]:
@@ -230,7 +233,13 @@ def base_metrics(run: OnlineRun, ro: Rollout, raw: Tensor, scored: Scores, kl_me
 
 
 def finish_online(
-    run: OnlineRun, session: Session, start: int, t0: float, last: dict[str, float], before: dict[str, float], micro: int
+    run: OnlineRun,
+    session: Session,
+    start: int,
+    t0: float,
+    last: dict[str, float],
+    before: dict[str, float],
+    micro: int,
 ) -> dict[str, Any]:
     """Final evaluation, checkpoint, summary (main process only)."""
     evals = evaluate(run, micro)

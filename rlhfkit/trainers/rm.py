@@ -96,8 +96,12 @@ def reward_model_report(
     if decided.any():
         out["accuracy"] = float(pairwise_accuracy(r_c[decided], r_r[decided]))
         out["auc"] = float(pairwise_auc(r_c[decided], r_r[decided]))
-        # P(chosen wins | not a tie) = sigma(r_c - r_r) under Bradley–Terry and Davidson alike
-        out["ece"] = float(expected_calibration_error(*pairwise_probabilities(r_c[decided], r_r[decided])))
+        # P(chosen wins | not a tie) under the tie model the reward model was trained with (Bradley–Terry without ties)
+        tie_model = objective.cfg.tie_model if objective.ties else "bradley-terry"
+        probs = pairwise_probabilities(
+            r_c[decided], r_r[decided], tie_model=tie_model, tie_param=objective.cfg.tie_param
+        )
+        out["ece"] = float(expected_calibration_error(*probs))
         out["margin"] = float(np.mean(r_c[decided] - r_r[decided]))
         raters = [r.rater for r, d in zip(rows, decided) if d]
         if any(raters):
