@@ -111,9 +111,7 @@ class LabelStage:
 
     def validate(self) -> None:
         require(0.0 <= self.heldout_fraction < 1.0, f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        require(
-            0.0 <= self.human_share <= 1.0 and 0.0 <= self.audit_share <= 1.0, "human_share, audit_share in [0, 1]"
-        )
+        require(0.0 <= self.human_share <= 1.0 and 0.0 <= self.audit_share <= 1.0, "human_share, audit_share in [0, 1]")
         require(self.source != "file" or bool(self.file), "file is empty: source=file needs a preference file")
         require(self.raters_per_item >= 1 and self.poll_seconds > 0, "raters_per_item >= 1 and poll_seconds > 0")
 

@@ -26,6 +26,7 @@ from rlhfkit.eval.metrics import (
 )
 from rlhfkit.eval.safety import safety_eval
 from rlhfkit.eval.winrate import win_rate
+from rlhfkit.feedback.judge import Judge
 from rlhfkit.models import default_device, load_for_inference
 from rlhfkit.pipeline.config import PipelineConfig
 from rlhfkit.pipeline.layout import RunLayout
@@ -190,8 +191,6 @@ def evaluate_round(
 
 def _judge_scores(cfg: Any, messages: list[Any], texts: list[str], base: list[str]) -> tuple[list[float], list[float]]:
     """An AI judge's debiased P(policy better) per prompt, as paired scores (p, 1 - p) for the win-rate code."""
-    from rlhfkit.feedback.judge import Judge
-
     verdicts = Judge(cfg.label.judge).compare([_text(m) for m in messages], texts, base)
     p = [float(v.p_a) for v in verdicts]
     return p, [1 - x for x in p]

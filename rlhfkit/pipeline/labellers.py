@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import to_dict
+from rlhfkit.feedback.judge import Judge, judge_agreement, position_bias, route_to_humans
+from rlhfkit.feedback.simulated import RaterSpec, simulate_preferences
+from rlhfkit.feedback.store import Store
 from rlhfkit.pipeline.config import PipelineConfig
+from rlhfkit.pipeline.evaluate import scorer
 from rlhfkit.pipeline.layout import RunLayout
 
 # label sources: (pipeline config, run layout, round, stage dir, prompts, responses a, responses b, seed) -> (preference rows, info)
@@ -19,9 +23,6 @@ from rlhfkit.pipeline.layout import RunLayout
 def _label_simulated(
     cfg: PipelineConfig, layout: RunLayout, r: int, d: Path, prompts: list, a: list, b: list, seed: int
 ):
-    from rlhfkit.feedback.simulated import RaterSpec, simulate_preferences
-    from rlhfkit.pipeline.evaluate import scorer  # torch: loaded when a stage runs, not for `rlhfkit --help`
-
     raters = [RaterSpec(**to_dict(x)) for x in cfg.label.raters]
     rows = simulate_preferences(prompts, a, b, scorer(cfg.label.gold), raters, seed=seed)
     return rows, {"raters": len(raters)}
@@ -31,8 +32,6 @@ def _human_labels(
     cfg: PipelineConfig, layout: RunLayout, r: int, d: Path, prompts: list, a: list, b: list
 ) -> list[dict[str, Any]]:
     """Create this round's campaign in the annotation app, wait until it is labelled, return adjudicated rows."""
-    from rlhfkit.feedback.store import Store
-
     c = cfg.label
     store = Store(c.db or f"sqlite:///{layout.annotations_db}")
     name = f"{layout.dir.name}-round-{r}"
@@ -60,8 +59,6 @@ def _label_human(cfg: PipelineConfig, layout: RunLayout, r: int, d: Path, prompt
 
 
 def _label_judge(cfg: PipelineConfig, layout: RunLayout, r: int, d: Path, prompts: list, a: list, b: list, seed: int):
-    from rlhfkit.feedback.judge import Judge, position_bias, route_to_humans
-
     c = cfg.label
     judge = Judge(c.judge, **({"rubric": c.rubric} if c.rubric else {}))
     verdicts = judge.compare(prompts, a, b)
@@ -70,8 +67,6 @@ def _label_judge(cfg: PipelineConfig, layout: RunLayout, r: int, d: Path, prompt
     if c.human_share > 0 or c.audit_share > 0:
         idx = route_to_humans(verdicts, c.human_share, c.audit_share, seed)
         human = _human_labels(cfg, layout, r, d, [prompts[i] for i in idx], [a[i] for i in idx], [b[i] for i in idx])
-        from rlhfkit.feedback.judge import judge_agreement
-
         agreement = judge_agreement([rows[i] for i in idx], human)
         info |= {"human_pairs": len(human), **{f"judge_human_{k}": v for k, v in agreement.items()}}
         keep = set(idx)

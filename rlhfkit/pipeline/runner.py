@@ -5,6 +5,7 @@ and timings in `stage.json`; a stage whose key matches a finished record is skip
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -37,8 +38,6 @@ def hash_path(path: str | Path) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("rlhfkit", "torch", "transformers", "accelerate", "peft"):
         try:

@@ -17,7 +17,6 @@ from rlhfkit.commands import OPTIMIZERS, trainer
 from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, resolve, to_dict
 from rlhfkit.data import read_rows, resolve_data_path, train_eval_split, write_jsonl
 from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without
-from rlhfkit.pipeline.labellers import LABELLERS
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.pipeline.runner import Stage, stage_seed
 
@@ -147,7 +146,9 @@ class Pipeline:
             inputs["file"] = Path(c.file.format(round=r))
 
         def run(d: Path, resume: bool) -> dict[str, Any]:
-            from rlhfkit.feedback.simulated import pairs_from_samples  # numpy and torch: only when it runs
+            # torch, the annotation store, the judge: loaded when the stage runs, not for `rlhfkit --help`
+            from rlhfkit.feedback.simulated import pairs_from_samples
+            from rlhfkit.pipeline.labellers import LABELLERS
 
             seed = stage_seed(self.cfg.seed, r, "label")
             if c.source == "file":

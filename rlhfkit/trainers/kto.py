@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from rlhfkit.config import KTOConfig, KTOLossConfig, to_dict
 from rlhfkit.data import ChatFormatter, UnpairedRow, collate_pairs, encode_unpaired, load_train_eval
@@ -65,8 +66,6 @@ class KTOObjective:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, rows: Sequence[UnpairedRow]) -> dict[str, float]:
-        from sklearn.metrics import roc_auc_score
-
         device = next(model.parameters()).device
         losses, rewards = [], []
         for batch in eval_batches(self, rows, device, self.eval_batch_size):
