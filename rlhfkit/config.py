@@ -288,6 +288,10 @@ class RMConfig:
     """Optimization."""
     loss: RewardLossConfig = field(default_factory=RewardLossConfig)
     """Objective."""
+    group_pairs: bool = False
+    """Train on every pair of a prompt together (a row is a prompt; train.batch_size counts prompts): each distinct
+    response is scored once per step however many pairs and raters it is in. With K responses per prompt and all
+    K(K-1)/2 pairs labelled, that is K-1 times fewer forwards per label (the same loss: a sum over pairs)."""
 
     def validate(self) -> None:
         self.train.validate_accumulation()

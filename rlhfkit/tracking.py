@@ -45,7 +45,7 @@ class MetricsLogger:
 
 class _TensorBoard:
     def __init__(self, out_dir: Path, run_config: dict[str, Any]):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional dependency (pip install 'rlhfkit[tracking]')
 
         self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
         self.writer.add_text("config", "```\n" + json.dumps(run_config, indent=2, default=str) + "\n```")
@@ -60,7 +60,7 @@ class _TensorBoard:
 
 class _MLflow:
     def __init__(self, out_dir: Path, run_config: dict[str, Any]):
-        import mlflow
+        import mlflow  # optional dependency (pip install 'rlhfkit[tracking]')
 
         self.mlflow = mlflow
         mlflow.start_run(run_name=out_dir.name)
@@ -76,7 +76,7 @@ class _MLflow:
 
 class _WandB:
     def __init__(self, out_dir: Path, run_config: dict[str, Any]):
-        import wandb
+        import wandb  # optional dependency (pip install 'rlhfkit[tracking]')
 
         self.run = wandb.init(name=out_dir.name, dir=str(out_dir), config=run_config)
 

@@ -261,3 +261,57 @@ def test_reward_model_ece_uses_the_tie_model():
     bt = reward_model_report(no_ties, model, rows)["ece"]
     assert eces["davidson"] == pytest.approx(bt)  # Davidson's P(win | no tie) is sigma(d), as Bradley-Terry's
     assert not np.isclose(eces["rao-kupper"], bt)  # Rao-Kupper's is not
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reward model: every pair of a prompt in one row, each distinct response scored once
+
+
+def test_grouped_pairs_give_the_same_loss_and_gradient_with_fewer_forwards():
+    from rlhfkit.data import collate_pair_batch, collate_scored_pairs, group_by_prompt
+    from rlhfkit.trainers.rm import RewardObjective
+
+    tok = tiny_tokenizer()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 30, (4,), generator=g).tolist() for _ in range(2)]
+    responses = [[torch.randint(3, 30, (n,), generator=g).tolist() for n in (3, 5, 4, 6)] for _ in prompts]
+    pairs = [
+        EncodedPair(p, rs[i], rs[j], tie=(i + j) % 5 == 0, strength=0.1 * i, confidence=0.5 + 0.1 * j, rater=r)
+        for p, rs in zip(prompts, responses)
+        for i in range(4)
+        for j in range(i + 1, 4)
+        for r in ("a", "b")  # two raters label every pair
+    ]
+    groups = group_by_prompt(pairs)
+    assert len(groups) == 2 and sum(len(x) for x in groups) == len(pairs) == 24
+    grouped = collate_scored_pairs(groups, tok.pad_token_id)
+    assert grouped["input_ids"].shape[0] == 8  # 2 prompts x 4 responses, not 48 sequences
+
+    def loss_and_grad(batch):
+        model = tiny_reward_model(tok)
+        obj = RewardObjective(tok.pad_token_id, RewardLossConfig(), ties=True)
+        total, _ = obj.loss(model, batch)
+        total.backward()
+        return total.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    flat = collate_pair_batch(pairs, tok.pad_token_id)  # chosen rows then rejected rows, every pair forwarded
+    n = len(pairs)
+    flat["chosen_index"], flat["rejected_index"] = torch.arange(n), torch.arange(n, 2 * n)
+    a, ga = loss_and_grad(grouped)
+    b, gb = loss_and_grad(flat)
+    assert a == pytest.approx(float(b), rel=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-5, rtol=1e-4) for x, y in zip(ga, gb))
+
+
+def test_curation_keeps_the_same_label_from_two_raters():
+    from rlhfkit.data import dedupe_exact
+    from rlhfkit.data.schemas import parse_preference
+
+    row = {"prompt": "p", "chosen": "good", "rejected": "bad"}
+    rows = [
+        *parse_preference(row | {"rater": "a"}),
+        *parse_preference(row | {"rater": "b"}),
+        *parse_preference(row | {"rater": "a"}),
+    ]
+    kept, report = dedupe_exact(rows)
+    assert len(kept) == 2 and report.exact_duplicates == 1  # two votes; the repeat of rater a's is a duplicate

@@ -86,6 +86,7 @@ def dedupe_exact(examples: Sequence[Example]) -> tuple[list[Example], CurationRe
     """Drop repeats of the same example up to case and whitespace; the first occurrence is kept.
 
     Labels are part of the key: the same text with a different KTO label or tie flag is a conflict, not a duplicate.
+    So is the rater: two raters giving the same pair the same label are two votes, not one row seen twice.
     """
     seen: set[tuple[Any, ...]] = set()
     kept: list[Example] = []
@@ -95,6 +96,7 @@ def dedupe_exact(examples: Sequence[Example]) -> tuple[list[Example], CurationRe
             *(_normalize(t) for t in _parts(ex)),
             getattr(ex, "label", None),
             getattr(ex, "tie", None),
+            getattr(ex, "rater", None),
         )
         if key not in seen:
             seen.add(key)

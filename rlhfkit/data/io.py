@@ -117,6 +117,7 @@ def _skip_ws(text: str, pos: int) -> int:
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    # pyarrow: parquet files only, and `rlhfkit --help` imports this module, so it stays lazy
     import pyarrow.parquet as pq
 
     n = 0

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.data.collate import collate_pairs
+from rlhfkit.data.collate import collate_pairs, pad_batch
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,47 @@ def collate_pair_batch(rows: Sequence[EncodedPair], pad_id: int) -> dict[str, to
     batch["confidence"] = torch.tensor([r.confidence for r in rows], dtype=torch.float32)
     batch["index"] = torch.tensor([r.index for r in rows], dtype=torch.long)
     return batch
+
+
+PairRow = EncodedPair | tuple[EncodedPair, ...]
+"""A training row: one pair, or (group_pairs=true) every pair of one prompt."""
+
+
+def _pairs(rows: Sequence[PairRow]) -> list[EncodedPair]:
+    return [p for row in rows for p in (row if isinstance(row, tuple) else (row,))]
+
+
+def group_by_prompt(pairs: Sequence[EncodedPair], keys: Sequence[Any] | None = None) -> list[tuple[EncodedPair, ...]]:
+    """Pairs of the same prompt as one row, in first-seen order. keys: one hashable prompt identity per pair (default:
+    the prompt's token ids; pass the untruncated prompt when the ids keep only its end)."""
+    groups: dict[Any, list[EncodedPair]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(keys[i] if keys is not None else tuple(p.prompt_ids), []).append(p)
+    return [tuple(g) for g in groups.values()]
+
+
+def collate_scored_pairs(rows: Sequence[PairRow], pad_id: int) -> dict[str, torch.Tensor]:
+    """Each distinct prompt + response sequence once (right-padded), and for every pair the index of its chosen and
+    rejected sequence: a response that is in several pairs (K responses, K(K-1)/2 pairs, several raters) is scored
+    once. Adds the pairs' tie / strength / confidence / index tensors."""
+    pairs = _pairs(rows)
+    seqs: dict[tuple[int, ...], int] = {}
+    where = [
+        seqs.setdefault(tuple(p.prompt_ids) + tuple(side), len(seqs))
+        for p in pairs
+        for side in (p.chosen_ids, p.rejected_ids)
+    ]
+    ids, mask = pad_batch([list(s) for s in seqs], pad_id)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "chosen_index": torch.tensor(where[0::2], dtype=torch.long),
+        "rejected_index": torch.tensor(where[1::2], dtype=torch.long),
+        "tie": torch.tensor([p.tie for p in pairs], dtype=torch.bool),
+        "strength": torch.tensor([p.strength for p in pairs], dtype=torch.float32),
+        "confidence": torch.tensor([p.confidence for p in pairs], dtype=torch.float32),
+        "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
+    }
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
+
+from rlhfkit.losses.reward import win_probability_given_no_tie
 
 __all__ = [
     "CalibrationBins",
@@ -25,7 +28,7 @@ __all__ = [
 
 
 def _array(x: Any, dtype: type = np.float64) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor: no torch import needed here
+    if hasattr(x, "detach"):  # a torch tensor, on any device
         # .double(), not .float(): fp64 scores must not be rounded to fp32 (bf16 / fp16 are upcast exactly)
         x = x.detach().cpu().double().numpy() if dtype is not bool else x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype).reshape(-1)
@@ -85,10 +88,6 @@ def pairwise_probabilities(
     Returns (probs (2N,), labels (2N,)): each non-tie pair as (P(w≻l | no tie), 1) and (P(l≻w | no tie), 0), so a
     model that is always right but overconfident is penalized the same way whichever response is listed first.
     """
-    import torch  # only here: the other metrics need numpy alone
-
-    from rlhfkit.losses.reward import win_probability_given_no_tie
-
     d = _pairs(r_chosen, r_rejected, tie)
     d_t = torch.from_numpy(d)  # fp64
     p = win_probability_given_no_tie(d_t, tie_model, tie_param).numpy()

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 __all__ = ["render_html", "render_markdown", "write_report"]
 
@@ -264,9 +266,6 @@ class _Section:
 
 
 def _new_figure(panels: int, width: float = 4.4, height: float = 3.3) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width * panels, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig

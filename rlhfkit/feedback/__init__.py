@@ -1,14 +1,7 @@
 """Feedback: the data side of the loop (simulated raters, the annotation store and app, agreement, active selection,
-the AI judge and constitution). Submodules import lazily so that `rlhfkit --help` does not load torch."""
+the AI judge and constitution). Only the simulated raters (numpy) load with the package: `rlhfkit --help` imports it,
+and the other submodules pull in torch, sqlalchemy or fastapi."""
 
-from typing import Any
+from rlhfkit.feedback.simulated import RaterSpec, pairs_from_samples, simulate_preferences
 
 __all__ = ["RaterSpec", "pairs_from_samples", "simulate_preferences"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from rlhfkit.feedback import simulated
-
-        return getattr(simulated, name)
-    raise AttributeError(f"module 'rlhfkit.feedback' has no attribute {name!r}")

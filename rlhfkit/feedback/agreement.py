@@ -20,7 +20,11 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
+import krippendorff
 import numpy as np
+from sklearn.metrics import cohen_kappa_score
+from statsmodels.stats.inter_rater import aggregate_raters
+from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
 
 __all__ = [
     "ADJUDICATORS",
@@ -49,8 +53,6 @@ def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float:
     a[i], b[i] are the two raters' labels of item i. 1.0 when both raters use one and the same category throughout
     (chance agreement is 1 there; see the module docstring).
     """
-    from sklearn.metrics import cohen_kappa_score
-
     a, b = list(a), list(b)
     if len(a) != len(b):
         raise ValueError(f"cohen_kappa: rater a has {len(a)} labels but rater b has {len(b)}; give one per item each")
@@ -68,9 +70,6 @@ def fleiss_kappa(ratings: Sequence[Sequence[Hashable]]) -> float:
 
     Raters need not be the same people across items; only the category counts per item matter.
     """
-    from statsmodels.stats.inter_rater import aggregate_raters
-    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
-
     rows = [list(r) for r in ratings]
     if not rows:
         raise ValueError("fleiss_kappa: no items")
@@ -96,8 +95,6 @@ def krippendorff_alpha(ratings: Mapping[Hashable, Mapping[Hashable, Any]], level
     not pairable and do not count. ``level``: "nominal" (any hashable values), "ordinal" or "interval" (real numbers;
     ordinal uses their order only). 1.0 when all pairable values are equal (see the module docstring).
     """
-    import krippendorff
-
     if level not in KRIPPENDORFF_LEVELS:
         raise ValueError(f"krippendorff_alpha: level must be one of {', '.join(KRIPPENDORFF_LEVELS)}, got {level!r}")
     ratings = {item: {r: v for r, v in row.items() if v is not None} for item, row in ratings.items()}  # None = missing

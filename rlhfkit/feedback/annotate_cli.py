@@ -20,17 +20,21 @@ import os
 import sys
 from typing import Any
 
+from rlhfkit.data.io import read_rows, write_jsonl
+
 ADMIN_ENV = "RLHFKIT_ADMIN_TOKEN"
 DB_ENV = "RLHFKIT_ANNOTATE_DB"
 
 
 def _store(args: argparse.Namespace) -> Any:
+    # sqlalchemy: loaded only when a command runs, so `rlhfkit --help` stays fast
     from rlhfkit.feedback.store import Store
 
     return Store(args.db)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # uvicorn/fastapi/sqlalchemy: loaded only when the command runs, so `rlhfkit --help` stays fast
     import uvicorn
 
     from rlhfkit.feedback.app import create_app
@@ -53,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from rlhfkit.data.io import read_rows
+    # sqlalchemy: loaded only when the command runs, so `rlhfkit --help` stays fast
     from rlhfkit.feedback.store import rows_to_items
 
     if args.rubric is not None and args.rubric_file is not None:
@@ -96,8 +100,6 @@ def _add_rater(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from rlhfkit.data.io import write_jsonl
-
     rows = _store(args).export(args.campaign, adjudication=args.adjudication, dimension=args.dimension)
     n = write_jsonl(args.output, rows)
     print(f"wrote {n} rows to {args.output} (adjudication: {args.adjudication})")

@@ -37,8 +37,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 
+from rlhfkit.config import SamplingConfig
+from rlhfkit.data import ChatFormatter
 from rlhfkit.data.schemas import Message, PromptExample
+from rlhfkit.models import load_for_inference
+from rlhfkit.rollout import make_engine, sampling_params
 
 if TYPE_CHECKING:
     from rlhfkit.feedback.judge import Judge, Verdict
@@ -74,8 +79,6 @@ class Constitution:
 
 def load_constitution(path: str | os.PathLike[str] | None = None) -> Constitution:
     """Read a constitution YAML file (default: the package's own); errors name the file, principle and key."""
-    import yaml
-
     path = Path(path) if path is not None else DEFAULT_CONSTITUTION
     if not path.is_file():
         raise FileNotFoundError(f"constitution file not found: {path}")
@@ -177,15 +180,9 @@ class ChatGenerator:
         max_prompt_length: int = 768,
         seed: int = 0,
     ) -> None:
-        from rlhfkit.config import SamplingConfig
-        from rlhfkit.data import ChatFormatter
-        from rlhfkit.rollout import make_engine, sampling_params
-
         if isinstance(model, tuple):
             self.model, self.tokenizer = model
         else:
-            from rlhfkit.models import load_for_inference
-
             self.model, self.tokenizer = load_for_inference(model)
         cfg = SamplingConfig(
             max_new_tokens=max_new_tokens,

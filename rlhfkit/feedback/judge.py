@@ -19,6 +19,7 @@ calibrates a judge against human labels and :func:`route_to_humans` picks the pa
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -31,7 +32,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rlhfkit.data.schemas import Message, PreferenceExample
+from rlhfkit.feedback.agreement import cohen_kappa
+from rlhfkit.models import load_for_inference
 from rlhfkit.rewards.base import as_messages as _messages
+from rlhfkit.rollout.hf import left_pad
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -186,8 +190,6 @@ class Judge:
             self.model, self.tokenizer = model
             default_name = _model_name(self.model)
         else:
-            from rlhfkit.models import load_for_inference
-
             # trust_remote_code stays off: a judge never runs a model's code; on the GPU when there is one
             self.model, self.tokenizer = load_for_inference(model, dtype, device)  # type: ignore[arg-type]
             default_name = Path(os.fspath(model)).name
@@ -332,8 +334,6 @@ class Judge:
 
     def _forward(self, rows: list[list[int]], p_ids: list[int], cache: Any) -> torch.Tensor:
         """(M, K) label probabilities of left-padded batches of ``rows``, each after the cached prefix (if any)."""
-        from rlhfkit.rollout.hf import left_pad
-
         out = torch.empty(len(rows), len(self.verdict_ids), dtype=torch.float32)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # length buckets: little padding per batch
         label_ids = torch.tensor(self.verdict_ids, device=self.device)
@@ -466,8 +466,6 @@ def rows_from_verdicts(
 
 def _pair_key(row: Mapping[str, Any], where: str) -> tuple[str, frozenset[str]]:
     """(prompt as normalized messages, {chosen, rejected}): the same pair whatever the order or prompt spelling."""
-    import json
-
     for key in ("prompt", "chosen", "rejected"):
         if row.get(key) is None:
             raise ValueError(f'{where}: field "{key}" is missing')
@@ -497,8 +495,6 @@ def judge_agreement(
     with Verdicts also accuracy_first_order / accuracy_second_order (one order only, no tie margin),
     accuracy_debiased (p_a > 0.5, no tie margin) and mean_p_human (mean probability of the human's choice).
     """
-    from rlhfkit.feedback.agreement import cohen_kappa
-
     judge_labels: list[str] = []
     human_labels: list[str] = []
     extra: dict[str, list[float]] = {"first": [], "second": [], "debiased": [], "p_human": []}

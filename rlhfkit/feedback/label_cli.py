@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import ConfigError
+from rlhfkit.data.io import load_examples, read_rows, write_jsonl
+from rlhfkit.data.schemas import DataError, location, parse_preference
+from rlhfkit.feedback.simulated import pairs_from_samples
 
 
 def _fmt(x: Any) -> str:
@@ -38,10 +41,6 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
 
 def read_pairs(path: str) -> tuple[list[Any], list[str], list[str], list[str | None]]:
     """(prompts, a, b, given) from a pairs file; given[i] is "A"/"tie" for chosen/rejected rows, None for samples."""
-    from rlhfkit.data.io import read_rows
-    from rlhfkit.data.schemas import DataError, location, parse_preference
-    from rlhfkit.feedback.simulated import pairs_from_samples
-
     prompts: list[Any] = []
     a: list[str] = []
     b: list[str] = []
@@ -93,7 +92,7 @@ def _rubric(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    from rlhfkit.data import load_examples, write_jsonl
+    # torch/transformers: loaded only when the command runs, so `rlhfkit --help` stays fast
     from rlhfkit.feedback.judge import Judge, judge_agreement, position_bias
 
     rubric = _rubric(args)  # settings first: fail before any file or model is read
@@ -150,7 +149,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 
 def _cmd_constitution(args: argparse.Namespace) -> int:
-    from rlhfkit.data import load_examples, write_jsonl
+    # torch/transformers: loaded only when the command runs, so `rlhfkit --help` stays fast
     from rlhfkit.feedback.constitution import (
         ChatGenerator,
         critique_and_revise,
@@ -201,7 +200,7 @@ def _cmd_constitution(args: argparse.Namespace) -> int:
         f"principles) in {gen_s:.1f} s -> {out}/sft.jsonl ({len(sft)} rows), prefs.jsonl ({len(prefs)} rows)"
     )
     if args.judge:
-        from rlhfkit.feedback.judge import Judge, position_bias
+        from rlhfkit.feedback.judge import Judge, position_bias  # torch/transformers: only with --judge
 
         judge = Judge(
             args.judge,

@@ -179,6 +179,7 @@ def normalize_url(url: str | Path) -> str:
         return f"sqlite:///{url}"
     if url.startswith(("postgresql://", "postgres://")):
         try:
+            # optional driver, only probed for (psycopg2 is not a dependency)
             import psycopg2  # noqa: F401
         except ImportError:
             return "postgresql+psycopg://" + url.split("://", 1)[1]

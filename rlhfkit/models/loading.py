@@ -23,14 +23,23 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
+import transformers
+from filelock import FileLock
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from rlhfkit.errors import QuantizationUnavailableError  # noqa: F401 (re-exported)
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +156,6 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
 
 def load_gguf(gguf_path: str | os.PathLike[str]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a GGUF file with transformers (weights dequantized to float32) and its tokenizer. Slow: ~30 s for 135M."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     path = Path(gguf_path)
     kwargs = {"gguf_file": path.name, "local_files_only": True}
     # Parsing GGUF metadata dominates the time; handing the parsed config to the model saves one full parse.
@@ -163,8 +170,6 @@ def _ensure_builtin(name: str) -> Path:
     target = cache_root() / name
     if _is_converted(target):
         return target
-    from filelock import FileLock
-
     target.parent.mkdir(parents=True, exist_ok=True)
     # The lock serializes concurrent first uses (e.g. several processes of one launch); the loser finds it done.
     with FileLock(str(target.parent / f".{name}.lock"), timeout=3600):
@@ -189,8 +194,6 @@ def _ensure_builtin(name: str) -> Path:
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Rebuild a plain (unquantized) model from the GGUF-loaded one and save it with the tokenizer."""
-    from transformers import AutoModelForCausalLM
-
     gguf_model, tokenizer = load_gguf(gguf)
     config = copy.deepcopy(gguf_model.config)
     # save_pretrained refuses GGUF-"quantized" models; the weights are already dequantized, so drop the marker.
@@ -226,8 +229,6 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    import transformers
-
     meta = {
         "source": str(gguf),
         "source_bytes": gguf.stat().st_size,
@@ -282,8 +283,6 @@ def load_tokenizer(
     name_or_path: str | os.PathLike[str], trust_remote_code: bool = False, padding_side: str = "right"
 ) -> PreTrainedTokenizerBase:
     """The tokenizer of a builtin or local model, with a pad token (distinct from EOS where the vocab allows)."""
-    from transformers import AutoTokenizer
-
     if padding_side not in ("left", "right"):
         raise ValueError(f'padding_side must be "left" or "right"; got {padding_side!r}')
     path = resolve_model_path(name_or_path)
@@ -305,8 +304,6 @@ def bnb_4bit_config(compute_dtype: DType = "bfloat16") -> Any:
         reasons.append(f"CUDA is not available (torch {torch.__version__}, torch.cuda.is_available() is False)")
     if reasons:
         raise QuantizationUnavailableError("load_in_4bit=True needs bitsandbytes and a CUDA GPU: " + "; ".join(reasons))
-    from transformers import BitsAndBytesConfig
-
     cdtype = _torch_dtype(compute_dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -340,8 +337,6 @@ def _finish_load(
     model: PreTrainedModel, adapter: Path | None, gradient_checkpointing: bool, load_in_4bit: bool
 ) -> PreTrainedModel:
     if load_in_4bit:
-        from peft import prepare_model_for_kbit_training
-
         # Casts norms to fp32 and freezes the quantized base; checkpointing is set up here for 4-bit models.
         model = prepare_model_for_kbit_training(
             model,
@@ -351,8 +346,6 @@ def _finish_load(
     if gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     if adapter is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, adapter, is_trainable=True, local_files_only=True)
     return model
 
@@ -373,8 +366,6 @@ def _load(
     adapter on its base), validate the options before any heavy load, optionally keep the first `num_layers` blocks,
     let `configure(ckpt, config)` adjust the config, load, let `after(ckpt, model)` finish it, then 4-bit preparation,
     gradient checkpointing and the adapter."""
-    from transformers import AutoConfig
-
     path = resolve_model_path(name_or_path)
     kwargs = _load_kwargs(dtype, trust_remote_code, device_map, load_in_4bit)  # validates before any heavy load
     base = _adapter_base(path)
@@ -410,8 +401,6 @@ def load_causal_lm(
     load_in_4bit: QLoRA-style NF4 base (needs bitsandbytes + CUDA; otherwise QuantizationUnavailableError).
     num_layers: keep only the first N transformer blocks (see `truncated_config`).
     """
-    from transformers import AutoModelForCausalLM
-
     return _load(
         AutoModelForCausalLM,
         name_or_path,
@@ -428,8 +417,6 @@ def truncated_config(ckpt: Path, num_layers: int, trust_remote_code: bool = Fals
     """The checkpoint's config with only its first `num_layers` blocks: the weights of the others are not loaded.
     A shallow copy of a pretrained model is a cheap starting point for a reward model (sentiment, format and
     length signals live in the lower blocks), about num_hidden_layers / num_layers times faster to train and run."""
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(ckpt, local_files_only=True, **_remote_code_kwargs(trust_remote_code))
     total = config.num_hidden_layers
     if not 1 <= num_layers <= total:
@@ -461,7 +448,6 @@ def load_reward_model(
     and the backbone gets gradient from step one (a zero head would block it). ``config.pad_token_id`` is set from
     the tokenizer because the head reads the last token that is not padding.
     """
-    from transformers import AutoModelForSequenceClassification
 
     def configure(ckpt: Path, config: Any) -> None:
         if _is_sequence_classifier(ckpt) and config.num_labels != 1:
@@ -560,8 +546,6 @@ def apply_lora(
     "all-linear" targets every linear layer except the output head (lm_head / score). For SEQ_CLS the score head
     is trained in full (modules_to_save=["score"]) since it is usually new.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
-
     if task_type not in ("CAUSAL_LM", "SEQ_CLS"):
         raise ValueError(f'task_type must be "CAUSAL_LM" or "SEQ_CLS"; got {task_type!r}')
     save = list(modules_to_save) if modules_to_save is not None else None
@@ -627,8 +611,6 @@ def save_model(
     merge_lora, which folds the adapters into a copy of the base weights and saves a plain checkpoint that loads
     with transformers alone. The copy keeps ``model`` trainable but briefly doubles its memory.
     """
-    from peft import PeftModel
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel) and merge_lora:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -50,8 +51,6 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 2024. Email me at someone@example.com or cal
 @functools.lru_cache(maxsize=1)
 def _trained_tokenizer_json() -> str:
     """Train the BPE once per process; callers rebuild fresh objects from the JSON (no shared mutable state)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -73,9 +72,6 @@ def tiny_tokenizer(chat_template: bool | str = True, add_bos_token: bool = False
     a string -> that Jinja template (e.g. one that writes ``{{ bos_token }}``, to test BOS de-duplication).
     add_bos_token: the tokenizer itself prepends BOS on ``tokenizer(text)`` (Llama style).
     """
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json()),
         bos_token=BOS_TOKEN,
@@ -94,8 +90,6 @@ def tiny_tokenizer(chat_template: bool | str = True, add_bos_token: bool = False
 
 
 def _llama_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, num_heads: int, **extra):
-    from transformers import LlamaConfig
-
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -120,9 +114,6 @@ def tiny_causal_lm(
     seed: int = 0,
 ) -> LlamaForCausalLM:
     """A randomly initialised fp32 Llama with the tokenizer's vocabulary and special ids (deterministic in seed)."""
-    import torch
-    from transformers import LlamaForCausalLM
-
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     config = _llama_config(tokenizer, hidden_size, num_layers, num_heads)
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's global RNG
@@ -145,9 +136,6 @@ def tiny_reward_model(
     seed: int = 0,
 ) -> LlamaForSequenceClassification:
     """A random scalar-head Llama (num_labels=1); pad_token_id is set so the score is read at the last real token."""
-    import torch
-    from transformers import LlamaForSequenceClassification
-
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     config = _llama_config(tokenizer, hidden_size, num_layers, num_heads, num_labels=1)
     with torch.random.fork_rng(devices=[]):

@@ -22,6 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhfkit.data.collate import pad_batch
+from rlhfkit.data.templates import ChatFormatter
+from rlhfkit.models.loading import load_reward_model, load_tokenizer
 from rlhfkit.rewards.base import Messages, RewardSource, Scores, prompt_text
 from rlhfkit.rewards.rules import RULES, check_params
 
@@ -108,8 +111,6 @@ class RewardModelSource:
         name: str = "rm",
         max_prompt_length: int | None = None,
     ) -> None:
-        from rlhfkit.data.templates import ChatFormatter
-
         if batch_size < 1:
             raise ValueError(f"reward model {name!r}: batch_size must be >= 1, got {batch_size}")
         if max_length < 2:
@@ -141,8 +142,6 @@ class RewardModelSource:
         Lengths left as None are those the model was trained with (``rlhfkit_encoding.json``, written by ``rlhfkit
         rm``), so new responses are cut exactly as its training pairs were; otherwise 1024 and half of it.
         """
-        from rlhfkit.models.loading import load_reward_model, load_tokenizer
-
         saved = Path(os.fspath(path)) / ENCODING_FILE
         if saved.exists() and max_length is None:
             trained = json.loads(saved.read_text())
@@ -167,8 +166,6 @@ class RewardModelSource:
 
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Scores:
         _check_lengths(self.name, prompts, responses)
-        from rlhfkit.data.collate import pad_batch
-
         seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
         out = torch.zeros(len(seqs), dtype=torch.float32)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # longest first: memory peaks on batch one

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from rlhfkit.rewards.base import Messages, Scores
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from rlhfkit.rewards.base import Messages, Scores, as_scores
 
 
 @functools.lru_cache(maxsize=1)
 def analyzer() -> Any:
     """One VADER analyzer per process: building it reads the ~7,500-word lexicon file."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
     return SentimentIntensityAnalyzer()
 
 
@@ -39,8 +38,6 @@ class SentimentSource:
         self.name = name
 
     def __call__(self, prompts: Sequence[Messages | str], responses: Sequence[str]) -> Scores:
-        from rlhfkit.rewards.base import as_scores  # imported here: this module stays free of torch until scoring
-
         if len(prompts) != len(responses):
             raise ValueError(f"reward source {self.name!r}: {len(prompts)} prompts but {len(responses)} responses")
         return as_scores(sentiment_scores(responses), self.name)

@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from rlhfkit.config import RewardLossConfig, RMConfig, to_dict
-from rlhfkit.data import ChatFormatter, EncodedPair, collate_pair_batch, encode_pairs, load_train_eval
+from rlhfkit.data import (
+    ChatFormatter,
+    EncodedPair,
+    PairRow,
+    collate_scored_pairs,
+    encode_pairs,
+    group_by_prompt,
+    load_train_eval,
+)
 from rlhfkit.eval.metrics import (
     expected_calibration_error,
     pairwise_accuracy,
@@ -28,10 +36,9 @@ from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
 def pair_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_chosen (B,), r_rejected (B,)) from one forward over the 2B concatenated sequences."""
+    """(r_chosen (B,), r_rejected (B,)) from one forward over the batch's distinct sequences."""
     scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
-    b = scores.shape[0] // 2
-    return scores[:b], scores[b:]
+    return scores[batch["chosen_index"]], scores[batch["rejected_index"]]
 
 
 class RewardObjective:
@@ -48,8 +55,8 @@ class RewardObjective:
         self.pad_id, self.cfg, self.eval_batch_size, self.ties = pad_id, loss_cfg, eval_batch_size, ties
         self.gap_rows = list(gap_rows)  # a training sample scored at evaluation for the train-held-out gap
 
-    def collate(self, rows: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
-        return collate_pair_batch(rows, self.pad_id)
+    def collate(self, rows: Sequence[PairRow]) -> dict[str, torch.Tensor]:
+        return collate_scored_pairs(rows, self.pad_id)
 
     def count(self, batch: dict[str, torch.Tensor]) -> float:
         return float(batch["tie"].numel())  # sequence-mean over pairs
@@ -131,21 +138,26 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     # 2. preference / ranking rows -> tokenized pairs
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "preference", cfg.train.seed)
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
-    train_rows, eval_rows = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
+    train_pairs, eval_rows = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
     notes.append(f"truncation: {fmt.report}")
     # a seeded training sample as large as the held-out set (capped) is scored too: the train-held-out gap
-    gap = random.Random(cfg.train.seed).sample(train_rows, min(len(eval_rows), 64, len(train_rows)))
-    ties = any(r.tie for r in train_rows)
+    gap = random.Random(cfg.train.seed).sample(train_pairs, min(len(eval_rows), 64, len(train_pairs)))
+    ties = any(r.tie for r in train_pairs)
     notes.append(
-        f"ties: {sum(r.tie for r in train_rows)} tie pairs ({cfg.loss.tie_model} model)" if ties else "ties: none"
+        f"ties: {sum(r.tie for r in train_pairs)} tie pairs ({cfg.loss.tie_model} model)" if ties else "ties: none"
     )
+    train_rows: list[PairRow] = list(train_pairs)
+    if cfg.group_pairs:  # one row per prompt: each response is scored once per step, whatever its number of pairs
+        keys = [json.dumps(train_ex[p.index].prompt, sort_keys=True) for p in train_pairs]  # before truncation
+        train_rows = group_by_prompt(train_pairs, keys)
+        notes.append(f"group_pairs: {len(train_pairs)} pairs of {len(train_rows)} prompts, a prompt per row")
     # 3. the loop
     objective = RewardObjective(tokenizer.pad_token_id, cfg.loss, gap_rows=gap, ties=ties)
     result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
     # 4. save (Hugging Face sequence-classification format) and summarize
     if not result.is_main:
         return {}
-    summary = finish_run(out, "rm", model, tokenizer, result, notes, len(train_rows), len(eval_rows))
+    summary = finish_run(out, "rm", model, tokenizer, result, notes, len(train_pairs), len(eval_rows))
     # how pairs were encoded, so that a reward source scores new responses the same way (rewards/sources.py)
     encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
     (Path(summary["model"]) / ENCODING_FILE).write_text(json.dumps(encoding) + "\n")
