@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rlhfkit.data.collate import pad_batch
 from rlhfkit.data.templates import ChatFormatter
-from rlhfkit.models.loading import load_reward_model, load_tokenizer
+from rlhfkit.models import load_for_inference
 from rlhfkit.rewards.base import Messages, RewardSource, Scores, prompt_text
 from rlhfkit.rewards.rules import RULES, check_params
 
@@ -149,9 +149,7 @@ class RewardModelSource:
             max_prompt_length = max_prompt_length or int(trained["max_prompt_length"])
         max_length = max_length or 1024
 
-        model = load_reward_model(path, dtype=dtype)  # type: ignore[arg-type]
-        model.to(device).eval().requires_grad_(False)
-        tokenizer = load_tokenizer(path)
+        model, tokenizer = load_for_inference(path, dtype, device, kind="reward")  # type: ignore[arg-type]
         label = name or f"rm:{Path(os.fspath(path)).name}"
         return cls(model, tokenizer, batch_size, max_length, label, max_prompt_length)
 
