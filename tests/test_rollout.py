@@ -7,6 +7,7 @@ import torch
 
 from rlhfkit.models.tiny import tiny_causal_lm, tiny_tokenizer
 from rlhfkit.rollout import HFEngine, Rollout, SamplingParams, left_pad, response_logits, rollout_forward
+from rlhfkit.rollout.hf import _response_mask
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +100,7 @@ def test_sampling_and_training_logprobs_agree_at_temperature(tok, model, tempera
     gen = out.sequences[:, ids.shape[1] :]
     sampling_lp = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # (B, N, V)
     sampling_lp = sampling_lp.gather(-1, gen.unsqueeze(-1)).squeeze(-1)
-    from rlhfkit.eval.divergence import response_mask
-
-    rmask = response_mask(gen, [tok.eos_token_id])
+    rmask = _response_mask(gen, [tok.eos_token_id])
     ro = Rollout(
         ids,
         mask,

@@ -11,8 +11,7 @@ import torch
 from rlhfkit.data import ChatFormatter
 from rlhfkit.models.tiny import tiny_causal_lm, tiny_tokenizer
 from rlhfkit.ops import token_logprobs
-from rlhfkit.rollout import HFEngine, Rollout, SamplingParams, left_pad
-from rlhfkit.rollout import fast
+from rlhfkit.rollout import HFEngine, Rollout, SamplingParams, fast, left_pad
 
 MESSAGES = [
     "hello there",

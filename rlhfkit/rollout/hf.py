@@ -1,15 +1,22 @@
-"""Rollouts with transformers' `generate`: left padding, KV cache, length-bucketed batches, stop at EOS or max tokens."""
+"""Rollouts from a Hugging Face causal LM: left padding, KV cache, length-bucketed batches, stop at EOS or max tokens.
+
+Each batch is decoded either by transformers' `generate` or by rlhfkit's own loop over the same model
+(rollout/fast.py: same distribution, several times less work on a CPU).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import GenerationConfig
 
-from rlhfkit.eval.divergence import response_mask
+from rlhfkit.rollout import fast
 from rlhfkit.rollout.types import Rollout, SamplingParams
+
+DECODERS = ("auto", "generate", "loop")
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,12 +36,24 @@ def right_pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
 
+def _response_mask(generated: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
+    """(B, N) float mask of generated tokens up to and including the first EOS."""
+    is_eos = torch.isin(generated, torch.as_tensor(list(eos_ids), device=generated.device))
+    before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()  # EOS strictly before each position
+    return (before == 0).float()
+
+
 class HFEngine:
     """Samples from the policy module itself (no weight copy): `load_weights` is a no-op.
 
     static_cache=True uses a static KV cache, whose fixed shapes let transformers compile the decoding step
     (torch.compile, CUDA only): a one-off compile, then several times faster decoding. Prompt widths are then rounded up
     to `pad_to_multiple` so that few distinct shapes are compiled.
+
+    decoder: "generate" (transformers' generate), "loop" (rlhfkit's decoding loop, rollout/fast.py: shared-prefix and
+    length-grouped prefill, an in-place KV buffer, finished rows dropped, inverse-CDF sampling; 2.5x+ generate on a
+    CPU) or "auto": the loop on CPU unless static_cache, generate otherwise. Models whose cache is not one plain
+    key/value pair per layer (sliding window, linear attention) always use generate.
     """
 
     def __init__(
@@ -45,14 +64,26 @@ class HFEngine:
         static_cache: bool = False,
         pad_to_multiple: int = 64,
         eos_token_ids: Sequence[int] | None = None,
+        decoder: str = "auto",
     ):
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder={decoder!r}: choose one of {', '.join(DECODERS)}")
         self.model, self.tokenizer = model, tokenizer
+        self.decoder = decoder
         self.batch_size, self.static_cache, self.pad_to_multiple = batch_size, static_cache, pad_to_multiple
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = list(eos_token_ids) if eos_token_ids else [tokenizer.eos_token_id]
 
     def load_weights(self, model: torch.nn.Module) -> None:
         self.model = model
+
+    def uses_loop(self) -> bool:
+        """Whether batches go through rlhfkit's decoding loop (True) or transformers' generate (False)."""
+        if self.decoder == "generate" or (self.decoder == "auto" and self.static_cache):
+            return False
+        if self.decoder == "auto" and next(self.model.parameters()).device.type != "cpu":
+            return False
+        return fast.supports_loop(self.model)
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
         # every processor spelled out: nothing but temperature (and top-k / top-p when asked) shapes the distribution
@@ -81,6 +112,7 @@ class HFEngine:
         group = torch.arange(len(prompts)).repeat_interleave(num_samples)
         device = next(self.model.parameters()).device
         gen_cfg = self._generation_config(params)
+        loop = self.uses_loop()
         # length buckets: sorting by prompt length keeps left padding (wasted prefill and cache) small
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         pieces: list[tuple[list[int], torch.Tensor]] = []
@@ -91,16 +123,22 @@ class HFEngine:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         saved_config, base.generation_config = base.generation_config, GenerationConfig()
         try:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                width = max(len(rows[i]) for i in idx)
-                if self.static_cache:
-                    width = -(-width // self.pad_to_multiple) * self.pad_to_multiple
-                ids, mask = left_pad([rows[i] for i in idx], self.pad_id, width)
-                out = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
-                )
-                pieces.append((idx, out[:, width:].cpu()))
+            # the loop's linear layers run on weights reordered once for this call (see fast.prepacked_linears)
+            with fast.prepacked_linears(self.model) if loop else contextlib.nullcontext():
+                for start in range(0, len(order), self.batch_size):
+                    idx = order[start : start + self.batch_size]
+                    if loop:
+                        gen, _ = fast.decode(self.model, [rows[i] for i in idx], params, self.eos_ids, self.pad_id)
+                        pieces.append((idx, gen.cpu()))
+                        continue
+                    width = max(len(rows[i]) for i in idx)
+                    if self.static_cache:
+                        width = -(-width // self.pad_to_multiple) * self.pad_to_multiple
+                    ids, mask = left_pad([rows[i] for i in idx], self.pad_id, width)
+                    out = self.model.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
+                    )
+                    pieces.append((idx, out[:, width:].cpu()))
         finally:
             base.generation_config = saved_config
             self.model.train(was_training)
@@ -110,7 +148,7 @@ class HFEngine:
         for idx, gen in pieces:
             response_ids[idx, : gen.shape[1]] = gen
         prompt_ids, prompt_mask = left_pad(rows, self.pad_id)  # one width for all rows, in the original order
-        resp_mask = response_mask(response_ids, self.eos_ids)
+        resp_mask = _response_mask(response_ids, self.eos_ids)
         response_ids = torch.where(resp_mask.bool(), response_ids, self.pad_id)
         is_eos = torch.zeros_like(response_ids, dtype=torch.bool)
         for e in self.eos_ids:
