@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
+import typing
 
 from rlhfkit.commands import COMMANDS, trainer
 from rlhfkit.config import ConfigError, keys_help, load_config
@@ -20,6 +22,25 @@ COMMAND_MODULES = (
 )
 
 
+def _example_overrides(config_cls: type) -> str:
+    """Two overrides that are valid for this command's config (the help must never suggest a key it refuses)."""
+    examples = []
+    for key, value in (
+        ("train.lr", "1e-5"),
+        ("loss.beta", "0.2"),
+        ("kl.coef", "0.05"),
+        ("train.max_steps", "100"),
+        ("num_samples", "4"),
+    ):
+        owner: type | None = config_cls
+        *sections, leaf = key.split(".")
+        for section in sections:
+            owner = typing.get_type_hints(owner).get(section) if dataclasses.is_dataclass(owner) else None
+        if dataclasses.is_dataclass(owner) and leaf in {f.name for f in dataclasses.fields(owner)}:
+            examples.append(f"{key}={value}")
+    return " ".join(examples[:2])
+
+
 def _add_train_command(sub: argparse._SubParsersAction, name: str) -> None:
     c = COMMANDS[name]
     p = sub.add_parser(
@@ -30,7 +51,10 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", "-c", help="YAML file with the sections below")
-    p.add_argument("--output", "-o", help="output directory (same as train.output_dir=...)")
+    if name == "sample":
+        p.add_argument("--output", "-o", help="the JSONL file the samples are written to (same as output=...)")
+    else:
+        p.add_argument("--output", "-o", help="output directory (same as train.output_dir=...)")
     if name == "sample":
         p.add_argument(
             "--best-of", type=int, help="keep the best of N responses per prompt (same as num_samples=N best_of=true)"
@@ -39,7 +63,7 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str) -> None:
         p.add_argument(
             "--resume", action="store_true", help="continue from the newest checkpoint in the output directory"
         )
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=1e-5 loss.beta=0.2")
+    p.add_argument("overrides", nargs="*", help=f"key.sub=value overrides, e.g. {_example_overrides(c.config)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -369,3 +369,26 @@ def test_eval_command_end_to_end(root: Path, tmp_path: Path) -> None:
     assert "win rate 0.500" in r.stdout
     safety = res["safety"][str(root / "tiny")]
     assert 0 <= safety["harmful/refusal_rate"] <= 1 and 0 <= safety["over_refusal_rate"] <= 1
+
+
+def test_eval_command_with_an_ai_judge(root: Path, tmp_path: Path) -> None:
+    """`rlhfkit eval --judge judge`: the judge reads both responses in both orders; identical policies tie."""
+    import shutil
+
+    prompts = tmp_path / "heldout.jsonl"
+    write_jsonl(prompts, [{"prompt": f"Say: film {i}"} for i in range(4)])
+    base = tmp_path / "base"
+    shutil.copytree(root / "tiny", base)
+    out = tmp_path / "eval.json"
+    r = subprocess.run(
+        [
+            sys.executable, "-m", "rlhfkit.cli", "eval", "--policy", str(root / "tiny"), "--baseline", str(base),
+            "--prompts", str(prompts), "--judge", "judge", "--judge-model", str(root / "tiny"),
+            "--max-new-tokens", "5", "--tie-margin", "1e-4", "-o", str(out),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    w = json.loads(out.read_text())["policies"][str(root / "tiny")]["win_rate"]
+    assert w["judge"] == "judge" and w["wins"] + w["ties"] + w["losses"] == 4
+    assert w["ties"] == 4  # identical samples: the order-debiased judge gives 1/2 (up to float32 rounding)

@@ -19,6 +19,7 @@ def evaluate_policies(
     reference: str | None = None,
     heldout: str | None = None,
     judge: str = "gold",
+    judge_model: str = "smollm2-135m-instruct",
     sampling: SamplingConfig | None = None,
     seed: int = 0,
     tie_margin: float = 0.0,
@@ -35,13 +36,14 @@ def evaluate_policies(
         _safety,
         _win,
         generate,
+        judge_scores,
         model_scorer,
         rm_quality,
         scorer,
     )
 
-    if judge not in ("gold", "rm"):
-        raise ConfigError(f"--judge must be gold or rm, got {judge!r}")
+    if judge not in ("gold", "rm", "judge"):
+        raise ConfigError(f"--judge must be gold, rm or judge, got {judge!r}")
     if judge == "gold" and not gold:
         raise ConfigError("--judge gold needs a gold scorer (--gold sentiment, or a reward spec)")
     if judge == "rm" and not rm:
@@ -55,8 +57,10 @@ def evaluate_policies(
     rm_score = model_scorer(rm) if rm else None
     results: dict[str, dict[str, Any]] = {}
     scores: dict[str, list[float]] = {}
+    samples: dict[str, dict[str, Any]] = {}
+    judged: dict[str, list[float]] = {}
     for name in [baseline, *policies]:
-        gen = generate(name, examples, sampling, seed, reference)
+        gen = samples[name] = generate(name, examples, sampling, seed, reference)
         r: dict[str, Any] = {"kl": sum(gen["kl"]) / len(gen["kl"]), "length": sum(gen["lengths"]) / len(gen["lengths"])}
         r |= _diversity(gen["texts"])
         if gold_score:
@@ -65,16 +69,27 @@ def evaluate_policies(
         if rm_score:
             p = rm_score(gen["messages"], gen["texts"])
             r["proxy"] = sum(p) / len(p)
-        scores[name] = g if judge == "gold" else p
+        if judge != "judge":
+            scores[name] = g if judge == "gold" else p
         results[name] = r
     for name in policies:
-        results[name]["win_rate"] = _win(scores[name], scores[baseline], tie_margin) | {"judge": judge}
-    comparisons = [
-        (a, b, 1.0 if x > y else 0.0 if x < y else 0.5)
-        for i, a in enumerate(results)
-        for b in list(results)[i + 1 :]
-        for x, y in zip(scores[a], scores[b])
-    ]
+        if judge == "judge":  # pairwise: the judge reads the policy's and the baseline's response to the same prompt
+            mine, theirs = judge_scores(
+                judge_model, samples[name]["messages"], samples[name]["texts"], samples[baseline]["texts"]
+            )
+        else:
+            mine, theirs = scores[name], scores[baseline]
+        judged[name] = mine
+        results[name]["win_rate"] = _win(mine, theirs, tie_margin) | {"judge": judge}
+    if judge == "judge":  # the judge compares each policy with the baseline only: its P(policy better) per prompt
+        comparisons = [(name, baseline, p) for name in policies for p in judged[name]]
+    else:
+        comparisons = [
+            (a, b, 1.0 if x > y else 0.0 if x < y else 0.5)
+            for i, a in enumerate(results)
+            for b in list(results)[i + 1 :]
+            for x, y in zip(scores[a], scores[b])
+        ]
     out: dict[str, Any] = {"baseline": baseline, "policies": results, "ratings": ratings_table(comparisons)}
     if rm_score and heldout:
         out["reward_model"] = rm_quality(rm_score, [row for _, row in read_rows(heldout)])
@@ -105,6 +120,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         reference=args.reference,
         heldout=args.heldout,
         judge=args.judge,
+        judge_model=args.judge_model,
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature),
         seed=args.seed,
         tie_margin=args.tie_margin,
@@ -142,7 +158,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--rm", help="reward model directory (proxy score; --judge rm)")
     e.add_argument("--reference", help="reference for KL (default: the baseline)")
     e.add_argument("--heldout", help="held-out preference rows: reward-model accuracy, AUC, calibration")
-    e.add_argument("--judge", default="gold", help="who decides win rates: gold or rm")
+    e.add_argument(
+        "--judge",
+        default="gold",
+        choices=("gold", "rm", "judge"),
+        help="who decides win rates: gold, rm (the --rm model) or judge (an AI judge, both orders; --judge-model)",
+    )
+    e.add_argument("--judge-model", default="smollm2-135m-instruct", help="--judge judge: builtin name or directory")
     e.add_argument("--max-new-tokens", type=int, default=32)
     e.add_argument("--temperature", type=float, default=1.0)
     e.add_argument("--tie-margin", type=float, default=0.0)

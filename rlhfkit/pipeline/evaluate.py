@@ -171,7 +171,7 @@ def evaluate_round(
         if has_rm:
             judges["rm"] = (proxy, base_proxy)
         if cfg.eval.judge == "judge":
-            judges["judge"] = _judge_scores(cfg, messages, texts, base_texts)
+            judges["judge"] = judge_scores(cfg.label.judge, messages, texts, base_texts)
         score, base = judges.get(cfg.eval.judge) or judges["rm"]
         if score is not None and all(b is not None for b in base):
             result["win_rate"] = _win(score, base, cfg.eval.tie_margin) | {"judge": cfg.eval.judge}
@@ -189,9 +189,10 @@ def evaluate_round(
     return {k: v for k, v in result.items() if k not in ("examples",)}
 
 
-def _judge_scores(cfg: Any, messages: list[Any], texts: list[str], base: list[str]) -> tuple[list[float], list[float]]:
-    """An AI judge's debiased P(policy better) per prompt, as paired scores (p, 1 - p) for the win-rate code."""
-    verdicts = Judge(cfg.label.judge).compare([_text(m) for m in messages], texts, base)
+def judge_scores(judge: str, messages: list[Any], texts: list[str], base: list[str]) -> tuple[list[float], list[float]]:
+    """An AI judge's (builtin name or directory) debiased P(policy better) per prompt, as paired scores (p, 1 - p) for
+    the win-rate code."""
+    verdicts = Judge(judge).compare([_text(m) for m in messages], texts, base)
     p = [float(v.p_a) for v in verdicts]
     return p, [1 - x for x in p]
 
