@@ -23,6 +23,7 @@ plot to OUT/frontier.png; `--copy-results` also writes benchmarks/results/fronti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -203,33 +204,37 @@ def run(a: argparse.Namespace, out: Path, results: Path, rows: list[dict[str, An
         for method in methods:
             if method == "best-of-n":
                 for n in BEST_OF:
-                    record(method, n, seed, lambda n=n: best_of_n(n, prompts, a, seed))
+                    record(method, n, seed, functools.partial(best_of_n, n, prompts, a, seed))
                 continue
             betas = [float(b) for b in a.betas.split(",")] if a.betas else BETAS[method]
             for beta in betas:
                 run_dir = out / f"{method}-b{beta}-s{seed}"
+                job = functools.partial(train_and_eval, method, beta, seed, run_dir, a, train, prompts)
+                record(method, beta, seed, job)
 
-                def train_and_eval(method: str = method, beta: float = beta, run_dir: Path = run_dir) -> dict:
-                    if method == "dpo":
-                        pairs = out / f"pairs-s{seed}.jsonl"
-                        if not pairs.exists():
-                            rlhfkit(
-                                "sample", f"data.train={train}", f"model.name_or_path={a.model}", "num_samples=4",
-                                "format=prefs", f"sampling.max_new_tokens={a.tokens}", f"seed={seed}", SENTIMENT,
-                                "-o", str(pairs), log=out / f"pairs-s{seed}.log",
-                            )  # fmt: skip
-                        rlhfkit(
-                            "dpo", f"data.train={pairs}", f"model.name_or_path={a.model}", f"loss.beta={beta}",
-                            f"model.trainable_layers={a.trainable_layers}", "data.eval_fraction=0",
-                            "train.epochs=2", f"train.lr={a.lr / 4}", "train.batch_size=8", f"train.seed={seed}",
-                            "train.progress=false", "eval_kl_samples=0", "-o", str(run_dir), log=Path(f"{run_dir}.log"),
-                        )  # fmt: skip
-                    else:
-                        args = online_args(method, beta, a) + [f"train.seed={seed}", f"data.train={train}"]
-                        rlhfkit(method, *args, "-o", str(run_dir), log=Path(f"{run_dir}.log"))
-                    return evaluate(str(run_dir / "model"), a.model, prompts, a, seed)
 
-                record(method, beta, seed, train_and_eval)
+def train_and_eval(
+    method: str, beta: float, seed: int, run_dir: Path, a: argparse.Namespace, train: Path, prompts: list[Any]
+) -> dict[str, Any]:
+    out = run_dir.parent
+    if method == "dpo":
+        pairs = out / f"pairs-s{seed}.jsonl"
+        if not pairs.exists():
+            rlhfkit(
+                "sample", f"data.train={train}", f"model.name_or_path={a.model}", "num_samples=4", "format=prefs",
+                f"sampling.max_new_tokens={a.tokens}", f"seed={seed}", SENTIMENT, "-o", str(pairs),
+                log=out / f"pairs-s{seed}.log",
+            )  # fmt: skip
+        rlhfkit(
+            "dpo", f"data.train={pairs}", f"model.name_or_path={a.model}", f"loss.beta={beta}",
+            f"model.trainable_layers={a.trainable_layers}", "data.eval_fraction=0", "train.epochs=2",
+            f"train.lr={a.lr / 4}", "train.batch_size=8", f"train.seed={seed}", "train.progress=false",
+            "eval_kl_samples=0", "-o", str(run_dir), log=Path(f"{run_dir}.log"),
+        )  # fmt: skip
+    else:
+        args = online_args(method, beta, a) + [f"train.seed={seed}", f"data.train={train}"]
+        rlhfkit(method, *args, "-o", str(run_dir), log=Path(f"{run_dir}.log"))
+    return evaluate(str(run_dir / "model"), a.model, prompts, a, seed)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
