@@ -16,7 +16,7 @@ from rlhfkit.feedback import annotate_cli
 from rlhfkit.feedback.app import STATIC, create_app
 from rlhfkit.feedback.store import Store
 
-ADMIN = "admin-secret-token"
+ADMIN = "admin-secret-token-at-least-32-characters"
 IMG = '<img src=x onerror="window.__pwned=1">'
 SCRIPT = "<script>window.__pwned=2</script>"
 
@@ -111,9 +111,17 @@ def test_resume_and_idempotent_resubmission(env) -> None:
     r1 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "tie"})
     assert r1.status_code == 201 and r1.json()["created"] and r1.json()["progress"]["done"] == 1
     # the same submission again (a retry after a lost response): the stored label comes back, nothing is added
-    r2 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "A", "strength": 2})
+    r2 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "tie", "seconds": 9})
     assert r2.status_code == 200 and not r2.json()["created"] and r2.json()["label"]["choice"] == "tie"
-    assert store.progress("c1")["labels"] == 1
+    # a different answer (another tab): 409, the earlier answer stands and is sent back, nothing is changed
+    r3 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "A", "strength": 2})
+    assert r3.status_code == 409 and not r3.json()["created"] and r3.json()["label"]["choice"] == "tie"
+    assert "earlier answer stands" in r3.json()["detail"] and r3.json()["progress"]["done"] == 1
+    assert r3.headers["x-frame-options"] == "DENY"
+    r4 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "tie", "reason": "new"})
+    assert r4.status_code == 409  # a new reason is a changed answer too
+    assert store.progress("c1")["labels"] == 1 and store.labels("c1")[0]["choice"] == "tie"
+    assert store.labels("c1")[0]["reason"] == ""
     # a new session (fresh client = reloaded page) resumes at the first unlabelled item of the queue
     again = TestClient(client.app)
     queue = again.get("/api/campaigns/c1/assignments", headers=h).json()
@@ -138,13 +146,13 @@ def test_export_and_quality_endpoints(env) -> None:
     for name, tok in tokens.items():
         label_all(client, tok, "c1", prefer(1 if name == "cai" else 0))
     rows = client.get("/api/admin/campaigns/c1/export?adjudication=none", headers=bearer(ADMIN)).json()
-    assert len(rows) == 14
+    assert len(rows) == 12 and "gold" not in {r["prompt"] for r in rows}  # the gold item's 2 labels are left out
     for row in rows:
         want_first = row["rater"] != "cai"
         assert (row["chosen"] < row["rejected"]) == want_first
         assert set(row) == {"prompt", "chosen", "rejected", "tie", "strength", "rater", "confidence"}
     majority = client.get("/api/admin/campaigns/c1/export", headers=bearer(ADMIN)).json()
-    assert len(majority) == 7 and {r["rater"] for r in majority} == {"adjudicated"}
+    assert len(majority) == 6 and {r["rater"] for r in majority} == {"adjudicated"}
     q = client.get("/api/admin/campaigns/c1/quality", headers=bearer(ADMIN)).json()
     assert q["n_labels"] == 14 and set(q["raters"]) == {"ann", "bea", "cai"}
     assert q["cohen"].get("ann|bea", 1.0) == 1.0  # they always agree
@@ -243,7 +251,7 @@ def test_hostile_outputs_are_data_and_the_page_cannot_run_them() -> None:
         assert sink not in code, sink  # model text only ever goes through textContent
     assert "textContent" in code
     assert (STATIC / "style.css").is_file()
-    rows = client.get("/api/admin/campaigns/x/export?adjudication=none", headers=bearer(ADMIN)).json()
+    rows = client.get("/api/admin/campaigns/x/export?adjudication=none&partial=true", headers=bearer(ADMIN)).json()
     assert rows == []
 
 
@@ -289,12 +297,13 @@ def test_cli_create_add_rater_export_quality_status(tmp_path: Path, capsys: pyte
     assert re.search(r"round1\s+pairwise\s+9/9\s+27/27", capsys.readouterr().out)
     out_file = tmp_path / "prefs.jsonl"
     assert run_cli("export", "--db", db, "--campaign", "round1", "-o", str(out_file), "--adjudication", "none") == 0
-    assert "wrote 27 rows" in capsys.readouterr().out
+    assert "wrote 24 rows" in capsys.readouterr().out  # 27 labels less the gold item's 3
     prefs = load_examples(out_file, "preference")  # the preference loader accepts what export writes
-    assert len(prefs) == 27 and {p.rater for p in prefs} == set(names)
+    assert len(prefs) == 24 and {p.rater for p in prefs} == set(names)
     assert run_cli("export", "--db", db, "--campaign", "round1", "-o", str(out_file)) == 0
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
-    assert len(rows) == 9 and all(r["rater"] == "adjudicated" for r in rows)
+    assert len(rows) == 8 and all(r["rater"] == "adjudicated" for r in rows)
+    assert "good" not in {r["chosen"] for r in rows} | {r["rejected"] for r in rows}  # the gold pair
     assert run_cli("quality", "--db", db, "--campaign", "round1") == 0
     text = capsys.readouterr().out
     assert "Fleiss' kappa" in text and "Krippendorff's alpha" in text and "u1|u2" in text
@@ -308,7 +317,8 @@ def test_cli_create_add_rater_export_quality_status(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "rlhfkit annotate: error: no campaign named 'nope'",
-        "rlhfkit annotate: error: rater 'u1' already exists (reset_token gives them a new token)",
+        "rlhfkit annotate: error: rater 'u1' already exists: `rlhfkit annotate add-rater u1 --reset` gives them a "
+        "new token",
         f"rlhfkit annotate: error: data file not found: {tmp_path / 'missing.jsonl'}",
     ]
     assert run_cli("add-rater", "u1", "--reset", "--db", db) == 0

@@ -80,7 +80,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Store,
         "keys", [{"prompt": f"q{i}", "responses": [f"keys-{i}-0", f"keys-{i}-1"]} for i in range(3)], seed=3
     )
     store.create_campaign("rank", [{"prompt": "order", "responses": ["x", "y", "z"]}], kind="ranking", seed=4)
-    with Server(create_app(store, "admin")) as server:
+    with Server(create_app(store, "admin-token-of-at-least-32-characters")) as server:
         yield server.url, store, token
     store.close()
 

@@ -173,7 +173,7 @@ def test_postgres_racing_duplicate_submissions_store_one_label(pg_url: str) -> N
 
 def test_postgres_api(pg_url: str) -> None:
     store = Store(pg_url)
-    client = TestClient(create_app(store, "adm"))
+    client = TestClient(create_app(store, "admin-token-of-at-least-32-characters"))
     r = client.post("/api/admin/raters", json={"name": "web"}, headers={"Authorization": "Bearer adm"})
     token = r.json()["token"]
     r = client.post(

@@ -16,6 +16,7 @@ from rlhfkit.data.io import load_examples, read_rows, write_jsonl
 from rlhfkit.data.schemas import DataError
 from rlhfkit.feedback.agreement import quality_report
 from rlhfkit.feedback.store import (
+    AnswerConflict,
     ForbiddenError,
     NotFoundError,
     Store,
@@ -208,8 +209,13 @@ def test_pairwise_labels_are_canonical_and_submission_is_idempotent() -> None:
             rid, a["id"], {"choice": "A", "strength": 3, "dimensions": {"helpful": "B", "harmless": "tie"}}
         )
         assert created and label["choice"] == "A"
-        again, created = store.submit(rid, a["id"], {"choice": "B", "strength": 1, "dimensions": {}})
-        assert not created and again == label  # the stored label, not the retried body
+        retry = {"choice": "A", "strength": 3, "dimensions": {"helpful": "B", "harmless": "tie"}, "seconds": 4.0}
+        again, created = store.submit(rid, a["id"], retry)
+        assert not created and again == label  # a retry: the stored label, nothing added
+        changed = {"choice": "B", "strength": 1, "dimensions": {"helpful": "B", "harmless": "tie"}}
+        with pytest.raises(AnswerConflict, match="earlier answer stands") as info:
+            store.submit(rid, a["id"], changed)
+        assert info.value.label == label  # the earlier answer, which stands
     labels = {lab["item"]: lab for lab in store.labels("c")}
     assert len(store.labels("c")) == 8
     for a in rows:
