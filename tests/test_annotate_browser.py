@@ -4,9 +4,6 @@ keyboard, resume after a reload, labels land canonical in the database, hostile 
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from rlhfkit.feedback.app import create_app  # noqa: E402
 from rlhfkit.feedback.store import Store  # noqa: E402
+from tests.annotate_server import Server  # noqa: E402
 
 expect = sync_api.expect
 IMG = '<img src=x onerror="window.__pwned=1">'
@@ -33,32 +31,6 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-class Server:
-    """uvicorn in a thread, on a socket bound to a free port before the thread starts (no port race)."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

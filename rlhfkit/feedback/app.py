@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from starlette.requests import ClientDisconnect
 
 from rlhfkit.feedback.store import (
     AnswerConflict,
@@ -63,7 +64,7 @@ SECURITY_HEADERS = [
 ]
 
 MAX_BODY = 1 << 20  # rater API: an answer is at most a 10,000-character reason and a few fields
-MAX_ADMIN_BODY = 64 << 20  # campaign creation over the API carries every item
+MAX_ADMIN_BODY = 32 << 20  # campaign creation over the API carries every item
 MIN_ADMIN_TOKEN = 32  # characters; generated tokens have 43 (256 bits)
 
 Scope = MutableMapping[str, Any]
@@ -196,7 +197,12 @@ def json_body(model: type[BaseModel]) -> Callable[[Request], Awaitable[Any]]:
     reads a declared body parameter before any dependency runs, so a tokenless client could make it hold the body)."""
 
     async def read(request: Request) -> Any:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # gone mid-body: nobody reads the answer, but no traceback per hostile client
+            raise HTTPException(
+                status_code=400, detail="the client disconnected before sending the whole body"
+            ) from None
         try:
             return model.model_validate_json(raw)
         except ValidationError as e:
