@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -335,3 +336,86 @@ def test_register_adds_annotate_to_the_main_cli() -> None:
     for sub in ("create", "add-rater", "quality", "status"):
         with pytest.raises(SystemExit):
             parser.parse_args(["annotate", sub, "--help"])
+
+
+def test_cli_export_refuses_mid_campaign_and_warns_with_partial(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db = str(tmp_path / "ann.db")
+    store = Store(db)
+    tokens = [store.add_rater(n) for n in ("u1", "u2")]
+    store.create_campaign("r", [{"prompt": f"p{i}", "responses": ["a", "b"]} for i in range(3)], raters_per_item=2)
+    client = TestClient(create_app(store, ADMIN))
+    label_all(client, tokens[0], "r", lambda v: {"choice": "A", "strength": 1})  # u2 has not started
+    out = tmp_path / "prefs.jsonl"
+    assert run_cli("export", "--db", db, "--campaign", "r", "-o", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "campaign 'r' is not fully labelled: 3 of 3 items have fewer than 2 label(s) (3/6 labels)" in err
+    assert "--partial" in err and not out.exists()
+    r = client.get("/api/admin/campaigns/r/export", headers=bearer(ADMIN))
+    assert r.status_code == 409 and "not fully labelled" in r.json()["detail"]
+    assert len(client.get("/api/admin/campaigns/r/export?partial=true", headers=bearer(ADMIN)).json()) == 3
+    assert run_cli("export", "--db", db, "--campaign", "r", "-o", str(out), "--partial") == 0
+    captured = capsys.readouterr()
+    assert "warning: campaign 'r' is not fully labelled (0/3 items have all their labels, 3/6 labels)" in captured.err
+    assert "wrote 3 rows" in captured.out and len(out.read_text().splitlines()) == 3
+
+
+def test_cli_create_names_the_file_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db = str(tmp_path / "ann.db")
+    assert run_cli("add-rater", "u1", "--db", db) == 0
+    good = tmp_path / "samples.jsonl"
+    write_jsonl(good, [{"prompt": "p", "responses": ["a", "b"]}])
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(
+        b'{"prompt": "ok", "responses": ["a", "b"]}\n'
+        + '{"prompt": "caf\xe9", "responses": ["a", "b"]}\n'.encode("latin-1")
+    )
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_bytes(b"\xff\xfe rubric")
+    capsys.readouterr()
+    assert run_cli("create", str(bad), "--db", db, "--name", "x") == 2
+    assert run_cli("create", str(good), "--db", db, "--name", "x", "--gold", str(bad)) == 2
+    assert run_cli("create", str(good), "--db", db, "--name", "x", "--rubric-file", str(rubric)) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rlhfkit annotate: error: {bad}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        f"rlhfkit annotate: error: {bad}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        f"rlhfkit annotate: error: {rubric}:1: not UTF-8 text (byte 0xff); save the file as UTF-8",
+    ]
+
+
+def readme_annotate_commands() -> list[list[str]]:
+    """The README's annotation walkthrough: its first bash block after the heading, as argument lists."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Human feedback: the annotation app", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.strip()]
+
+
+def test_readme_annotate_walkthrough_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(annotate_cli.DB_ENV, raising=False)
+    write_jsonl("samples.jsonl", [{"prompt": f"p{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(4)])
+    write_jsonl("gold.jsonl", [{"prompt": "g", "chosen": "right", "rejected": "wrong"}])
+    commands = readme_annotate_commands()
+    assert [c[:3] for c in commands][0] == ["rlhfkit", "annotate", "add-rater"]
+    tokens: list[str] = []
+    for argv in commands:
+        assert argv[:2] == ["rlhfkit", "annotate"], argv
+        if argv[2] == "serve":  # the raters label in the browser meanwhile: here, through the API
+            parser = argparse.ArgumentParser()
+            annotate_cli.register(parser.add_subparsers(dest="command"))
+            assert parser.parse_args(argv[1:]).handler is annotate_cli._serve
+            client = TestClient(create_app(Store("annotations.db"), ADMIN))
+            for token in tokens:
+                label_all(client, token, "round1", lambda v: {"choice": "A", "strength": 2, "dimensions": {
+                    "helpful": "A", "harmless": "tie"}})  # fmt: skip
+            continue
+        assert run_cli(*argv[2:]) == 0, (argv, capsys.readouterr().err)
+        out = capsys.readouterr().out
+        if argv[2] == "add-rater":
+            tokens.append(out.split()[-1])
+    assert len(tokens) == 3
+    rows = load_examples("prefs.jsonl", "preference")
+    assert len(rows) == 4 and {r.rater for r in rows} == {"adjudicated"}  # the gold item is not a training row

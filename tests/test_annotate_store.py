@@ -18,6 +18,7 @@ from rlhfkit.feedback.agreement import quality_report
 from rlhfkit.feedback.store import (
     AnswerConflict,
     ForbiddenError,
+    IncompleteError,
     NotFoundError,
     Store,
     adjudicate_ranking,
@@ -281,6 +282,30 @@ def test_ranking_labels_are_canonical_ranks() -> None:
         with pytest.raises(ValueError, match='field "order" must list the 4 displayed positions'):
             store.submit(rid, b["id"], {"order": order})
     assert len(store.labels("r")) == 1
+
+
+def test_export_refuses_below_quota_unless_partial_and_leaves_out_gold_items() -> None:
+    store, tokens = make_store(2)
+    store.create_campaign("c", pairs(3, gold={2: "1"}), raters_per_item=2, seed=1)
+    ids = {name: rater_id(store, t) for name, t in tokens.items()}
+    rows = assignments(store, "c")
+    first, rest = [a for a in rows if a["item"] == 0], [a for a in rows if a["item"] != 0]
+    store.submit(ids[first[0]["rater"]], first[0]["id"], answer_canonical(first[0]["order"], "0"))
+    # one of two votes on item 0 and none elsewhere: majority would give that one vote confidence 1.0 unannounced
+    for method in ("majority", "median", "none"):
+        with pytest.raises(IncompleteError, match=r"'c' is not fully labelled: 3 of 3 items have fewer than 2 .*1/6"):
+            store.export("c", method)
+    (row,) = store.export("c", "majority", partial=True)
+    assert row["chosen"] == "first 0" and row["confidence"] == 1.0
+    for a in first[1:] + rest:
+        store.submit(ids[a["rater"]], a["id"], answer_canonical(a["order"], "1"))
+    assert store.progress("c")["labelled_items"] == 3
+    # complete: exported without a flag; the gold item (2) is a quality check, never a training row
+    rows_none = store.export("c", "none")
+    assert sorted(r["prompt"] for r in rows_none) == ["prompt 0", "prompt 0", "prompt 1", "prompt 1"]
+    assert [r["prompt"] for r in store.export("c", "majority")] == ["prompt 0", "prompt 1"]
+    assert store.quality("c")["n_labels"] == 6  # ... while quality still scores raters on it
+    assert {r: v["n_gold"] for r, v in store.quality("c")["raters"].items()} == {"r0": 1, "r1": 1}
 
 
 def test_progress_counts_items_with_all_their_labels() -> None:

@@ -27,24 +27,35 @@ ADMIN_ENV = "RLHFKIT_ADMIN_TOKEN"
 DB_ENV = "RLHFKIT_ANNOTATE_DB"
 
 
+def _not_utf8(path: str) -> ValueError:
+    """A one-line error naming the file, the line and the first byte that is not UTF-8."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8")
+    return ValueError(f"{path}: not UTF-8 text; save the file as UTF-8")
+
+
 def _rows(path: str) -> list[tuple[int, Any]]:
-    """The file's rows; bytes that are not UTF-8 are an error naming the file."""
+    """The file's rows; bytes that are not UTF-8 are an error naming the file and line."""
     try:
         return list(read_rows(path))
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the file as UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _read_text(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the file as UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _admin_token(args: argparse.Namespace) -> str:
