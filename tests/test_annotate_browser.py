@@ -227,3 +227,45 @@ def test_page_without_server_session_shows_login(site, browser, tmp_path: Path) 
     expect(page.locator("#login-error")).to_contain_text("log in again")
     assert page.evaluate("sessionStorage.getItem('rlhfkit.annotate.token')") is None
     page.close()
+
+
+def test_a_changed_answer_is_refused_and_the_page_says_the_earlier_one_stands(site, browser) -> None:
+    """Two tabs on one item: the second answer meets the first one's saved label. The server keeps the first (409)
+    and the page says so, shows that answer, and moves on only when the rater presses Enter."""
+    url, store, token = site
+    store.create_campaign(
+        "twice",
+        [{"prompt": "two tabs", "responses": ["left", "right"]}, {"prompt": "after", "responses": ["p", "q"]}],
+        dimensions=["helpful"],
+        seed=5,
+    )
+    rid = store.rater_by_token(token).id
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.fill("#token", token)
+    page.click("#login-btn")
+    open_campaign(page, "twice")
+    shown = page.locator("#prompt .message-text").text_content()
+    aid = next(q["id"] for q in store.rater_queue(rid, "twice") if not q["labelled"])  # the item on screen
+    store.submit(rid, aid, {"choice": "A", "strength": 1, "dimensions": {"helpful": "A"}})  # the other tab
+    page.keyboard.press("2")
+    page.click('.dimension[data-dimension="helpful"] input[value="B"]')
+    page.keyboard.press("Enter")
+    status = page.locator("#status")
+    expect(status).to_contain_text("your earlier answer stands")
+    expect(status).to_contain_text("A is better (strength 1), helpful: A")
+    expect(page.locator("#choose-A")).to_have_class("choice selected")  # the page shows the answer that stands
+    expect(page.locator("#submit")).to_contain_text("Next item")
+    page.keyboard.press("2")  # no effect now: the answer is saved
+    expect(page.locator("#choose-A")).to_have_class("choice selected")
+    assert page.locator("#prompt .message-text").text_content() == shown  # still on the item until Enter
+    page.keyboard.press("Enter")
+    expect(page.locator("#progress-text")).to_have_text("1 / 2 done")
+    expect(page.locator("#prompt .message-text")).not_to_have_text(shown)
+    expect(page.locator("#submit")).to_contain_text("Submit")
+    (lab,) = store.labels("twice")
+    assert lab["choice"] == str(lab["display_order"][0]) and lab["strength"] == 1  # A, as first saved
+    assert errors == []
+    page.close()
