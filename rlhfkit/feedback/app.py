@@ -9,7 +9,7 @@ Rater endpoints                                   Admin endpoints (admin token)
   GET  /api/campaigns/{name}/next                   GET/POST /api/admin/campaigns
   GET  /api/campaigns/{name}/assignments            GET  /api/admin/campaigns/{name}
   GET  /api/assignments/{id}                        GET  /api/admin/campaigns/{name}/labels
-  POST /api/assignments/{id}/label                  GET  /api/admin/campaigns/{name}/export?adjudication=&dimension=
+  POST /api/assignments/{id}/label                  GET  /api/admin/campaigns/{name}/export?adjudication=&dimension=&partial=
                                                     GET  /api/admin/campaigns/{name}/quality?adjudication=
 
 Hostile clients: a request body over ``max_body`` bytes (``max_admin_body`` under /api/admin/) is answered 413 from its
