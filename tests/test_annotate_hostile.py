@@ -25,7 +25,8 @@ from rlhfkit.feedback.store import Store
 from tests.annotate_server import Server
 
 ADMIN = "hostile-admin-token-of-32-characters-or-more"
-PROMPT_S = 3.0  # an answer that does not wait for the body comes in milliseconds; a server waiting for it never does
+PROMPT_S = 10.0  # an answer that does not wait for the body comes in milliseconds (seconds on a loaded machine); a
+# server waiting for the body never answers
 
 
 def bearer(token: str) -> dict[str, str]:
