@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rlhfkit.feedback import annotate_cli
 from rlhfkit.feedback.app import STATIC, create_app
 from rlhfkit.feedback.store import Store
 
-ADMIN = "admin-secret-token"
+ADMIN = "admin-secret-token-at-least-32-characters"
 IMG = '<img src=x onerror="window.__pwned=1">'
 SCRIPT = "<script>window.__pwned=2</script>"
 
@@ -111,9 +112,17 @@ def test_resume_and_idempotent_resubmission(env) -> None:
     r1 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "tie"})
     assert r1.status_code == 201 and r1.json()["created"] and r1.json()["progress"]["done"] == 1
     # the same submission again (a retry after a lost response): the stored label comes back, nothing is added
-    r2 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "A", "strength": 2})
+    r2 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "tie", "seconds": 9})
     assert r2.status_code == 200 and not r2.json()["created"] and r2.json()["label"]["choice"] == "tie"
-    assert store.progress("c1")["labels"] == 1
+    # a different answer (another tab): 409, the earlier answer stands and is sent back, nothing is changed
+    r3 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "A", "strength": 2})
+    assert r3.status_code == 409 and not r3.json()["created"] and r3.json()["label"]["choice"] == "tie"
+    assert "earlier answer stands" in r3.json()["detail"] and r3.json()["progress"]["done"] == 1
+    assert r3.headers["x-frame-options"] == "DENY"
+    r4 = client.post(f"/api/assignments/{first['id']}/label", headers=h, json={"choice": "tie", "reason": "new"})
+    assert r4.status_code == 409  # a new reason is a changed answer too
+    assert store.progress("c1")["labels"] == 1 and store.labels("c1")[0]["choice"] == "tie"
+    assert store.labels("c1")[0]["reason"] == ""
     # a new session (fresh client = reloaded page) resumes at the first unlabelled item of the queue
     again = TestClient(client.app)
     queue = again.get("/api/campaigns/c1/assignments", headers=h).json()
@@ -138,13 +147,13 @@ def test_export_and_quality_endpoints(env) -> None:
     for name, tok in tokens.items():
         label_all(client, tok, "c1", prefer(1 if name == "cai" else 0))
     rows = client.get("/api/admin/campaigns/c1/export?adjudication=none", headers=bearer(ADMIN)).json()
-    assert len(rows) == 14
+    assert len(rows) == 12 and "gold" not in {r["prompt"] for r in rows}  # the gold item's 2 labels are left out
     for row in rows:
         want_first = row["rater"] != "cai"
         assert (row["chosen"] < row["rejected"]) == want_first
         assert set(row) == {"prompt", "chosen", "rejected", "tie", "strength", "rater", "confidence"}
     majority = client.get("/api/admin/campaigns/c1/export", headers=bearer(ADMIN)).json()
-    assert len(majority) == 7 and {r["rater"] for r in majority} == {"adjudicated"}
+    assert len(majority) == 6 and {r["rater"] for r in majority} == {"adjudicated"}
     q = client.get("/api/admin/campaigns/c1/quality", headers=bearer(ADMIN)).json()
     assert q["n_labels"] == 14 and set(q["raters"]) == {"ann", "bea", "cai"}
     assert q["cohen"].get("ann|bea", 1.0) == 1.0  # they always agree
@@ -243,7 +252,7 @@ def test_hostile_outputs_are_data_and_the_page_cannot_run_them() -> None:
         assert sink not in code, sink  # model text only ever goes through textContent
     assert "textContent" in code
     assert (STATIC / "style.css").is_file()
-    rows = client.get("/api/admin/campaigns/x/export?adjudication=none", headers=bearer(ADMIN)).json()
+    rows = client.get("/api/admin/campaigns/x/export?adjudication=none&partial=true", headers=bearer(ADMIN)).json()
     assert rows == []
 
 
@@ -289,12 +298,13 @@ def test_cli_create_add_rater_export_quality_status(tmp_path: Path, capsys: pyte
     assert re.search(r"round1\s+pairwise\s+9/9\s+27/27", capsys.readouterr().out)
     out_file = tmp_path / "prefs.jsonl"
     assert run_cli("export", "--db", db, "--campaign", "round1", "-o", str(out_file), "--adjudication", "none") == 0
-    assert "wrote 27 rows" in capsys.readouterr().out
+    assert "wrote 24 rows" in capsys.readouterr().out  # 27 labels less the gold item's 3
     prefs = load_examples(out_file, "preference")  # the preference loader accepts what export writes
-    assert len(prefs) == 27 and {p.rater for p in prefs} == set(names)
+    assert len(prefs) == 24 and {p.rater for p in prefs} == set(names)
     assert run_cli("export", "--db", db, "--campaign", "round1", "-o", str(out_file)) == 0
     rows = [json.loads(line) for line in out_file.read_text().splitlines()]
-    assert len(rows) == 9 and all(r["rater"] == "adjudicated" for r in rows)
+    assert len(rows) == 8 and all(r["rater"] == "adjudicated" for r in rows)
+    assert "good" not in {r["chosen"] for r in rows} | {r["rejected"] for r in rows}  # the gold pair
     assert run_cli("quality", "--db", db, "--campaign", "round1") == 0
     text = capsys.readouterr().out
     assert "Fleiss' kappa" in text and "Krippendorff's alpha" in text and "u1|u2" in text
@@ -308,7 +318,8 @@ def test_cli_create_add_rater_export_quality_status(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "rlhfkit annotate: error: no campaign named 'nope'",
-        "rlhfkit annotate: error: rater 'u1' already exists (reset_token gives them a new token)",
+        "rlhfkit annotate: error: rater 'u1' already exists: `rlhfkit annotate add-rater u1 --reset` gives them a "
+        "new token",
         f"rlhfkit annotate: error: data file not found: {tmp_path / 'missing.jsonl'}",
     ]
     assert run_cli("add-rater", "u1", "--reset", "--db", db) == 0
@@ -325,3 +336,86 @@ def test_register_adds_annotate_to_the_main_cli() -> None:
     for sub in ("create", "add-rater", "quality", "status"):
         with pytest.raises(SystemExit):
             parser.parse_args(["annotate", sub, "--help"])
+
+
+def test_cli_export_refuses_mid_campaign_and_warns_with_partial(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db = str(tmp_path / "ann.db")
+    store = Store(db)
+    tokens = [store.add_rater(n) for n in ("u1", "u2")]
+    store.create_campaign("r", [{"prompt": f"p{i}", "responses": ["a", "b"]} for i in range(3)], raters_per_item=2)
+    client = TestClient(create_app(store, ADMIN))
+    label_all(client, tokens[0], "r", lambda v: {"choice": "A", "strength": 1})  # u2 has not started
+    out = tmp_path / "prefs.jsonl"
+    assert run_cli("export", "--db", db, "--campaign", "r", "-o", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "campaign 'r' is not fully labelled: 3 of 3 items have fewer than 2 label(s) (3/6 labels)" in err
+    assert "--partial" in err and not out.exists()
+    r = client.get("/api/admin/campaigns/r/export", headers=bearer(ADMIN))
+    assert r.status_code == 409 and "not fully labelled" in r.json()["detail"]
+    assert len(client.get("/api/admin/campaigns/r/export?partial=true", headers=bearer(ADMIN)).json()) == 3
+    assert run_cli("export", "--db", db, "--campaign", "r", "-o", str(out), "--partial") == 0
+    captured = capsys.readouterr()
+    assert "warning: campaign 'r' is not fully labelled (0/3 items have all their labels, 3/6 labels)" in captured.err
+    assert "wrote 3 rows" in captured.out and len(out.read_text().splitlines()) == 3
+
+
+def test_cli_create_names_the_file_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db = str(tmp_path / "ann.db")
+    assert run_cli("add-rater", "u1", "--db", db) == 0
+    good = tmp_path / "samples.jsonl"
+    write_jsonl(good, [{"prompt": "p", "responses": ["a", "b"]}])
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(
+        b'{"prompt": "ok", "responses": ["a", "b"]}\n'
+        + '{"prompt": "caf\xe9", "responses": ["a", "b"]}\n'.encode("latin-1")
+    )
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_bytes(b"\xff\xfe rubric")
+    capsys.readouterr()
+    assert run_cli("create", str(bad), "--db", db, "--name", "x") == 2
+    assert run_cli("create", str(good), "--db", db, "--name", "x", "--gold", str(bad)) == 2
+    assert run_cli("create", str(good), "--db", db, "--name", "x", "--rubric-file", str(rubric)) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rlhfkit annotate: error: {bad}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        f"rlhfkit annotate: error: {bad}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        f"rlhfkit annotate: error: {rubric}:1: not UTF-8 text (byte 0xff); save the file as UTF-8",
+    ]
+
+
+def readme_annotate_commands() -> list[list[str]]:
+    """The README's annotation walkthrough: its first bash block after the heading, as argument lists."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Human feedback: the annotation app", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.strip()]
+
+
+def test_readme_annotate_walkthrough_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(annotate_cli.DB_ENV, raising=False)
+    write_jsonl("samples.jsonl", [{"prompt": f"p{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(4)])
+    write_jsonl("gold.jsonl", [{"prompt": "g", "chosen": "right", "rejected": "wrong"}])
+    commands = readme_annotate_commands()
+    assert [c[:3] for c in commands][0] == ["rlhfkit", "annotate", "add-rater"]
+    tokens: list[str] = []
+    for argv in commands:
+        assert argv[:2] == ["rlhfkit", "annotate"], argv
+        if argv[2] == "serve":  # the raters label in the browser meanwhile: here, through the API
+            parser = argparse.ArgumentParser()
+            annotate_cli.register(parser.add_subparsers(dest="command"))
+            assert parser.parse_args(argv[1:]).handler is annotate_cli._serve
+            client = TestClient(create_app(Store("annotations.db"), ADMIN))
+            for token in tokens:
+                label_all(client, token, "round1", lambda v: {"choice": "A", "strength": 2, "dimensions": {
+                    "helpful": "A", "harmless": "tie"}})  # fmt: skip
+            continue
+        assert run_cli(*argv[2:]) == 0, (argv, capsys.readouterr().err)
+        out = capsys.readouterr().out
+        if argv[2] == "add-rater":
+            tokens.append(out.split()[-1])
+    assert len(tokens) == 3
+    rows = load_examples("prefs.jsonl", "preference")
+    assert len(rows) == 4 and {r.rater for r in rows} == {"adjudicated"}  # the gold item is not a training row

@@ -4,9 +4,6 @@ keyboard, resume after a reload, labels land canonical in the database, hostile 
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from rlhfkit.feedback.app import create_app  # noqa: E402
 from rlhfkit.feedback.store import Store  # noqa: E402
+from tests.annotate_server import Server  # noqa: E402
 
 expect = sync_api.expect
 IMG = '<img src=x onerror="window.__pwned=1">'
@@ -33,32 +31,6 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-class Server:
-    """uvicorn in a thread, on a socket bound to a free port before the thread starts (no port race)."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +52,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Store,
         "keys", [{"prompt": f"q{i}", "responses": [f"keys-{i}-0", f"keys-{i}-1"]} for i in range(3)], seed=3
     )
     store.create_campaign("rank", [{"prompt": "order", "responses": ["x", "y", "z"]}], kind="ranking", seed=4)
-    with Server(create_app(store, "admin")) as server:
+    with Server(create_app(store, "admin-token-of-at-least-32-characters")) as server:
         yield server.url, store, token
     store.close()
 
@@ -254,4 +226,46 @@ def test_page_without_server_session_shows_login(site, browser, tmp_path: Path) 
     expect(page.locator("#login-view")).to_be_visible()
     expect(page.locator("#login-error")).to_contain_text("log in again")
     assert page.evaluate("sessionStorage.getItem('rlhfkit.annotate.token')") is None
+    page.close()
+
+
+def test_a_changed_answer_is_refused_and_the_page_says_the_earlier_one_stands(site, browser) -> None:
+    """Two tabs on one item: the second answer meets the first one's saved label. The server keeps the first (409)
+    and the page says so, shows that answer, and moves on only when the rater presses Enter."""
+    url, store, token = site
+    store.create_campaign(
+        "twice",
+        [{"prompt": "two tabs", "responses": ["left", "right"]}, {"prompt": "after", "responses": ["p", "q"]}],
+        dimensions=["helpful"],
+        seed=5,
+    )
+    rid = store.rater_by_token(token).id
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.fill("#token", token)
+    page.click("#login-btn")
+    open_campaign(page, "twice")
+    shown = page.locator("#prompt .message-text").text_content()
+    aid = next(q["id"] for q in store.rater_queue(rid, "twice") if not q["labelled"])  # the item on screen
+    store.submit(rid, aid, {"choice": "A", "strength": 1, "dimensions": {"helpful": "A"}})  # the other tab
+    page.keyboard.press("2")
+    page.click('.dimension[data-dimension="helpful"] input[value="B"]')
+    page.keyboard.press("Enter")
+    status = page.locator("#status")
+    expect(status).to_contain_text("your earlier answer stands")
+    expect(status).to_contain_text("A is better (strength 1), helpful: A")
+    expect(page.locator("#choose-A")).to_have_class("choice selected")  # the page shows the answer that stands
+    expect(page.locator("#submit")).to_contain_text("Next item")
+    page.keyboard.press("2")  # no effect now: the answer is saved
+    expect(page.locator("#choose-A")).to_have_class("choice selected")
+    assert page.locator("#prompt .message-text").text_content() == shown  # still on the item until Enter
+    page.keyboard.press("Enter")
+    expect(page.locator("#progress-text")).to_have_text("1 / 2 done")
+    expect(page.locator("#prompt .message-text")).not_to_have_text(shown)
+    expect(page.locator("#submit")).to_contain_text("Submit")
+    (lab,) = store.labels("twice")
+    assert lab["choice"] == str(lab["display_order"][0]) and lab["strength"] == 1  # A, as first saved
+    assert errors == []
     page.close()

@@ -22,7 +22,7 @@ httpx = pytest.importorskip("httpx")
 from rlhfkit.feedback.store import Store  # noqa: E402
 
 N_RATERS, N_ITEMS, PER_ITEM = 50, 1000, 2  # 2,000 labels, 40 per rater
-ADMIN = "concurrency-admin"
+ADMIN = "concurrency-admin-token-with-32-characters"
 DEADLINE_S = 120  # a hard stop for a broken run; a healthy one takes well under 40 s
 
 
@@ -48,9 +48,9 @@ sys.exit(annotate_cli.main(sys.argv[2:]))
 class ServerProcess:
     def __init__(self, db: Path, port: int, log: Path, name: str) -> None:
         self.port, self.log, self.ready = port, log, log.with_name(f"{name}.ready")
-        serve = ["serve", "--db", f"sqlite:///{db}", "--port", str(port), "--admin-token", ADMIN]
+        serve = ["serve", "--db", f"sqlite:///{db}", "--port", str(port)]
         cmd = [sys.executable, "-c", STANDBY, str(self.ready), *serve, "--log-level", "warning"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHFKIT_ADMIN_TOKEN": ADMIN}  # not in `ps`
         with log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env)
 

@@ -26,9 +26,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from rlhfkit.feedback.app import create_app  # noqa: E402
-from rlhfkit.feedback.store import Store, normalize_url  # noqa: E402
+from rlhfkit.feedback.store import AnswerConflict, Store, normalize_url  # noqa: E402
 
 ENV = "RLHFKIT_TEST_POSTGRES_URL"
+ADMIN = "postgres-admin-token-of-32-characters-or-more"
 
 
 def _pg_binary(name: str) -> str | None:
@@ -154,31 +155,37 @@ def test_postgres_racing_duplicate_submissions_store_one_label(pg_url: str) -> N
     (q,) = store.rater_queue(rid, "race")
     barrier = threading.Barrier(8)
     results: list[tuple[dict, bool]] = []
+    conflicts: list[AnswerConflict] = []
 
     def submit(choice: str) -> None:
         barrier.wait()
-        results.append(store.submit(rid, q["id"], {"choice": choice, "strength": 2}))
+        try:
+            results.append(store.submit(rid, q["id"], {"choice": choice, "strength": 2}))
+        except AnswerConflict as e:  # the other answer won the race: it stands
+            conflicts.append(e)
 
     threads = [threading.Thread(target=submit, args=("AB"[i % 2],)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert len(results) == 8
+    assert len(results) == 4 and len(conflicts) == 4  # the winner's 3 retries are the same answer; 4 differ
     assert sum(created for _, created in results) == 1  # exactly one insert won; the UNIQUE constraint stopped the rest
-    assert len({label["choice"] for label, _ in results}) == 1  # everyone got the stored label back
+    # everyone got the stored label back: as the same answer, or as the one that stands
+    assert len({label["choice"] for label, _ in results} | {e.label["choice"] for e in conflicts}) == 1
     assert store.progress("race")["labels"] == 1
     store.close()
 
 
 def test_postgres_api(pg_url: str) -> None:
     store = Store(pg_url)
-    client = TestClient(create_app(store, "adm"))
-    r = client.post("/api/admin/raters", json={"name": "web"}, headers={"Authorization": "Bearer adm"})
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    client = TestClient(create_app(store, ADMIN))
+    r = client.post("/api/admin/raters", json={"name": "web"}, headers=admin)
     token = r.json()["token"]
     r = client.post(
         "/api/admin/campaigns",
-        headers={"Authorization": "Bearer adm"},
+        headers=admin,
         json={"name": "web", "items": [{"prompt": "p", "responses": ["<b>a</b>", "b"]}], "raters": ["web"]},
     )
     assert r.status_code == 201, r.text
@@ -186,10 +193,14 @@ def test_postgres_api(pg_url: str) -> None:
     view = client.get("/api/campaigns/web/next", headers=h).json()["assignment"]
     assert "<b>a</b>" in view["responses"]
     assert client.post(f"/api/assignments/{view['id']}/label", headers=h, json={"choice": "tie"}).status_code == 201
-    assert client.post(f"/api/assignments/{view['id']}/label", headers=h, json={"choice": "A"}).status_code == 200
+    assert client.post(f"/api/assignments/{view['id']}/label", headers=h, json={"choice": "tie"}).status_code == 200
+    assert (
+        client.post(f"/api/assignments/{view['id']}/label", headers=h, json={"choice": "A", "strength": 2}).status_code
+        == 409
+    )
     assert client.get("/api/admin/campaigns", headers=h).status_code == 403
     assert client.get("/api/me", headers={"Authorization": "Bearer nope"}).status_code == 401
-    rows = client.get("/api/admin/campaigns/web/export", headers={"Authorization": "Bearer adm"}).json()
+    rows = client.get("/api/admin/campaigns/web/export", headers=admin).json()
     assert rows == [
         {"prompt": "p", "chosen": "<b>a</b>", "rejected": "b", "tie": True, "strength": 0.0, "rater": "adjudicated",
          "confidence": 1.0}

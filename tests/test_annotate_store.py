@@ -16,7 +16,9 @@ from rlhfkit.data.io import load_examples, read_rows, write_jsonl
 from rlhfkit.data.schemas import DataError
 from rlhfkit.feedback.agreement import quality_report
 from rlhfkit.feedback.store import (
+    AnswerConflict,
     ForbiddenError,
+    IncompleteError,
     NotFoundError,
     Store,
     adjudicate_ranking,
@@ -208,8 +210,13 @@ def test_pairwise_labels_are_canonical_and_submission_is_idempotent() -> None:
             rid, a["id"], {"choice": "A", "strength": 3, "dimensions": {"helpful": "B", "harmless": "tie"}}
         )
         assert created and label["choice"] == "A"
-        again, created = store.submit(rid, a["id"], {"choice": "B", "strength": 1, "dimensions": {}})
-        assert not created and again == label  # the stored label, not the retried body
+        retry = {"choice": "A", "strength": 3, "dimensions": {"helpful": "B", "harmless": "tie"}, "seconds": 4.0}
+        again, created = store.submit(rid, a["id"], retry)
+        assert not created and again == label  # a retry: the stored label, nothing added
+        changed = {"choice": "B", "strength": 1, "dimensions": {"helpful": "B", "harmless": "tie"}}
+        with pytest.raises(AnswerConflict, match="earlier answer stands") as info:
+            store.submit(rid, a["id"], changed)
+        assert info.value.label == label  # the earlier answer, which stands
     labels = {lab["item"]: lab for lab in store.labels("c")}
     assert len(store.labels("c")) == 8
     for a in rows:
@@ -275,6 +282,30 @@ def test_ranking_labels_are_canonical_ranks() -> None:
         with pytest.raises(ValueError, match='field "order" must list the 4 displayed positions'):
             store.submit(rid, b["id"], {"order": order})
     assert len(store.labels("r")) == 1
+
+
+def test_export_refuses_below_quota_unless_partial_and_leaves_out_gold_items() -> None:
+    store, tokens = make_store(2)
+    store.create_campaign("c", pairs(3, gold={2: "1"}), raters_per_item=2, seed=1)
+    ids = {name: rater_id(store, t) for name, t in tokens.items()}
+    rows = assignments(store, "c")
+    first, rest = [a for a in rows if a["item"] == 0], [a for a in rows if a["item"] != 0]
+    store.submit(ids[first[0]["rater"]], first[0]["id"], answer_canonical(first[0]["order"], "0"))
+    # one of two votes on item 0 and none elsewhere: majority would give that one vote confidence 1.0 unannounced
+    for method in ("majority", "median", "none"):
+        with pytest.raises(IncompleteError, match=r"'c' is not fully labelled: 3 of 3 items have fewer than 2 .*1/6"):
+            store.export("c", method)
+    (row,) = store.export("c", "majority", partial=True)
+    assert row["chosen"] == "first 0" and row["confidence"] == 1.0
+    for a in first[1:] + rest:
+        store.submit(ids[a["rater"]], a["id"], answer_canonical(a["order"], "1"))
+    assert store.progress("c")["labelled_items"] == 3
+    # complete: exported without a flag; the gold item (2) is a quality check, never a training row
+    rows_none = store.export("c", "none")
+    assert sorted(r["prompt"] for r in rows_none) == ["prompt 0", "prompt 0", "prompt 1", "prompt 1"]
+    assert [r["prompt"] for r in store.export("c", "majority")] == ["prompt 0", "prompt 1"]
+    assert store.quality("c")["n_labels"] == 6  # ... while quality still scores raters on it
+    assert {r: v["n_gold"] for r, v in store.quality("c")["raters"].items()} == {"r0": 1, "r1": 1}
 
 
 def test_progress_counts_items_with_all_their_labels() -> None:

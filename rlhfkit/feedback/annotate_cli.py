@@ -1,6 +1,6 @@
 """`rlhfkit annotate`: collect human preference labels in the browser.
 
-    rlhfkit annotate add-rater alice --db annotations.db          # prints alice's token once
+    rlhfkit annotate add-rater alice --db annotations.db          # prints alice's token once (and bob, carol)
     rlhfkit annotate create samples.jsonl --name round1 --raters-per-item 3 --dimensions helpful,harmless
     rlhfkit annotate serve --db annotations.db --port 8000         # raters open http://host:8000/ and log in
     rlhfkit annotate status                                         # labelled / total per campaign
@@ -8,8 +8,9 @@
     rlhfkit annotate export --campaign round1 -o prefs.jsonl --adjudication majority
 
 ``--db`` takes a SQLite file path or any SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db); its default is
-$RLHFKIT_ANNOTATE_DB or annotations.db. The admin token for the web API comes from --admin-token or
-$RLHFKIT_ADMIN_TOKEN, or is generated and printed once at start.
+$RLHFKIT_ANNOTATE_DB or annotations.db (a new SQLite file is created readable by its owner only). The admin token for
+the web API (at least 32 characters) comes from $RLHFKIT_ADMIN_TOKEN or --admin-token-file, or is generated and
+printed once at start; --admin-token works too but shows the token to every user of the machine in `ps`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,72 @@ ADMIN_ENV = "RLHFKIT_ADMIN_TOKEN"
 DB_ENV = "RLHFKIT_ANNOTATE_DB"
 
 
+def _not_utf8(path: str) -> ValueError:
+    """A one-line error naming the file, the line and the first byte that is not UTF-8."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8")
+    return ValueError(f"{path}: not UTF-8 text; save the file as UTF-8")
+
+
+def _rows(path: str) -> list[tuple[int, Any]]:
+    """The file's rows; bytes that are not UTF-8 are an error naming the file and line."""
+    try:
+        return list(read_rows(path))
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _admin_token(args: argparse.Namespace) -> str:
+    """--admin-token-file, --admin-token (visible in `ps`: warned), $RLHFKIT_ADMIN_TOKEN, else a new one printed once."""
+    from rlhfkit.feedback.app import MIN_ADMIN_TOKEN
+    from rlhfkit.feedback.store import new_token
+
+    if args.admin_token and args.admin_token_file:
+        raise ValueError("give --admin-token or --admin-token-file, not both")
+    if args.admin_token_file:
+        lines = _read_text(args.admin_token_file).strip().splitlines()
+        token, source = (lines[0].strip() if lines else ""), args.admin_token_file
+        if not token:
+            raise ValueError(f"{args.admin_token_file}: empty admin token file")
+        if os.stat(args.admin_token_file).st_mode & 0o077:
+            print(f"warning: {args.admin_token_file} is readable by other users: chmod 600 it", file=sys.stderr)
+    elif args.admin_token:
+        token, source = args.admin_token.strip(), "--admin-token"
+        print(
+            f"warning: --admin-token is visible to every user of this machine (ps, /proc); set ${ADMIN_ENV} or use "
+            "--admin-token-file",
+            file=sys.stderr,
+        )
+    elif os.environ.get(ADMIN_ENV, "").strip():
+        token, source = os.environ[ADMIN_ENV].strip(), f"${ADMIN_ENV}"
+    else:
+        token = new_token()
+        print(f"admin token (shown once; set ${ADMIN_ENV} to choose your own): {token}", flush=True)
+        return token
+    if len(token) < MIN_ADMIN_TOKEN:
+        raise ValueError(
+            f"the admin token from {source} has {len(token)} characters; use at least {MIN_ADMIN_TOKEN} "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'), or leave it unset to have one generated"
+        )
+    return token
+
+
 def _store(args: argparse.Namespace) -> Any:
     # sqlalchemy: loaded only when a command runs, so `rlhfkit --help` stays fast
     from rlhfkit.feedback.store import Store
@@ -38,12 +105,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rlhfkit.feedback.app import create_app
-    from rlhfkit.feedback.store import new_token
 
-    token = args.admin_token or os.environ.get(ADMIN_ENV)
-    if not token:
-        token = new_token()
-        print(f"admin token (shown once; set ${ADMIN_ENV} to choose your own): {token}", flush=True)
+    token = _admin_token(args)
     store = _store(args)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -64,10 +127,9 @@ def _create(args: argparse.Namespace) -> int:
         raise ValueError("give --rubric or --rubric-file, not both")
     rubric = args.rubric or ""
     if args.rubric_file is not None:
-        with open(args.rubric_file, encoding="utf-8") as f:
-            rubric = f.read().strip()
-    items = rows_to_items(read_rows(args.file), args.file)
-    gold = rows_to_items(read_rows(args.gold), args.gold, gold=True) if args.gold else []
+        rubric = _read_text(args.rubric_file).strip()
+    items = rows_to_items(_rows(args.file), args.file)
+    gold = rows_to_items(_rows(args.gold), args.gold, gold=True) if args.gold else []
     dims = [d.strip() for d in args.dimensions.split(",") if d.strip()] if args.dimensions else []
     raters = [r.strip() for r in args.raters.split(",") if r.strip()] if args.raters else None
     store = _store(args)
@@ -100,9 +162,18 @@ def _add_rater(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    rows = _store(args).export(args.campaign, adjudication=args.adjudication, dimension=args.dimension)
+    store = _store(args)
+    rows = store.export(args.campaign, adjudication=args.adjudication, dimension=args.dimension, partial=args.partial)
+    p = store.progress(args.campaign)
+    if p["labelled_items"] < p["total_items"]:
+        print(
+            f"warning: campaign {args.campaign!r} is not fully labelled ({p['labelled_items']}/{p['total_items']} "
+            f"items have all their labels, {p['labels']}/{p['required_labels']} labels): items short of their "
+            "raters are adjudicated on the labels they have, unlabelled items are left out",
+            file=sys.stderr,
+        )
     n = write_jsonl(args.output, rows)
-    print(f"wrote {n} rows to {args.output} (adjudication: {args.adjudication})")
+    print(f"wrote {n} rows to {args.output} (adjudication: {args.adjudication}; gold items left out)")
     return 0
 
 
@@ -162,7 +233,12 @@ def _add_commands(asub: argparse._SubParsersAction) -> None:
     _db_option(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on [default: 127.0.0.1]")
     p.add_argument("--port", type=int, default=8000, help="port [default: 8000]")
-    p.add_argument("--admin-token", help=f"admin token for campaign management [default: ${ADMIN_ENV}, or generated]")
+    p.add_argument(
+        "--admin-token-file",
+        help=f"read the admin token (at least 32 characters) from this file's first line [default: ${ADMIN_ENV}, "
+        "or generated and printed once]",
+    )
+    p.add_argument("--admin-token", help="the admin token itself (visible to other users in `ps`: prefer the above)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level [default: warning]")
     p.set_defaults(handler=_serve)
 
@@ -206,6 +282,11 @@ def _add_commands(asub: argparse._SubParsersAction) -> None:
         help="one row per item (majority / median) or per label (none) [default: majority]",
     )
     p.add_argument("--dimension", help="export this rubric dimension's choices instead of the overall one")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="export before every item has all its labels (refused otherwise): partial votes are adjudicated",
+    )
     p.set_defaults(handler=_export)
 
     p = asub.add_parser("quality", help="agreement: Cohen / Fleiss kappa, Krippendorff alpha, per-rater, gold")

@@ -9,8 +9,15 @@ Rater endpoints                                   Admin endpoints (admin token)
   GET  /api/campaigns/{name}/next                   GET/POST /api/admin/campaigns
   GET  /api/campaigns/{name}/assignments            GET  /api/admin/campaigns/{name}
   GET  /api/assignments/{id}                        GET  /api/admin/campaigns/{name}/labels
-  POST /api/assignments/{id}/label                  GET  /api/admin/campaigns/{name}/export?adjudication=&dimension=
+  POST /api/assignments/{id}/label                  GET  /api/admin/campaigns/{name}/export?adjudication=&dimension=&partial=
                                                     GET  /api/admin/campaigns/{name}/quality?adjudication=
+
+Hostile clients: a request body over ``max_body`` bytes (``max_admin_body`` under /api/admin/) is answered 413 from its
+Content-Length header before a byte of it is read, and a chunked body is cut off at the limit; bodies are read and
+parsed only after the token is checked, so a client without a valid token cannot make the server hold a body; a 422
+never echoes the input back; ids beyond 64 bits are 404s; every response, errors and 500s included, carries the
+security headers. A different answer to an answered assignment is a 409 whose body holds the earlier answer, which
+stands (labels are final; the page says so).
 
 The page (``static/``) renders model text with ``textContent`` only, and every response carries a
 Content-Security-Policy that allows scripts from this origin's files only (no inline script, no eval), so a response
@@ -26,11 +33,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+from starlette.requests import ClientDisconnect
 
-from rlhfkit.feedback.store import ForbiddenError, NotFoundError, RaterInfo, Store, hash_token
+from rlhfkit.feedback.store import (
+    AnswerConflict,
+    ForbiddenError,
+    IncompleteError,
+    NotFoundError,
+    RaterInfo,
+    Store,
+    hash_token,
+)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -46,9 +63,77 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 
+MAX_BODY = 1 << 20  # rater API: an answer is at most a 10,000-character reason and a few fields
+MAX_ADMIN_BODY = 32 << 20  # campaign creation over the API carries every item
+MIN_ADMIN_TOKEN = 32  # characters; generated tokens have 43 (256 bits)
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` when a body without a (truthful) Content-Length passes its limit."""
+
+
+async def _send_json(send: Callable, status: int, content: dict[str, Any], close: bool = False) -> None:
+    body = JSONResponse(content).body
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for a body over the limit. A Content-Length over it is refused before the app runs
+    (nothing is read: uvicorn stops reading the socket while the app does not ask for the body); a chunked body is
+    counted as it arrives and refused when it passes the limit."""
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY, max_admin_body: int = MAX_ADMIN_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_admin_body = max_admin_body
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_admin_body if scope["path"].startswith("/api/admin/") else self.max_body
+        too_large = {"detail": f"request body too large: the limit is {limit} bytes"}
+        lengths = [v for k, v in scope.get("headers", []) if k.lower() == b"content-length"]
+        if lengths:
+            try:
+                declared = int(lengths[0])
+            except ValueError:
+                await _send_json(send, 400, {"detail": "bad Content-Length header"}, close=True)
+                return
+            if declared > limit:
+                await _send_json(send, 413, too_large, close=True)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await _send_json(send, 413, too_large, close=True)
 
 
 class SecurityHeaders:
@@ -107,6 +192,43 @@ class CampaignIn(BaseModel):
     pairs: Literal["chain", "all"] = "chain"
 
 
+def json_body(model: type[BaseModel]) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency that reads and validates the JSON body. Listed after the auth dependency it runs after it (FastAPI
+    reads a declared body parameter before any dependency runs, so a tokenless client could make it hold the body)."""
+
+    async def read(request: Request) -> Any:
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # gone mid-body: nobody reads the answer, but no traceback per hostile client
+            raise HTTPException(
+                status_code=400, detail="the client disconnected before sending the whole body"
+            ) from None
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as e:
+            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+
+    return read
+
+
+def _short(value: Any, limit: int = 100) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "…"
+    return value
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Validation errors without the input (which can be megabytes) and with long keys cut: never echo a body."""
+    return [
+        {
+            "loc": [_short(x) for x in err.get("loc", ())],
+            "msg": _short(str(err.get("msg", "")), 300),
+            "type": err.get("type"),
+        }
+        for err in exc.errors()[:20]
+    ]
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -163,14 +285,42 @@ def require_admin(request: Request) -> None:
 Rater = Annotated[RaterInfo, Depends(current_rater)]
 
 
-def create_app(store: Store, admin_token: str | None = None) -> FastAPI:
-    """The app over ``store``. With ``admin_token`` None no token opens the admin endpoints (401; 403 for raters)."""
+def create_app(
+    store: Store, admin_token: str | None = None, max_body: int = MAX_BODY, max_admin_body: int = MAX_ADMIN_BODY
+) -> FastAPI:
+    """The app over ``store``. With ``admin_token`` None no token opens the admin endpoints (401; 403 for raters);
+    an admin token needs at least MIN_ADMIN_TOKEN characters. ``max_body`` / ``max_admin_body``: request size limits
+    in bytes for the rater and the admin API."""
+    if admin_token is not None and len(admin_token.strip()) < MIN_ADMIN_TOKEN:
+        raise ValueError(
+            f"the admin token must have at least {MIN_ADMIN_TOKEN} characters (got {len(admin_token.strip())}): "
+            "generate one with secrets.token_urlsafe(32)"
+        )
     app = FastAPI(title="rlhfkit annotation", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
-    app.state.admin_hash = hash_token(admin_token) if admin_token else None
+    app.state.admin_hash = hash_token(admin_token.strip()) if admin_token else None
+    # the last added is the outermost: security headers go on the 413s too
+    app.add_middleware(BodyLimit, max_body=max_body, max_admin_body=max_admin_body)
     app.add_middleware(SecurityHeaders)
 
     admin = [Depends(require_admin)]
+
+    @app.exception_handler(Exception)
+    async def _crash(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers 500s outside every user middleware: the headers are added here by hand
+        return JSONResponse(
+            {"detail": "internal server error"},
+            status_code=500,
+            headers={k.decode(): v.decode() for k, v in SECURITY_HEADERS},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _unprocessable(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
+
+    @app.exception_handler(IncompleteError)
+    async def _incomplete(_request: Request, exc: IncompleteError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
@@ -222,12 +372,23 @@ def create_app(store: Store, admin_token: str | None = None) -> FastAPI:
         return store.assignment_view(rater.id, assignment_id)
 
     @app.post("/api/assignments/{assignment_id}/label")
-    def label(assignment_id: int, body: LabelIn, rater: Rater) -> JSONResponse:
+    def label(assignment_id: int, rater: Rater, body: Annotated[LabelIn, Depends(json_body(LabelIn))]) -> JSONResponse:
+        """201 stored; 200 the same answer again (a retry: nothing changes); 409 a different answer to an answered
+        assignment, with the earlier answer, which stands, as "label"."""
         answer = body.model_dump(exclude_none=True)
-        stored, created = store.submit(rater.id, assignment_id, answer)
+        try:
+            stored, created = store.submit(rater.id, assignment_id, answer)
+        except AnswerConflict as e:
+            stored, created, status = e.label, False, 409
+        else:
+            status = 201 if created else 200
         progress = store.assignment_progress(rater.id, assignment_id)
         content = {"assignment": assignment_id, "created": created, "label": stored, "progress": progress}
-        return JSONResponse(content, status_code=201 if created else 200)
+        if status == 409:
+            content["detail"] = (
+                "you had already answered this item; a saved answer cannot be changed, so your earlier answer stands"
+            )
+        return JSONResponse(content, status_code=status)
 
     # ------------------------------------------------------------ admin API
 
@@ -236,7 +397,7 @@ def create_app(store: Store, admin_token: str | None = None) -> FastAPI:
         return store.raters()
 
     @app.post("/api/admin/raters", dependencies=admin, status_code=201)
-    def add_rater(body: RaterIn) -> dict[str, str]:
+    def add_rater(body: Annotated[RaterIn, Depends(json_body(RaterIn))]) -> dict[str, str]:
         return {"name": body.name.strip(), "token": store.add_rater(body.name)}
 
     @app.get("/api/admin/campaigns", dependencies=admin)
@@ -244,7 +405,7 @@ def create_app(store: Store, admin_token: str | None = None) -> FastAPI:
         return store.campaigns()
 
     @app.post("/api/admin/campaigns", dependencies=admin, status_code=201)
-    def create_campaign(body: CampaignIn) -> dict[str, Any]:
+    def create_campaign(body: Annotated[CampaignIn, Depends(json_body(CampaignIn))]) -> dict[str, Any]:
         campaign_id = store.create_campaign(**body.model_dump())
         return {"id": campaign_id, **store.campaign_info(body.name.strip())}
 
@@ -257,8 +418,11 @@ def create_app(store: Store, admin_token: str | None = None) -> FastAPI:
         return store.labels(name)
 
     @app.get("/api/admin/campaigns/{name}/export", dependencies=admin)
-    def export(name: str, adjudication: str = "majority", dimension: str | None = None) -> list[dict[str, Any]]:
-        return _finite(store.export(name, adjudication, dimension))
+    def export(
+        name: str, adjudication: str = "majority", dimension: str | None = None, partial: bool = False
+    ) -> list[dict[str, Any]]:
+        """409 while items lack their labels, unless ?partial=true; gold items are left out."""
+        return _finite(store.export(name, adjudication, dimension, partial=partial))
 
     @app.get("/api/admin/campaigns/{name}/quality", dependencies=admin)
     def quality(name: str, adjudication: str = "majority") -> dict[str, Any]:

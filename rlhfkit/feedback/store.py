@@ -10,7 +10,14 @@ UNIQUE(item, rater), so no rater sees an item twice), and every assignment recor
 positions); the store maps that back to the underlying responses, so stored labels are *canonical*: choice "0" = response
 0 won, "1" = response 1 won, "tie"; ranks[i] = rank of response i (1 = best). Export therefore never depends on what a
 rater happened to see first. A label is unique per assignment (UNIQUE constraint): a retried submission returns the
-stored label instead of adding a row, which makes submission idempotent.
+stored label instead of adding a row, which makes submission idempotent; a *different* answer to an answered
+assignment is refused (:class:`AnswerConflict`, HTTP 409): a saved label is final, the earlier answer stands.
+Export refuses a campaign whose items do not all have their ``raters_per_item`` labels (:class:`IncompleteError`)
+unless ``partial=True``, and leaves out gold items (quality checks with known answers, not training data).
+
+A new SQLite file is created readable by its owner only (0600; SQLite gives its -wal and -shm files the same mode),
+and runs with ``journal_mode=WAL`` and ``synchronous=FULL``: a label the API acknowledged is on disk, and survives
+a power cut or an OS crash, not only a killed server (one fsync per commit, well below a rater's pace).
 
 Python API (the pipeline calls this)::
 
@@ -18,7 +25,7 @@ Python API (the pipeline calls this)::
     token = store.add_rater("alice")            # shown once; only its sha256 is stored
     store.create_campaign("round1", [{"prompt": "...", "responses": ["...", "..."]}], raters_per_item=3)
     store.progress("round1")                     # {"labelled_items", "total_items", "labels", "required_labels"}
-    rows = store.export("round1", adjudication="majority")   # preference rows
+    rows = store.export("round1", adjudication="majority")   # preference rows, once every item has its labels
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import hashlib
 import hmac
 import logging
 import math
+import os
 import random
 import secrets
 import statistics
@@ -70,6 +78,7 @@ CHOICES = ("0", "1", "tie")  # canonical: response 0 won, response 1 won, tie
 DISPLAY_CHOICES = ("A", "B", "tie")  # what a rater sees and sends
 DEFAULT_DB = "sqlite:///annotations.db"
 MAX_REASON = 10_000
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in every supported database
 T = TypeVar("T")
 
 
@@ -79,6 +88,24 @@ class NotFoundError(ValueError):
 
 class ForbiddenError(PermissionError):
     """A rater reaching for an assignment that is not theirs (HTTP 403)."""
+
+
+class AnswerConflict(Exception):
+    """A different answer to an assignment that already has a label (HTTP 409): the earlier answer stands.
+
+    ``label`` is the stored label in display terms (what the rater answered first)."""
+
+    def __init__(self, assignment_id: int, label: dict[str, Any]) -> None:
+        super().__init__(
+            f"assignment {assignment_id} is already labelled and a saved label cannot be changed: "
+            "the earlier answer stands"
+        )
+        self.assignment_id = assignment_id
+        self.label = label
+
+
+class IncompleteError(ValueError):
+    """Export of a campaign whose items do not all have their raters' labels yet (HTTP 409; exit 2 in the CLI)."""
 
 
 # ---------------------------------------------------------------- tables
@@ -314,6 +341,8 @@ class Store:
                 folder = Path(path).expanduser().resolve().parent
                 if not folder.is_dir():
                     raise FileNotFoundError(f"database folder does not exist: {folder} (from --db {url})")
+                if not path.startswith("file:"):
+                    _private_file(Path(path).expanduser())
                 kwargs.update(pool_size=10, max_overflow=20)
         else:
             kwargs["pool_pre_ping"] = True  # a restarted PostgreSQL server leaves dead pooled connections
@@ -360,7 +389,9 @@ class Store:
 
         def add(s: Session) -> None:
             if s.scalar(select(Rater.id).where(Rater.name == name)) is not None:
-                raise ValueError(f"rater {name!r} already exists (reset_token gives them a new token)")
+                raise ValueError(
+                    f"rater {name!r} already exists: `rlhfkit annotate add-rater {name} --reset` gives them a new token"
+                )
             s.add(Rater(name=name, token_hash=hash_token(token)))
             s.commit()
 
@@ -430,8 +461,8 @@ class Store:
             raise ValueError(f"raters_per_item must be a positive integer, got {raters_per_item!r}")
         if isinstance(strength_scale, bool) or not isinstance(strength_scale, int) or not 1 <= strength_scale <= 10:
             raise ValueError(f"strength_scale must be an integer in [1, 10], got {strength_scale!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or abs(seed) > MAX_ID:
+            raise ValueError(f"seed must be a 64-bit integer, got {str(seed)[:40]}")
         if not isinstance(rubric, str):
             raise ValueError(f"rubric must be a string, got {type(rubric).__name__}")
         dims = [_check_name(d, "dimension") for d in dimensions]
@@ -574,6 +605,7 @@ class Store:
 
     def assignment_progress(self, rater_id: int, assignment_id: int) -> dict[str, int]:
         """The rater's progress in the campaign of one of their assignments (one query)."""
+        _check_id(assignment_id)
         campaign = select(Assignment.campaign_id).where(Assignment.id == assignment_id).scalar_subquery()
         with self.engine.connect() as s:
             total, done = s.execute(
@@ -631,6 +663,7 @@ class Store:
 
     @staticmethod
     def _owned(s: Session, rater_id: int, assignment_id: int) -> tuple[Assignment, Item, Campaign, Label | None]:
+        _check_id(assignment_id)
         a = s.get(Assignment, assignment_id)
         if a is None:
             raise NotFoundError(f"no assignment {assignment_id}")
@@ -648,9 +681,12 @@ class Store:
         Pairwise answer: {"choice": "A" | "B" | "tie", "strength": 1..scale (not for a tie), "dimensions":
         {dim: "A" | "B" | "tie"} for every campaign dimension, "reason"?: str, "seconds"?: float}.
         Ranking answer: {"order": [displayed positions, best first], "reason"?, "seconds"?}.
-        Idempotent: when the assignment already has a label, that label is returned with created=False (a retried
-        request after a lost response, or two racing ones: the UNIQUE constraint lets exactly one insert win).
+        Idempotent: when the assignment already has the same answer (a retried request after a lost response, or two
+        racing ones: the UNIQUE constraint lets exactly one insert win), the stored label is returned with
+        created=False. A different answer (another tab, an edited retry) raises :class:`AnswerConflict` carrying the
+        stored label: a saved label is never changed and never silently replaced. Only ``seconds`` may differ.
         """
+        _check_id(assignment_id)
 
         def run(s: Session) -> tuple[dict[str, Any], bool]:
             row = s.execute(  # one round trip: the assignment, its campaign, its label if any (the hot path)
@@ -664,18 +700,19 @@ class Store:
             a, c, existing = row
             if a.rater_id != rater_id:
                 raise ForbiddenError(f"assignment {assignment_id} is not yours")
+            columns = _canonical_label(c, a, answer)  # a malformed answer is a 422 even when a label exists
             if existing is not None:
-                return _display_label(existing), False
-            label = Label(assignment_id=a.id, **_canonical_label(c, a, answer))
+                return _same_or_conflict(existing, columns, assignment_id)
+            label = Label(assignment_id=a.id, **columns)
             s.add(label)
             try:
                 s.commit()
             except IntegrityError:
-                s.rollback()  # another request stored this assignment's label first: return that one
+                s.rollback()  # another request stored this assignment's label first: compare with that one
                 stored = s.scalar(select(Label).where(Label.assignment_id == a.id))
                 if stored is None:
                     raise
-                return _display_label(stored), False
+                return _same_or_conflict(stored, columns, assignment_id)
             return _display_label(label), True
 
         return self._write(run)
@@ -717,8 +754,15 @@ class Store:
             items = list(s.scalars(select(Item).where(Item.campaign_id == c.id).order_by(Item.position)))
         return c, items
 
-    def export(self, name: str, adjudication: str = "majority", dimension: str | None = None) -> list[dict[str, Any]]:
-        """Labels as training rows (items without labels are left out).
+    def export(
+        self, name: str, adjudication: str = "majority", dimension: str | None = None, partial: bool = False
+    ) -> list[dict[str, Any]]:
+        """Labels as training rows. Gold items are left out: they check raters (see :meth:`quality`), and their
+        answers are known, not collected.
+
+        A campaign with items still short of ``raters_per_item`` labels raises :class:`IncompleteError`, since
+        adjudicating partial votes would quietly give, e.g., one rater's answer confidence 1.0; ``partial=True``
+        exports what there is (items without labels are left out, the others use the labels they have).
 
         Pairwise -> preference rows {"prompt", "chosen", "rejected", "tie", "strength", "rater", "confidence"}:
         "none" = one row per label (rater = their name, confidence 1.0: one rater agrees with itself); "majority" /
@@ -737,10 +781,18 @@ class Store:
         by_item: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for lab in self.labels(name):
             by_item[lab["item"]].append(lab)
+        short = sum(1 for item in items if len(by_item.get(item.position, ())) < c.raters_per_item)
+        if short and not partial:
+            have = sum(len(v) for v in by_item.values())
+            raise IncompleteError(
+                f"campaign {name!r} is not fully labelled: {short} of {len(items)} items have fewer than "
+                f"{c.raters_per_item} label(s) ({have}/{len(items) * c.raters_per_item} labels); wait for the raters, "
+                "or export what there is with --partial (API: ?partial=true; Python: partial=True)"
+            )
         rows: list[dict[str, Any]] = []
         for item in items:
             labs = by_item.get(item.position)
-            if not labs:
+            if not labs or item.gold is not None:  # gold items are quality checks, not training data
                 continue
             if c.kind == "ranking":
                 rows.extend(_ranking_rows(item, labs, adjudication))
@@ -824,8 +876,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")  # writers queue instead of failing at once
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer; committed data survives a killed process
-    cur.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes, fewer fsyncs
+    # FULL: each commit's WAL frames are fsynced before the API answers, so an acknowledged label survives a power
+    # cut or an OS crash (NORMAL only survives a killed process); one fsync per label is far below a rater's pace
+    cur.execute("PRAGMA synchronous=FULL")
     cur.close()
+
+
+def _private_file(path: Path) -> None:
+    """Create a new SQLite file as 0600 (SQLite gives -wal / -shm the database's mode); warn about an open one."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "%s is readable by other users (mode %s): it holds rater token hashes and labels; chmod 600 %s",
+            path,
+            oct(mode),
+            path,
+        )
+
+
+def _check_id(value: Any) -> None:
+    """An id beyond 64 bits can exist in no table: a 404, not an overflow deep in the database driver."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise NotFoundError(f"no assignment {str(value)[:40]}")
+
+
+def _same_or_conflict(stored: Label, columns: Mapping[str, Any], assignment_id: int) -> tuple[dict[str, Any], bool]:
+    """A resubmission: the stored label (created=False) when it is the same answer, else AnswerConflict."""
+    keys = ("choice", "strength", "dimensions", "ranks", "reason")
+    if all((getattr(stored, k) or None) == (columns.get(k) or None) for k in keys):
+        return _display_label(stored), False
+    raise AnswerConflict(assignment_id, _display_label(stored))
 
 
 def _check_name(value: Any, what: str) -> str:
@@ -906,8 +991,12 @@ def _canonical_label(c: Campaign, a: Assignment, answer: Mapping[str, Any]) -> d
         raise ValueError(f'field "reason" must be a string of at most {MAX_REASON} characters')
     seconds = answer.get("seconds")
     if seconds is not None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-            raise ValueError(f'field "seconds" must be a number, got {seconds!r}')
+        try:
+            ok = not isinstance(seconds, bool) and isinstance(seconds, (int, float)) and math.isfinite(seconds)
+        except OverflowError:  # an integer beyond float range
+            ok = False
+        if not ok:
+            raise ValueError(f'field "seconds" must be a finite number, got {str(seconds)[:40]}')
         seconds = max(0.0, float(seconds))
     base = {"reason": reason, "seconds": seconds}
     if c.kind == "ranking":

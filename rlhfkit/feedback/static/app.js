@@ -17,6 +17,7 @@
     order: [], // ranking: displayed positions, best first
     shownAt: 0,
     busy: false,
+    kept: false, // the server kept an earlier answer to this item: the next Enter moves on
   };
 
   // ---------------------------------------------------------------- helpers
@@ -38,9 +39,10 @@
   }
 
   class ApiError extends Error {
-    constructor(status, message) {
+    constructor(status, message, data) {
       super(message);
       this.status = status;
+      this.data = data;
     }
   }
 
@@ -60,7 +62,7 @@
     }
     if (!res.ok) {
       const detail = data && data.detail ? (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)) : res.statusText;
-      throw new ApiError(res.status, detail);
+      throw new ApiError(res.status, detail, data);
     }
     return data;
   }
@@ -157,6 +159,9 @@
 
   function renderItem(item) {
     state.item = item;
+    state.kept = false;
+    $("submit").textContent = "Submit ";
+    $("submit").appendChild(el("kbd", null, "Enter"));
     state.choice = null;
     state.strength = item.strength_scale > 1 ? Math.ceil(item.strength_scale / 2) : 1;
     state.dims = {};
@@ -234,12 +239,13 @@
   }
 
   function setChoice(choice) {
-    if (!state.item || state.item.kind !== "pairwise") return;
+    if (!state.item || state.kept || state.item.kind !== "pairwise") return;
     state.choice = choice;
     refresh();
   }
 
   function setStrength(v) {
+    if (state.kept) return;
     const max = state.item.strength_scale;
     state.strength = Math.min(max, Math.max(1, v));
     for (const input of document.querySelectorAll('input[name="strength"]')) input.checked = input.value === String(state.strength);
@@ -247,7 +253,7 @@
   }
 
   function rankPick(position) {
-    if (!state.item || state.item.kind !== "ranking" || state.order.includes(position)) return;
+    if (!state.item || state.kept || state.item.kind !== "ranking" || state.order.includes(position)) return;
     state.order.push(position);
     refresh();
   }
@@ -276,10 +282,49 @@
         card.querySelector(".rank-badge").textContent = rank >= 0 ? "#" + (rank + 1) : "";
       }
     }
-    $("submit").disabled = !ready() || state.busy;
+    $("submit").disabled = state.kept ? state.busy : !ready() || state.busy;
+  }
+
+  function describe(label, item) {
+    if (!label) return "";
+    if (item.kind === "ranking") return "order " + (label.order || []).map((p) => String(p + 1)).join(" > ");
+    let text = label.choice === "tie" ? "tie" : label.choice + " is better";
+    if (label.choice !== "tie" && item.strength_scale > 1 && label.strength) text += " (strength " + label.strength + ")";
+    for (const [dim, value] of Object.entries(label.dimensions || {})) text += ", " + dim + ": " + value;
+    return text;
+  }
+
+  function showKept(label) {
+    // the server keeps the first saved answer (labels are final): say so, show it, and let Enter move on
+    const item = state.item;
+    state.kept = true;
+    if (item.kind === "ranking") {
+      state.order = (label && label.order) || [];
+    } else if (label) {
+      state.choice = label.choice;
+      if (label.strength) state.strength = label.strength;
+      state.dims = Object.assign({}, label.dimensions || {});
+      for (const input of document.querySelectorAll('input[name="strength"]')) input.checked = input.value === String(state.strength);
+      for (const [dim, value] of Object.entries(state.dims)) {
+        for (const input of document.querySelectorAll('input[name="dim-' + CSS.escape(dim) + '"]')) input.checked = input.value === value;
+      }
+    }
+    $("reason").value = (label && label.reason) || "";
+    $("submit").textContent = "Next item ";
+    $("submit").appendChild(el("kbd", null, "Enter"));
+    setStatus(
+      "Not changed: you had already answered this item (" + describe(label, item) + "). A saved answer cannot be " +
+        "changed, so your earlier answer stands. Press Enter for the next item.",
+      true
+    );
+    refresh();
   }
 
   async function submit() {
+    if (state.kept && !state.busy) {
+      await loadNext();
+      return;
+    }
     if (!ready() || state.busy) return;
     const item = state.item;
     const body = { reason: $("reason").value.trim(), seconds: Math.round(performance.now() - state.shownAt) / 1000 };
@@ -300,6 +345,10 @@
       await loadNext();
     } catch (e) {
       state.busy = false;
+      if (e.status === 409 && e.data && e.data.label) {
+        showKept(e.data.label);
+        return;
+      }
       refresh();
       if (e.status !== 401) setStatus("Not saved: " + e.message + ". Press Enter to try again.", true);
     }
@@ -317,7 +366,7 @@
       submit();
       return;
     }
-    if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (state.kept || typing || event.ctrlKey || event.metaKey || event.altKey) return;
     if (target && target.type === "radio" && event.key.startsWith("Arrow")) return; // native radio navigation
     const key = event.key.toLowerCase();
     if (state.item.kind === "pairwise") {
