@@ -284,7 +284,10 @@ def promised_outputs(cmd: DocCommand) -> list[str]:
     out = argv[argv.index("-o") + 1] if "-o" in argv else None
     if argv[1] in TRAINERS and "--help" not in argv:
         out = out or ("runs/sft" if "sft.yaml" in argv else None)
-        return [f"{out}/model/config.json", f"{out}/summary.json", f"{out}/config.yaml"] if out else []
+        # README: "Every command writes an output directory with model/, config.yaml, metrics.jsonl, summary.json /
+        # summary.md and resumable checkpoints/"
+        files = ("model/config.json", "config.yaml", "metrics.jsonl", "summary.json", "summary.md", "checkpoints")
+        return [f"{out}/{f}" for f in files] if out else []
     if argv[1] == "sample" and out:
         return [out]
     if argv[1] == "run" and "--help" not in argv:
@@ -327,8 +330,39 @@ def test_readme_command_runs_as_written(cmd: DocCommand, workspace: Workspace):
     missing = [p for p in promised_outputs(cmd) if not (workspace.path / p).exists()]
     assert not missing, f"{cmd.doc}:{cmd.line}: {cmd.text}\nexit 0 but missing {missing}\n{_show(res)}"
     if cmd.argv[1] == "sample":
-        rows = (workspace.path / promised_outputs(cmd)[0]).read_text().splitlines()
-        assert rows and all(json.loads(r)["prompt"] for r in rows)
+        rows = [json.loads(r) for r in (workspace.path / promised_outputs(cmd)[0]).read_text().splitlines()]
+        assert rows and all(r["prompt"] and isinstance(r["response"], str) for r in rows), rows[:2]
+    if "--best-of" in cmd.argv:  # one response per prompt, the best of N
+        assert all(r["n"] == int(cmd.argv[cmd.argv.index("--best-of") + 1]) for r in rows), rows[:2]
+    if cmd.argv[1] == "eval":
+        assert "win rate" in res.stdout, res.stdout
+
+
+def test_readme_every_documented_command_has_help():
+    """`rlhfkit X --help` exits 0 for every command the docs name (`rlhfkit X` in code) and every registered one."""
+    from rlhfkit.commands import COMMANDS
+
+    text = "\n".join((ROOT / d).read_text() for d in DOCS)
+    named = set(re.findall(r"`rlhfkit ([a-z][a-z-]+)", text)) | {c.argv[1] for c in RLHFKIT}
+    names = sorted(named | set(COMMANDS))
+    code = (
+        "import sys\nfrom rlhfkit.cli import main\nbad = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    try:\n        main([*n.split(), '--help'])\n    except SystemExit as e:\n"
+        "        if e.code: bad[n] = e.code\n    else:\n        bad[n] = 'no exit'\n"
+        "print('BAD', bad)\nsys.exit(1 if bad else 0)\n"
+    )
+    subs = [f"annotate {a}" for a in ("serve", "add-rater", "create", "quality", "export")]
+    res = subprocess.run(
+        [sys.executable, "-c", code, *names, *subs],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert res.returncode == 0, f"{names}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    assert {"sft", "rm", "dpo", "ppo", "sample", "run", "eval", "annotate", "demo"} <= set(names), names
 
 
 def test_readme_placeholder_commands_have_stand_ins(workspace: Workspace):
