@@ -99,8 +99,13 @@ def doc_commands(doc: str) -> list[DocCommand]:
     return [c for line, block in fenced_blocks(text, "bash") for c in shell_commands(block, line, doc)]
 
 
-def yaml_blocks(doc: str = "README.md") -> list[str]:
-    return [block for _, block in fenced_blocks((ROOT / doc).read_text(), "yaml")]
+def readme_yaml(top_key: str) -> str:
+    """The README's ```yaml block that has this top-level key."""
+    blocks = [
+        b for _, b in fenced_blocks((ROOT / "README.md").read_text(), "yaml") if re.search(rf"^{top_key}:", b, re.M)
+    ]
+    assert len(blocks) == 1, f"README.md: {len(blocks)} yaml blocks with a top-level {top_key!r}"
+    return blocks[0]
 
 
 README = doc_commands("README.md")
@@ -159,8 +164,6 @@ def _prefs(n: int) -> list[dict]:
 
 def prepare_workspace(ws: Path) -> dict[str, str]:
     """Files the README reads, the tiny builtin model; returns the environment the commands run in."""
-    import torch
-
     from rlhfkit.models import loading
     from rlhfkit.models.tiny import save_tiny, tiny_causal_lm, tiny_tokenizer
 
@@ -171,7 +174,6 @@ def prepare_workspace(ws: Path) -> dict[str, str]:
     model.save_pretrained(builtin)
     tok.save_pretrained(builtin)
     (builtin / loading._MARKER).write_text(json.dumps({"source": "tests/test_readme_commands.py (tiny)"}))
-    del model, torch
 
     for i, name in enumerate(("rm1", "rm2", "rm3")):  # the ensemble of the GRPO example
         save_tiny(ws / name, kind="reward", seed=i + 1)
@@ -184,13 +186,13 @@ def prepare_workspace(ws: Path) -> dict[str, str]:
     sft = [{"prompt": f"Say something about {WORDS[i % len(WORDS)]}.", "response": _sentence(i, 12)} for i in range(48)]
     _jsonl(ws / "sft.jsonl", sft)
     _jsonl(ws / "prefs.jsonl", _prefs(48))
+    # sft.yaml is the user's own (the README shows no SFT config); its output is the `runs/sft` later commands read
     (ws / "sft.yaml").write_text(
         "model: {name_or_path: smollm2-135m-instruct}\ndata: {train: sft.jsonl}\n"
         "train: {output_dir: runs/sft, batch_size: 4}\n"
     )
-    dpo_yaml, pipeline_yaml = yaml_blocks()
-    (ws / "dpo.yaml").write_text(dpo_yaml + "\n")
-    (ws / "pipeline.yaml").write_text(pipeline_yaml + "\n")
+    (ws / "dpo.yaml").write_text(readme_yaml("loss") + "\n")  # the example of "A YAML config has one section per part"
+    (ws / "pipeline.yaml").write_text(readme_yaml("rounds") + "\n")  # the `rlhfkit run pipeline.yaml` example
     # annotation walkthrough: sampled responses (what `rlhfkit sample` writes) and gold items
     _jsonl(ws / "samples.jsonl", [{"prompt": p["prompt"], "responses": ["yes.", "no."]} for p in prompts[:6]])
     _jsonl(ws / "gold.jsonl", _prefs(2))
