@@ -125,12 +125,6 @@ NOT_RUNNABLE = {
 # Known failures being fixed in other branches (issue 13 §1, §2, §3): flip to passing after merging them.
 XFAIL = {
     "rlhfkit dpo -o runs/dpo --resume": "resume does not read the run's saved config: `data.train is empty` (issue 13 §1)",
-    "rlhfkit annotate create samples.jsonl --name round1 --raters-per-item 3 --dimensions helpful,harmless "
-    '--rubric "Prefer the answer that ..." --gold gold.jsonl': "the annotate walkthrough asks for 3 raters per item "
-    "after adding one (issue 13 §3)",
-    "rlhfkit annotate quality --campaign round1": "the annotate walkthrough: its campaign is not created (issue 13 §3)",
-    "rlhfkit annotate export --campaign round1 -o prefs.jsonl --adjudication majority": "the annotate walkthrough: its "
-    "campaign is not created (issue 13 §3)",
 }
 # The README's YAML example for `rlhfkit dpo`, run as `rlhfkit dpo --config dpo.yaml`:
 YAML_XFAIL = "`report_to: [tensorboard]` fails on the documented install (issue 13 §2)"
