@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import importlib.util
 import inspect
 import textwrap
 import types
@@ -35,6 +36,14 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def refuse_packing(data: Any) -> None:
+    """`validate()` of every command but SFT: packing there would be ignored without a word."""
+    require(
+        not data.packing,
+        "data.packing=true is not used by this command (only `rlhfkit sft` packs examples): remove it",
+    )
+
+
 # the choices of every named setting, listed once (registries keyed by these names are checked against them in tests)
 DType = Literal["float32", "bfloat16", "float16", "auto"]
 Truncation = Literal["keep_end", "drop"]
@@ -54,6 +63,15 @@ KLPlacement = Literal["reward", "loss"]
 AlgoName = Literal["ppo", "grpo", "rloo", "reinforce++", "online-dpo"]
 Critic = Literal["head", "separate", "none"]
 SampleFormat = Literal["samples", "sft", "prefs"]
+
+
+SINK_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+"""The package each metric sink (`train.report_to`) needs; all of them come with `pip install 'rlhfkit[tracking]'`."""
+
+
+def _sink_installed(sink: str) -> bool:
+    """Whether the sink's package can be imported (looked up, not imported: a config loads without it)."""
+    return importlib.util.find_spec(SINK_PACKAGES[sink]) is not None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -134,21 +152,32 @@ class DataConfig:
     """Share of training rows held out when no eval file is given."""
     max_length: int = 512
     """Longest prompt + response in tokens."""
-    max_prompt_length: int = 256
-    """Longest prompt in tokens (prompts are cut from the left)."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens (prompts are cut from the left); None = half of max_length (256 for the default 512)."""
     truncation: Truncation = "keep_end"
     """keep_end: cut long prompts from the left and long responses from the right; drop: drop rows that do not fit."""
     max_rows: int | None = None
     """Use at most this many training rows (drawn with the seed)."""
     skip_invalid: bool = False
-    """Drop malformed rows with a warning that counts them, instead of stopping at the first one."""
+    """Drop malformed rows (broken JSON lines included) with a warning that counts them, instead of stopping at the
+    first one."""
     packing: bool = False
-    """SFT only: pack several short examples into one sequence."""
+    """SFT only: pack several short examples into one sequence (the other commands refuse it)."""
     curation: CurationConfig = field(default_factory=CurationConfig)
     """Cleaning applied after loading."""
 
+    @property
+    def prompt_length(self) -> int:
+        """max_prompt_length, or half of max_length when it is unset."""
+        return self.max_prompt_length if self.max_prompt_length is not None else self.max_length // 2
+
     def validate(self) -> None:
-        require(self.max_prompt_length < self.max_length, "max_prompt_length must be smaller than data.max_length")
+        require(self.max_length >= 2, "max_length must be at least 2")
+        require(
+            self.max_prompt_length is None or 0 < self.max_prompt_length < self.max_length,
+            f"max_prompt_length={self.max_prompt_length} must be positive and smaller than "
+            f"max_length={self.max_length} (or unset: half of max_length)",
+        )
         require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
         require(self.max_rows is None or self.max_rows >= 1, "max_rows must be >= 1 (or unset)")
 
@@ -212,6 +241,13 @@ class TrainConfig:
         require(self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0")
         require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
         require(self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0 disables clipping)")
+        for sink in self.report_to:  # checked before any work, not when the first metric is logged
+            package = SINK_PACKAGES[sink]
+            require(
+                _sink_installed(sink),
+                f"report_to={sink} needs the {package} package, which is not installed: pip install {package} "
+                "(or pip install 'rlhfkit[tracking]' for every sink)",
+            )
 
     def validate_accumulation(self) -> None:
         """Offline trainers: micro-batches must tile the batch (online RL checks its mini-batches instead)."""
@@ -295,6 +331,7 @@ class RMConfig:
 
     def validate(self) -> None:
         self.train.validate_accumulation()
+        refuse_packing(self.data)
 
 
 PREFERENCE_LOSS_NAMES: tuple[str, ...] = typing.get_args(PreferenceLossName)
@@ -356,6 +393,7 @@ class DPOConfig:
     def validate(self) -> None:
         self.train.validate_accumulation()
         require(self.eval_kl_samples >= 0 and self.eval_kl_tokens >= 1, "eval_kl_samples >= 0, eval_kl_tokens >= 1")
+        refuse_packing(self.data)
 
 
 @dataclass(frozen=True)
@@ -393,6 +431,7 @@ class KTOConfig:
             self.train.micro >= 2,
             "train.micro_batch_size must be >= 2: KTO estimates its KL reference point from mismatched pairs",
         )
+        refuse_packing(self.data)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -604,6 +643,7 @@ class RLConfig:
     """Optional held-out-only reward sources (e.g. a gold scorer), reported beside the training reward: proxy vs gold."""
 
     def validate(self) -> None:
+        refuse_packing(self.data)
         a, tc = self.algo, self.train
         rows = tc.batch_size * a.num_samples
         mini = a.mini_batch_size or rows
@@ -684,7 +724,9 @@ class OnlineDPOConfig(RLConfig):
 class SampleConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model to sample from."""
-    data: DataConfig = field(default_factory=lambda: DataConfig(eval_fraction=0.0, max_length=1024))
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(eval_fraction=0.0, max_length=1024, max_prompt_length=256)
+    )
     """Prompt rows {"prompt": ...}."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How responses are generated."""
@@ -704,6 +746,7 @@ class SampleConfig:
 
     def validate(self) -> None:
         require(self.num_samples >= 1, "num_samples must be at least 1")
+        refuse_packing(self.data)
         require(
             not ((self.best_of or self.format != "samples") and not self.reward.sources),
             "best-of-N and the sft / prefs formats need a reward source (reward.sources)",

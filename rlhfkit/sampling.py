@@ -25,18 +25,18 @@ from rlhfkit.seeding import set_seed
 def sample(cfg: SampleConfig) -> dict[str, Any]:
     if not cfg.data.train:
         raise FileNotFoundError("data.train is empty: give a prompt file, e.g. data.train=prompts.jsonl")
-    set_seed(cfg.seed)
-    m = cfg.model
-    model, tokenizer = load_for_inference(m.name_or_path, m.dtype, trust_remote_code=m.trust_remote_code)
-    device = next(model.parameters()).device
-    reward = build_reward(cfg.reward, device=str(device), dtype=m.dtype) if cfg.reward.sources else None
-
+    # the prompts, validated before the model is loaded
     examples = load_examples(
         resolve_data_path(cfg.data.train), "prompt", errors="skip" if cfg.data.skip_invalid else "raise"
     )
     if cfg.data.max_rows is not None:
         examples = examples[: cfg.data.max_rows]
-    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    set_seed(cfg.seed)
+    m = cfg.model
+    model, tokenizer = load_for_inference(m.name_or_path, m.dtype, trust_remote_code=m.trust_remote_code)
+    device = next(model.parameters()).device
+    reward = build_reward(cfg.reward, device=str(device), dtype=m.dtype) if cfg.reward.sources else None
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     prompts = encode_prompts(examples, fmt)
     engine = make_engine(model, tokenizer, cfg.sampling)
 

@@ -13,7 +13,8 @@ import yaml
 from accelerate import PartialState
 
 import rlhfkit
-from rlhfkit.config import to_dict
+from rlhfkit.config import TrainConfig, to_dict
+from rlhfkit.errors import TooFewRowsError
 from rlhfkit.models import (
     apply_lora,
     disable_dropout,
@@ -29,6 +30,13 @@ from rlhfkit.seeding import set_seed
 def is_main_process() -> bool:
     """True in the process that writes a run's files (the only one without accelerate launch)."""
     return PartialState().is_main_process
+
+
+def check_rows(n_rows: int, train: TrainConfig, what: str = "training rows") -> None:
+    """Before any model is loaded: at least one global batch (train.batch_size x processes) of rows to train on."""
+    global_batch = train.batch_size * PartialState().num_processes
+    if n_rows < global_batch:
+        raise TooFewRowsError(n_rows, global_batch, what=what)
 
 
 def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:

@@ -42,7 +42,7 @@ from rlhfkit.rollout import (
     sample_with_kl,
     sampling_params,
 )
-from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import DataOrder, LoopResult, Session, make_accelerator
 
 
@@ -89,6 +89,8 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     """Models, reward sources, prompts, engine and KL controller of an online run (the output directory is written)."""
     tc = cfg.train
     out = Path(tc.output_dir)
+    train_ex, eval_ex, notes = load_train_eval(cfg.data, "prompt", tc.seed)  # validated before any model is loaded
+    check_rows(len(train_ex), tc, "training prompts")
     write_run_files(out, cfg, command)
     policy, tokenizer = load_for_training(cfg.model, "causal", tc.seed)
     accelerator = make_accelerator(tc)
@@ -96,8 +98,7 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     reference = build_reference(policy, cfg.model, cfg.reference, True, device)
     reward = build_reward(replace(cfg.reward, normalize=False, clip=None), device=str(device), dtype=cfg.model.dtype)
     gold = build_reward(cfg.gold, device=str(device), dtype=cfg.model.dtype) if cfg.gold.sources else None
-    train_ex, eval_ex, notes = load_train_eval(cfg.data, "prompt", tc.seed)
-    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     prompts, eval_prompts = encode_prompts(train_ex, fmt), encode_prompts(eval_ex, fmt)[: cfg.eval_samples]
     notes.append(f"prompt truncation: {fmt.report}")
     order = DataOrder(len(prompts), tc.batch_size * accelerator.num_processes, tc.seed)
