@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
+import os
 import textwrap
 import types
 import typing
@@ -65,6 +66,14 @@ Critic = Literal["head", "separate", "none"]
 SampleFormat = Literal["samples", "sft", "prefs"]
 
 
+# Input paths in a YAML file are relative to the file's folder (`load_config`); a field says which kind it is here.
+FILE_PATH = {"path": "file"}
+"""A data file (`sample:NAME` is kept as it is)."""
+MODEL_PATH = {"path": "model"}
+"""A model directory, or a builtin name (a bare name that is not a folder beside the file is kept as it is)."""
+REWARD_PATH = {"path": "reward"}
+"""A reward source's path: model / ensemble directories, a callable's `file.py:function`; rule names are kept."""
+
 SINK_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 """The package each metric sink (`train.report_to`) needs; all of them come with `pip install 'rlhfkit[tracking]'`."""
 
@@ -100,7 +109,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name_or_path: str = "smollm2-135m-instruct"
+    name_or_path: str = field(default="smollm2-135m-instruct", metadata=MODEL_PATH)
     """A local Hugging Face model directory or a builtin name (smollm2-135m-instruct)."""
     dtype: DType = "float32"
     """Weights dtype: float32, bfloat16, float16 or auto."""
@@ -144,9 +153,9 @@ class CurationConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = ""
+    train: str = field(default="", metadata=FILE_PATH)
     """Training data: a .jsonl / .json / .parquet file (optionally .gz), or a builtin sample name (sample:sft, sample:prefs)."""
-    eval: str | None = None
+    eval: str | None = field(default=None, metadata=FILE_PATH)
     """Held-out data; when absent, eval_fraction of the training rows is held out."""
     eval_fraction: float = 0.1
     """Share of training rows held out when no eval file is given."""
@@ -377,7 +386,7 @@ class PreferenceLossConfig:
 class DPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy; also the reference (frozen copy, or the same weights with adapters disabled under LoRA)."""
-    reference: str | None = None
+    reference: str | None = field(default=None, metadata=MODEL_PATH)
     """Reference model path when it differs from model.name_or_path."""
     data: DataConfig = field(default_factory=DataConfig)
     """Preference or ranking rows."""
@@ -416,7 +425,7 @@ class KTOLossConfig:
 class KTOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy; also the reference (frozen copy, or the same weights with adapters disabled under LoRA)."""
-    reference: str | None = None
+    reference: str | None = field(default=None, metadata=MODEL_PATH)
     """Reference model path when it differs from model.name_or_path."""
     data: DataConfig = field(default_factory=DataConfig)
     """Unpaired feedback rows {"prompt", "response", "label": bool}."""
@@ -447,7 +456,7 @@ class RewardSpec:
     kind: RewardKind = "model"
     """model (a reward model directory), ensemble (several reward model directories), rule (a builtin rule: length,
     format, keywords), callable (any Python function) or sentiment (the VADER gold scorer of the sentiment task)."""
-    path: str = ""
+    path: str = field(default="", metadata=REWARD_PATH)
     """model: the directory; ensemble: comma-separated directories; rule: the rule's name; callable:
     "package.module:function" or "path/to/file.py:function" taking (prompts, responses) lists -> list of floats."""
     weight: float = 1.0
@@ -622,7 +631,7 @@ class AlgoConfig:
 class RLConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy to optimize; also the reference (frozen copy, or adapters disabled under LoRA)."""
-    reference: str | None = None
+    reference: str | None = field(default=None, metadata=MODEL_PATH)
     """Reference model path when it differs from model.name_or_path."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=256))
     """Prompt rows {"prompt": ...}; data.max_prompt_length cuts long prompts from the left."""
@@ -926,8 +935,62 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def _rebase(value: str, base: Path, model: bool = False) -> str:
+    path = Path(value).expanduser()
+    if path.is_absolute() or value.startswith("sample:"):
+        return value
+    if model and "/" not in value and os.sep not in value and not (base / path).exists():
+        return value  # a builtin model name
+    return str(base / path)
+
+
+def _rebase_value(value: Any, kind: str, base: Path, section: dict[str, Any]) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    if kind != "reward":
+        return _rebase(value, base, model=kind == "model")
+    source = section.get("kind", "model")
+    if source == "model":
+        return _rebase(value, base, model=True)
+    if source == "ensemble":
+        return ",".join(_rebase(v.strip(), base, model=True) for v in value.split(","))
+    module, sep, fn = value.rpartition(":")
+    if source == "callable" and module.endswith(".py"):
+        return _rebase(module, base) + sep + fn
+    return value  # a rule's name, a package.module:function
+
+
+def relative_to_file(cls: type, tree: Any, base: Path) -> Any:
+    """A YAML tree with its relative input paths (fields marked FILE_PATH / MODEL_PATH / REWARD_PATH) joined to
+    `base`, the YAML file's folder. Output directories are not inputs: they stay relative to the current directory.
+    A class with dict-typed sections holding a command's settings names their classes in `yaml_sections(tree)`."""
+    if not isinstance(tree, dict) or not _is_dataclass_type(cls):
+        return tree
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    sections = cls.yaml_sections(tree) if hasattr(cls, "yaml_sections") else {}
+    out = dict(tree)
+    for key, value in tree.items():
+        f = fields.get(key)
+        if f is None:
+            continue  # an unknown key: from_dict names it
+        if "path" in f.metadata:
+            out[key] = _rebase_value(value, f.metadata["path"], base, tree)
+        elif key in sections:
+            out[key] = relative_to_file(sections[key], value, base)
+        else:
+            inner = [a for a in (_hints(cls)[key], *typing.get_args(_hints(cls)[key])) if _is_dataclass_type(a)]
+            if inner and isinstance(value, dict):
+                out[key] = relative_to_file(inner[0], value, base)
+            elif inner and isinstance(value, list):
+                out[key] = [relative_to_file(inner[0], v, base) for v in value]
+    return out
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Defaults <- YAML file <- dotted overrides, validated into `cls`, then resolved and frozen."""
+    """Defaults <- YAML file <- dotted overrides, validated into `cls`, then resolved and frozen.
+
+    Relative input paths in the YAML file (data files, model directories, reward sources) are relative to the file's
+    folder; overrides on the command line are relative to the current directory, as are output directories."""
     tree: dict[str, Any] = {}
     where = "<overrides>"
     if path is not None:
@@ -943,7 +1006,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
             raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-        tree = loaded
+        tree = relative_to_file(cls, loaded, path.resolve().parent)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     cfg = from_dict(cls, tree, where=where)
