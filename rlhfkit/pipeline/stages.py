@@ -38,13 +38,13 @@ def _prompt_text(row: dict[str, Any], where: str, line: int) -> str:
     return p
 
 
-def _train(command: str, cfg: Any, section: str, more: str = "") -> dict[str, Any]:
+def _train(command: str, cfg: Any, round_: int, section: str, more: str = "") -> dict[str, Any]:
     """Run a trainer as a stage; too few rows for a batch names the pipeline's key (`rm.train.batch_size`)."""
     try:
         return trainer(command)(cfg)
-    except TooFewRowsError as e:
+    except TooFewRowsError as e:  # raised before any model is loaded
         raise ConfigError(
-            f"stage {section}: only {e.rows} {e.what} for a global batch of {e.global_batch}: "
+            f"round {round_} {section}: only {e.rows} {e.what} for a global batch of {e.global_batch}: "
             f"lower {section}.{e.key}{more}"
         ) from None
 
@@ -116,7 +116,7 @@ class Pipeline:
                 "train": {"output_dir": str(d), "resume": resume, "seed": stage_seed(self.cfg.seed, 0, "sft")},
             }
             cfg = _stage_config(SFTConfig, user, forced, self.where, "sft.")
-            return _train("sft", cfg, "sft", " or add demonstrations")
+            return _train("sft", cfg, 0, "sft", " or add demonstrations")
 
         return Stage(0, "sft", {"sft": user, "model": self.cfg.model}, inputs, ("model",), run)
 
@@ -204,7 +204,7 @@ class Pipeline:
             }
             cfg = _stage_config(RMConfig, self.cfg.rm, forced, self.where, "rm.")
             more = ", or label more pairs (prompts.per_round, sample.num_samples, label.pairs=all)"
-            return _train("rm", cfg, "rm", more)
+            return _train("rm", cfg, r, "rm", more)
 
         return Stage(r, "rm", {"rm": self.cfg.rm, "base": self.base_policy}, inputs, ("model",), run)
 
@@ -239,7 +239,7 @@ class Pipeline:
                 _write(d / "data" / "train.jsonl", rows)
                 forced["data"] = {"train": str(d / "data" / "train.jsonl")}
             cfg = _stage_config(cls, user, forced, self.where, "optimize.")
-            return _train(self.algo, cfg, "optimize", "" if online else ", or label more pairs")
+            return _train(self.algo, cfg, r, "optimize", "" if online else ", or label more pairs")
 
         return Stage(r, "optimize", {"optimize": self.cfg.optimize}, inputs, ("model",), run)
 
