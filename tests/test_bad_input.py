@@ -437,3 +437,57 @@ def test_cli_rm_bad_file_then_a_new_head_in_one_line(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "MISSING" not in r.stderr and "LOAD REPORT" not in r.stderr and "newly initialized" not in r.stderr
     assert f"reward model: a new scalar head on the causal LM {model} (its lm_head is not used)" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    from rlhfkit.models.tiny import save_tiny
+
+    d = tmp_path_factory.mktemp("tiny") / "causal"
+    save_tiny(d, kind="causal")
+    return d
+
+
+@pytest.mark.parametrize(
+    "command, setting, named",
+    [
+        ("dpo", "reference={missing}", "reference: model '{missing}' not found"),
+        ("kto", "reference={missing}", "reference: model '{missing}' not found"),
+        (
+            "ppo",
+            "reward.sources=[{{kind: model, path: {missing}}}]",
+            "reward.sources[0].path: model '{missing}' not found",
+        ),
+        (
+            "grpo",
+            "reward.sources=[{{kind: ensemble, path: '{tiny},{missing}'}}]",
+            "reward.sources[0].path: model '{missing}' not found",
+        ),
+        ("rloo", "reward.sources=[{{kind: callable, path: '{missing}.py:f'}}]", "reward.sources[0].path="),
+        (
+            "ppo",
+            "gold.sources=[{{kind: model, path: {missing}}}]",
+            "gold.sources[0].path: model '{missing}' not found",
+        ),
+        ("sample", "reward.sources=[{{kind: model, path: {missing}}}]", "reward.sources[0].path: model '{missing}'"),
+    ],
+)
+def test_missing_models_are_named_before_any_model_loads(command, setting, named, tiny_dir, tmp_path, capsys):
+    kind = COMMANDS[command]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({**GOOD[kind], _TEXT[kind]: f"Nice {i}."}) + "\n" for i in range(16)))
+    missing = tmp_path / "gone"
+    extra = ["reward.sources=[{kind: rule, path: length}]"] if kind == "prompt" and "reward." not in setting else []
+    rc, lines = _run(
+        capsys,
+        command,
+        f"model.name_or_path={tiny_dir}",
+        f"data.train={data}",
+        setting.format(missing=missing, tiny=tiny_dir),
+        *extra,
+        "-o",
+        str(tmp_path / "o"),
+    )
+    assert rc == 2 and len(lines) == 1, lines  # one line: no transformers load report, no progress bar
+    assert lines[0].startswith(f"rlhfkit {command}: error: {named.format(missing=missing)}"), lines
+    assert not (tmp_path / "o").exists()

@@ -151,6 +151,17 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
     )
 
 
+def check_model_path(name_or_path: str | os.PathLike[str], key: str = "model.name_or_path") -> None:
+    """Before any model is loaded: a builtin name, or a local checkpoint / adapter directory (nothing is read or
+    converted); else the error of `resolve_model_path`, prefixed with the setting that names it."""
+    if os.fspath(name_or_path) in BUILTIN_MODELS:
+        return
+    try:
+        resolve_model_path(name_or_path)
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(f"{key}: {e}") from None
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Builtin conversion: GGUF -> plain safetensors checkpoint, once
 # ----------------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from rlhfkit.config import TrainConfig, to_dict
 from rlhfkit.errors import TooFewRowsError
 from rlhfkit.models import (
     apply_lora,
+    check_model_path,
     disable_dropout,
     freeze_lower_layers,
     load_causal_lm,
@@ -37,6 +38,13 @@ def check_rows(n_rows: int, train: TrainConfig, what: str = "training rows") -> 
     global_batch = train.batch_size * PartialState().num_processes
     if n_rows < global_batch:
         raise TooFewRowsError(n_rows, global_batch, what=what)
+
+
+def check_models(model_cfg: Any, reference: str | None = None) -> None:
+    """Before any model is loaded: the policy and reference directories exist (builtin names pass)."""
+    check_model_path(model_cfg.name_or_path, "model.name_or_path")
+    if reference:
+        check_model_path(reference, "reference")
 
 
 def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:

@@ -21,7 +21,7 @@ from rlhfkit.data import ChatFormatter, EncodedPair, collate_pair_batch, encode_
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE, dpo_ties_loss
 from rlhfkit.models import Reference, build_reference, completion_logps
 from rlhfkit.rollout import make_engine, sample_with_kl, sampling_params
-from rlhfkit.trainers.common import check_rows, finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 
 
@@ -147,6 +147,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
             "train them with loss.ties=davidson (or rao-kupper)"
         )
     check_rows(decided if drop_ties else len(train_ex), cfg.train, "training pairs")
+    check_models(cfg.model, cfg.reference)
     write_run_files(out, cfg, "dpo")
     # 2. policy, and the reference: adapters off under LoRA, else a frozen copy (or another checkpoint)
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)

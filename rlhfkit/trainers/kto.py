@@ -19,7 +19,7 @@ from rlhfkit.config import KTOConfig, KTOLossConfig, to_dict
 from rlhfkit.data import ChatFormatter, UnpairedRow, collate_pairs, encode_unpaired, load_train_eval
 from rlhfkit.losses import kto_loss, kto_reference_point
 from rlhfkit.models import Reference, build_reference, completion_logps
-from rlhfkit.trainers.common import check_rows, finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 
 
@@ -86,6 +86,7 @@ def train_kto(cfg: KTOConfig) -> dict[str, Any]:
     # 1. data, validated before any model is loaded
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "unpaired", cfg.train.seed)
     check_rows(len(train_ex), cfg.train)
+    check_models(cfg.model, cfg.reference)
     write_run_files(out, cfg, "kto")
     # 2. policy and a frozen reference on the training device
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)

@@ -31,7 +31,7 @@ from rlhfkit.eval.metrics import (
 )
 from rlhfkit.losses.reward import reward_loss
 from rlhfkit.rewards.sources import ENCODING_FILE
-from rlhfkit.trainers.common import check_rows, finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
@@ -138,6 +138,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         check_rows(len({json.dumps(ex.prompt, sort_keys=True) for ex in train_ex}), cfg.train, "training prompts")
     else:
         check_rows(len(train_ex), cfg.train, "training pairs")
+    check_models(cfg.model)
     write_run_files(out, cfg, "rm")
     # 2. base model with a scalar head; rows -> tokenized pairs
     model, tokenizer = load_for_training(cfg.model, "reward", cfg.train.seed)

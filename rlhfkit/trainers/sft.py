@@ -13,7 +13,7 @@ from rlhfkit.config import SFTConfig, to_dict
 from rlhfkit.data import ChatFormatter, collate_sft, encode_all, load_train_eval, pack_sequences
 from rlhfkit.losses.aggregation import aggregate_sum_and_count
 from rlhfkit.losses.sft import sft_loss
-from rlhfkit.trainers.common import check_rows, finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
@@ -81,6 +81,7 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     # 1. data: load, validate, clean, split, before any model is loaded (a bad row costs no model load)
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "sft", cfg.train.seed)
     check_rows(len(train_ex), cfg.train)
+    check_models(cfg.model)
     write_run_files(out, cfg, "sft")
     # 2. model and tokenizer; tokenize with the chat template (loss on assistant tokens), optionally pack
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
