@@ -436,7 +436,7 @@ def test_cli_rm_bad_file_then_a_new_head_in_one_line(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "MISSING" not in r.stderr and "LOAD REPORT" not in r.stderr and "newly initialized" not in r.stderr
-    assert f"reward model: a new scalar head on the causal LM {model} (its lm_head is not used)" in r.stderr
+    assert f"a new scalar head (score) on the causal LM {model}; its lm_head is not used" in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -491,3 +491,26 @@ def test_missing_models_are_named_before_any_model_loads(command, setting, named
     assert rc == 2 and len(lines) == 1, lines  # one line: no transformers load report, no progress bar
     assert lines[0].startswith(f"rlhfkit {command}: error: {named.format(missing=missing)}"), lines
     assert not (tmp_path / "o").exists()
+
+
+def test_pipeline_stage_checks_its_data_before_its_first_model(tmp_path, capsys):
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps(GOOD["sft"]) + "\n" + json.dumps({"prompt": "p", "response": 5}) + "\n")
+    run = tmp_path / "run"
+    rc, lines = _run(
+        capsys,
+        "run",
+        f"output={run}",
+        f"model={tmp_path / 'no-model'}",
+        f"sft.data.train={sft}",
+        "prompts.eval_count=4",
+    )
+    assert rc == 2 and lines == [f'rlhfkit run: error: {sft}:2: field "response" must be a string, got number 5']
+    assert json.loads((run / "round-0" / "prompts" / "stage.json").read_text())["status"] == "done"
+
+
+def test_a_yaml_file_that_is_not_utf8_is_named(tmp_path):
+    f = tmp_path / "dpo.yaml"
+    f.write_bytes(b"loss: {beta: 0.2}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"dpo.yaml:2: not UTF-8 text \(byte 0xe9\)"):
+        load_config(DPOConfig, f)

@@ -453,7 +453,7 @@ def _new_score_head(ckpt: Path) -> Iterator[None]:
     finally:
         transformers.logging.set_verbosity(verbosity)
     print(
-        f"reward model: a new scalar head on the causal LM {ckpt} (its lm_head is not used)",
+        f"a new scalar head (score) on the causal LM {ckpt}; its lm_head is not used",
         file=sys.stderr,
         flush=True,
     )
