@@ -29,7 +29,9 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str) -> None:
         epilog=keys_help(c.config),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", "-c", help="YAML file with the sections below")
+    p.add_argument(
+        "--config", "-c", help="YAML file with the sections below (its relative input paths: from the file's folder)"
+    )
     p.add_argument("--output", "-o", help="output directory (same as train.output_dir=...)")
     if name == "sample":
         p.add_argument(

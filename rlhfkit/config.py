@@ -986,11 +986,15 @@ def relative_to_file(cls: type, tree: Any, base: Path) -> Any:
     return out
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+def load_config(
+    cls: type, path: str | Path | None = None, overrides: list[str] | None = None, relative_to_yaml: bool = True
+) -> Any:
     """Defaults <- YAML file <- dotted overrides, validated into `cls`, then resolved and frozen.
 
     Relative input paths in the YAML file (data files, model directories, reward sources) are relative to the file's
-    folder; overrides on the command line are relative to the current directory, as are output directories."""
+    folder; overrides on the command line are relative to the current directory, as are output directories.
+    relative_to_yaml=False reads them relative to the current directory (a run's saved config.yaml, whose paths were
+    resolved when it was written)."""
     tree: dict[str, Any] = {}
     where = "<overrides>"
     if path is not None:
@@ -1009,7 +1013,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
             raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-        tree = relative_to_file(cls, loaded, path.resolve().parent)
+        tree = relative_to_file(cls, loaded, path.resolve().parent) if relative_to_yaml else loaded
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     cfg = from_dict(cls, tree, where=where)

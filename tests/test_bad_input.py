@@ -335,6 +335,7 @@ def test_yaml_paths_are_relative_to_the_file(tmp_path, monkeypatch):
     ]
     assert cfg.gold.sources[0].path == "cli/rm"  # command-line overrides: relative to the current directory
     assert load_config(PPOConfig, f, ["data.train=here.jsonl"]).data.train == "here.jsonl"
+    assert load_config(PPOConfig, f, relative_to_yaml=False).data.train == "data/prompts.jsonl"
 
 
 def test_pipeline_yaml_paths_are_relative_to_the_file(tmp_path, monkeypatch):
@@ -383,6 +384,9 @@ def test_pipeline_names_the_rm_batch_key_when_labels_are_too_few(tmp_path):
         "round 1 rm: only 5 training pairs for a global batch of 8: lower rm.train.batch_size, or label more pairs "
         "(prompts.per_round, sample.num_samples, label.pairs=all)"
     )
+    write_jsonl(pl.layout.prefs(1), [])
+    with pytest.raises(ConfigError, match=r"round 1 rm: the label source gave no training pairs: label more pairs"):
+        stage.run(d, False)
 
 
 def test_pipeline_label_file_is_validated(tmp_path):

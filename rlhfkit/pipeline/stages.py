@@ -38,6 +38,9 @@ def _prompt_text(row: dict[str, Any], where: str, line: int) -> str:
     return p
 
 
+LABEL_MORE = "label more pairs (prompts.per_round, sample.num_samples, label.pairs=all)"
+
+
 def _train(command: str, cfg: Any, round_: int, section: str, more: str = "") -> dict[str, Any]:
     """Run a trainer as a stage; too few rows for a batch names the pipeline's key (`rm.train.batch_size`)."""
     try:
@@ -192,6 +195,8 @@ class Pipeline:
         def run(d: Path, resume: bool) -> dict[str, Any]:
             train_rows = [row for p in prefs for row in _read(p)]
             eval_rows = [row for p in heldout for row in _read(p)]
+            if not train_rows:
+                raise ConfigError(f"round {r} rm: the label source gave no training pairs: {LABEL_MORE}")
             _write(d / "data" / "train.jsonl", train_rows)
             _write(d / "data" / "eval.jsonl", eval_rows)
             data: dict[str, Any] = {"train": str(d / "data" / "train.jsonl"), "eval": str(d / "data" / "eval.jsonl")}
@@ -203,8 +208,7 @@ class Pipeline:
                 "train": {"output_dir": str(d), "resume": resume, "seed": stage_seed(self.cfg.seed, r, "rm")},
             }
             cfg = _stage_config(RMConfig, self.cfg.rm, forced, self.where, "rm.")
-            more = ", or label more pairs (prompts.per_round, sample.num_samples, label.pairs=all)"
-            return _train("rm", cfg, r, "rm", more)
+            return _train("rm", cfg, r, "rm", f", or {LABEL_MORE}")
 
         return Stage(r, "rm", {"rm": self.cfg.rm, "base": self.base_policy}, inputs, ("model",), run)
 
@@ -236,10 +240,12 @@ class Pipeline:
                     forced["gold"] = {"sources": [to_dict(s) for s in self.cfg.label.gold]}
             else:
                 rows = [row for i in range(1, r + 1) for row in _read(self.layout.prefs(i))]
+                if not rows:
+                    raise ConfigError(f"round {r} optimize: the label source gave no training pairs: {LABEL_MORE}")
                 _write(d / "data" / "train.jsonl", rows)
                 forced["data"] = {"train": str(d / "data" / "train.jsonl")}
             cfg = _stage_config(cls, user, forced, self.where, "optimize.")
-            return _train(self.algo, cfg, r, "optimize", "" if online else ", or label more pairs")
+            return _train(self.algo, cfg, r, "optimize", "" if online else f", or {LABEL_MORE}")
 
         return Stage(r, "optimize", {"optimize": self.cfg.optimize}, inputs, ("model",), run)
 
