@@ -50,7 +50,9 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str) -> None:
         epilog=keys_help(c.config),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", "-c", help="YAML file with the sections below")
+    p.add_argument(
+        "--config", "-c", help="YAML file with the sections below (its relative input paths: from the file's folder)"
+    )
     if name == "sample":
         p.add_argument("--output", "-o", help="the JSONL file the samples are written to (same as output=...)")
     else:

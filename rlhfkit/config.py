@@ -14,7 +14,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import importlib.util
 import inspect
+import os
 import textwrap
 import types
 import typing
@@ -33,6 +35,14 @@ def require(ok: bool, message: str) -> None:
     """A `validate()` check: the message names the field relative to its section."""
     if not ok:
         raise ConfigError(message)
+
+
+def refuse_packing(data: Any) -> None:
+    """`validate()` of every command but SFT: packing there would be ignored without a word."""
+    require(
+        not data.packing,
+        "data.packing=true is not used by this command (only `rlhfkit sft` packs examples): remove it",
+    )
 
 
 # the choices of every named setting, listed once (registries keyed by these names are checked against them in tests)
@@ -54,6 +64,23 @@ KLPlacement = Literal["reward", "loss"]
 AlgoName = Literal["ppo", "grpo", "rloo", "reinforce++", "online-dpo"]
 Critic = Literal["head", "separate", "none"]
 SampleFormat = Literal["samples", "sft", "prefs"]
+
+
+# Input paths in a YAML file are relative to the file's folder (`load_config`); a field says which kind it is here.
+FILE_PATH = {"path": "file"}
+"""A data file (`sample:NAME` is kept as it is)."""
+MODEL_PATH = {"path": "model"}
+"""A model directory, or a builtin name (a bare name that is not a folder beside the file is kept as it is)."""
+REWARD_PATH = {"path": "reward"}
+"""A reward source's path: model / ensemble directories, a callable's `file.py:function`; rule names are kept."""
+
+SINK_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+"""The package each metric sink (`train.report_to`) needs; all of them come with `pip install 'rlhfkit[tracking]'`."""
+
+
+def _sink_installed(sink: str) -> bool:
+    """Whether the sink's package can be imported (looked up, not imported: a config loads without it)."""
+    return importlib.util.find_spec(SINK_PACKAGES[sink]) is not None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -82,7 +109,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name_or_path: str = "smollm2-135m-instruct"
+    name_or_path: str = field(default="smollm2-135m-instruct", metadata=MODEL_PATH)
     """A local Hugging Face model directory or a builtin name (smollm2-135m-instruct)."""
     dtype: DType = "float32"
     """Weights dtype: float32, bfloat16, float16 or auto."""
@@ -126,29 +153,40 @@ class CurationConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = ""
+    train: str = field(default="", metadata=FILE_PATH)
     """Training data: a .jsonl / .json / .parquet file (optionally .gz), or a builtin sample name (sample:sft, sample:prefs)."""
-    eval: str | None = None
+    eval: str | None = field(default=None, metadata=FILE_PATH)
     """Held-out data; when absent, eval_fraction of the training rows is held out."""
     eval_fraction: float = 0.1
     """Share of training rows held out when no eval file is given."""
     max_length: int = 512
     """Longest prompt + response in tokens."""
-    max_prompt_length: int = 256
-    """Longest prompt in tokens (prompts are cut from the left)."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens (prompts are cut from the left); None = half of max_length (256 for the default 512)."""
     truncation: Truncation = "keep_end"
     """keep_end: cut long prompts from the left and long responses from the right; drop: drop rows that do not fit."""
     max_rows: int | None = None
     """Use at most this many training rows (drawn with the seed)."""
     skip_invalid: bool = False
-    """Drop malformed rows with a warning that counts them, instead of stopping at the first one."""
+    """Drop malformed rows (broken JSON lines included) with a warning that counts them, instead of stopping at the
+    first one."""
     packing: bool = False
-    """SFT only: pack several short examples into one sequence."""
+    """SFT only: pack several short examples into one sequence (the other commands refuse it)."""
     curation: CurationConfig = field(default_factory=CurationConfig)
     """Cleaning applied after loading."""
 
+    @property
+    def prompt_length(self) -> int:
+        """max_prompt_length, or half of max_length when it is unset."""
+        return self.max_prompt_length if self.max_prompt_length is not None else self.max_length // 2
+
     def validate(self) -> None:
-        require(self.max_prompt_length < self.max_length, "max_prompt_length must be smaller than data.max_length")
+        require(self.max_length >= 2, "max_length must be at least 2")
+        require(
+            self.max_prompt_length is None or 0 < self.max_prompt_length < self.max_length,
+            f"max_prompt_length={self.max_prompt_length} must be positive and smaller than "
+            f"max_length={self.max_length} (or unset: half of max_length)",
+        )
         require(0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)")
         require(self.max_rows is None or self.max_rows >= 1, "max_rows must be >= 1 (or unset)")
 
@@ -212,6 +250,13 @@ class TrainConfig:
         require(self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0")
         require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
         require(self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0 disables clipping)")
+        for sink in self.report_to:  # checked before any work, not when the first metric is logged
+            package = SINK_PACKAGES[sink]
+            require(
+                _sink_installed(sink),
+                f"report_to={sink} needs the {package} package, which is not installed: pip install {package} "
+                "(or pip install 'rlhfkit[tracking]' for every sink)",
+            )
 
     def validate_accumulation(self) -> None:
         """Offline trainers: micro-batches must tile the batch (online RL checks its mini-batches instead)."""
@@ -295,6 +340,7 @@ class RMConfig:
 
     def validate(self) -> None:
         self.train.validate_accumulation()
+        refuse_packing(self.data)
 
 
 PREFERENCE_LOSS_NAMES: tuple[str, ...] = typing.get_args(PreferenceLossName)
@@ -340,7 +386,7 @@ class PreferenceLossConfig:
 class DPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy; also the reference (frozen copy, or the same weights with adapters disabled under LoRA)."""
-    reference: str | None = None
+    reference: str | None = field(default=None, metadata=MODEL_PATH)
     """Reference model path when it differs from model.name_or_path."""
     data: DataConfig = field(default_factory=DataConfig)
     """Preference or ranking rows."""
@@ -356,6 +402,7 @@ class DPOConfig:
     def validate(self) -> None:
         self.train.validate_accumulation()
         require(self.eval_kl_samples >= 0 and self.eval_kl_tokens >= 1, "eval_kl_samples >= 0, eval_kl_tokens >= 1")
+        refuse_packing(self.data)
 
 
 @dataclass(frozen=True)
@@ -378,7 +425,7 @@ class KTOLossConfig:
 class KTOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy; also the reference (frozen copy, or the same weights with adapters disabled under LoRA)."""
-    reference: str | None = None
+    reference: str | None = field(default=None, metadata=MODEL_PATH)
     """Reference model path when it differs from model.name_or_path."""
     data: DataConfig = field(default_factory=DataConfig)
     """Unpaired feedback rows {"prompt", "response", "label": bool}."""
@@ -393,6 +440,7 @@ class KTOConfig:
             self.train.micro >= 2,
             "train.micro_batch_size must be >= 2: KTO estimates its KL reference point from mismatched pairs",
         )
+        refuse_packing(self.data)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -408,7 +456,7 @@ class RewardSpec:
     kind: RewardKind = "model"
     """model (a reward model directory), ensemble (several reward model directories), rule (a builtin rule: length,
     format, keywords), callable (any Python function) or sentiment (the VADER gold scorer of the sentiment task)."""
-    path: str = ""
+    path: str = field(default="", metadata=REWARD_PATH)
     """model: the directory; ensemble: comma-separated directories; rule: the rule's name; callable:
     "package.module:function" or "path/to/file.py:function" taking (prompts, responses) lists -> list of floats."""
     weight: float = 1.0
@@ -583,7 +631,7 @@ class AlgoConfig:
 class RLConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy to optimize; also the reference (frozen copy, or adapters disabled under LoRA)."""
-    reference: str | None = None
+    reference: str | None = field(default=None, metadata=MODEL_PATH)
     """Reference model path when it differs from model.name_or_path."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=1024, max_prompt_length=256))
     """Prompt rows {"prompt": ...}; data.max_prompt_length cuts long prompts from the left."""
@@ -604,6 +652,7 @@ class RLConfig:
     """Optional held-out-only reward sources (e.g. a gold scorer), reported beside the training reward: proxy vs gold."""
 
     def validate(self) -> None:
+        refuse_packing(self.data)
         a, tc = self.algo, self.train
         rows = tc.batch_size * a.num_samples
         mini = a.mini_batch_size or rows
@@ -684,7 +733,9 @@ class OnlineDPOConfig(RLConfig):
 class SampleConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model to sample from."""
-    data: DataConfig = field(default_factory=lambda: DataConfig(eval_fraction=0.0, max_length=1024))
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(eval_fraction=0.0, max_length=1024, max_prompt_length=256)
+    )
     """Prompt rows {"prompt": ...}."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """How responses are generated."""
@@ -704,6 +755,7 @@ class SampleConfig:
 
     def validate(self) -> None:
         require(self.num_samples >= 1, "num_samples must be at least 1")
+        refuse_packing(self.data)
         require(
             not ((self.best_of or self.format != "samples") and not self.reward.sources),
             "best-of-N and the sft / prefs formats need a reward source (reward.sources)",
@@ -883,8 +935,66 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Defaults <- YAML file <- dotted overrides, validated into `cls`, then resolved and frozen."""
+def _rebase(value: str, base: Path, model: bool = False) -> str:
+    path = Path(value).expanduser()
+    if path.is_absolute() or value.startswith("sample:"):
+        return value
+    if model and "/" not in value and os.sep not in value and not (base / path).exists():
+        return value  # a builtin model name
+    return str(base / path)
+
+
+def _rebase_value(value: Any, kind: str, base: Path, section: dict[str, Any]) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    if kind != "reward":
+        return _rebase(value, base, model=kind == "model")
+    source = section.get("kind", "model")
+    if source == "model":
+        return _rebase(value, base, model=True)
+    if source == "ensemble":
+        return ",".join(_rebase(v.strip(), base, model=True) for v in value.split(","))
+    module, sep, fn = value.rpartition(":")
+    if source == "callable" and module.endswith(".py"):
+        return _rebase(module, base) + sep + fn
+    return value  # a rule's name, a package.module:function
+
+
+def relative_to_file(cls: type, tree: Any, base: Path) -> Any:
+    """A YAML tree with its relative input paths (fields marked FILE_PATH / MODEL_PATH / REWARD_PATH) joined to
+    `base`, the YAML file's folder. Output directories are not inputs: they stay relative to the current directory.
+    A class with dict-typed sections holding a command's settings names their classes in `yaml_sections(tree)`."""
+    if not isinstance(tree, dict) or not _is_dataclass_type(cls):
+        return tree
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    sections = cls.yaml_sections(tree) if hasattr(cls, "yaml_sections") else {}
+    out = dict(tree)
+    for key, value in tree.items():
+        f = fields.get(key)
+        if f is None:
+            continue  # an unknown key: from_dict names it
+        if "path" in f.metadata:
+            out[key] = _rebase_value(value, f.metadata["path"], base, tree)
+        elif key in sections:
+            out[key] = relative_to_file(sections[key], value, base)
+        else:
+            inner = [a for a in (_hints(cls)[key], *typing.get_args(_hints(cls)[key])) if _is_dataclass_type(a)]
+            if inner and isinstance(value, dict):
+                out[key] = relative_to_file(inner[0], value, base)
+            elif inner and isinstance(value, list):
+                out[key] = [relative_to_file(inner[0], v, base) for v in value]
+    return out
+
+
+def load_config(
+    cls: type, path: str | Path | None = None, overrides: list[str] | None = None, relative_to_yaml: bool = True
+) -> Any:
+    """Defaults <- YAML file <- dotted overrides, validated into `cls`, then resolved and frozen.
+
+    Relative input paths in the YAML file (data files, model directories, reward sources) are relative to the file's
+    folder; overrides on the command line are relative to the current directory, as are output directories.
+    relative_to_yaml=False reads them relative to the current directory (a run's saved config.yaml, whose paths were
+    resolved when it was written)."""
     tree: dict[str, Any] = {}
     where = "<overrides>"
     if path is not None:
@@ -893,14 +1003,17 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            line = e.object.count(b"\n", 0, e.start) + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-        tree = loaded
+        tree = relative_to_file(cls, loaded, path.resolve().parent) if relative_to_yaml else loaded
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     cfg = from_dict(cls, tree, where=where)

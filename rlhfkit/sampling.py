@@ -16,8 +16,8 @@ from typing import Any
 from rlhfkit.config import SampleConfig
 from rlhfkit.data import ChatFormatter, load_examples, resolve_data_path, write_jsonl
 from rlhfkit.data.schemas import PromptExample
-from rlhfkit.models import load_for_inference
-from rlhfkit.rewards import build_reward
+from rlhfkit.models import check_model_path, load_for_inference
+from rlhfkit.rewards import build_reward, check_reward_paths
 from rlhfkit.rollout import encode_prompts, make_engine, sampling_params
 from rlhfkit.seeding import set_seed
 
@@ -25,18 +25,20 @@ from rlhfkit.seeding import set_seed
 def sample(cfg: SampleConfig) -> dict[str, Any]:
     if not cfg.data.train:
         raise FileNotFoundError("data.train is empty: give a prompt file, e.g. data.train=prompts.jsonl")
-    set_seed(cfg.seed)
-    m = cfg.model
-    model, tokenizer = load_for_inference(m.name_or_path, m.dtype, trust_remote_code=m.trust_remote_code)
-    device = next(model.parameters()).device
-    reward = build_reward(cfg.reward, device=str(device), dtype=m.dtype) if cfg.reward.sources else None
-
+    # the prompts, validated before the model is loaded
     examples = load_examples(
         resolve_data_path(cfg.data.train), "prompt", errors="skip" if cfg.data.skip_invalid else "raise"
     )
     if cfg.data.max_rows is not None:
         examples = examples[: cfg.data.max_rows]
-    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    m = cfg.model
+    check_model_path(m.name_or_path, "model.name_or_path")
+    check_reward_paths(cfg.reward)
+    set_seed(cfg.seed)
+    model, tokenizer = load_for_inference(m.name_or_path, m.dtype, trust_remote_code=m.trust_remote_code)
+    device = next(model.parameters()).device
+    reward = build_reward(cfg.reward, device=str(device), dtype=m.dtype) if cfg.reward.sources else None
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     prompts = encode_prompts(examples, fmt)
     engine = make_engine(model, tokenizer, cfg.sampling)
 

@@ -7,7 +7,8 @@ import pytest
 from rlhfkit.config import ConfigError, DPOConfig, RMConfig, SFTConfig, describe, field_docs, load_config, to_dict
 
 
-def test_yaml_then_overrides(tmp_path):
+def test_yaml_then_overrides(tmp_path, monkeypatch):
+    monkeypatch.setattr("rlhfkit.config._sink_installed", lambda sink: True)  # parsing only: no sink is opened
     f = tmp_path / "dpo.yaml"
     f.write_text(
         "model:\n  lora: {enabled: true, r: 8}\ntrain:\n  lr: 1.0e-6\n  report_to: [tensorboard]\nloss: {beta: 0.3}\n"

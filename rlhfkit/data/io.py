@@ -10,7 +10,8 @@ import io
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,33 +49,78 @@ def _check_path(path: str | Path) -> Path:
     return path
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (index, row): 1-based line number for JSON text, 1-based row number for parquet. Blank lines skipped."""
+def read_rows(path: str | Path, skip: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (index, row): 1-based line number for JSON text, 1-based row number for parquet. Blank lines skipped.
+
+    A line of JSON Lines that is not JSON or not UTF-8 raises a one-line DataError naming the file and line, or, when
+    ``skip`` is given, is passed to it and skipped. A file that cannot be read at all (a broken gzip or parquet file)
+    raises a DataError naming the file.
+    """
     path = _check_path(path)
     fmt, gz = _format(path)
-    if fmt == "parquet":
-        yield from _read_parquet(path)
-        return
-    opener = gzip.open if gz else open
-    with opener(path, "rt", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a BOM from spreadsheet exports
-        if fmt == "jsonl":
-            yield from _read_jsonl(f, str(path))
-        else:
-            yield from _read_json(f.read(), str(path))
+    name = str(path)
+    try:
+        if fmt == "parquet":
+            yield from _read_parquet(path)
+            return
+        opener = gzip.open if gz else open
+        with opener(path, "rb") as f:
+            if fmt == "jsonl":
+                yield from _read_jsonl(f, name, skip)
+            else:
+                yield from _read_json(_decode(f.read(), name), name, skip)
+    except (OSError, EOFError, zlib.error) as e:  # gzip: not a gzip file, truncated stream
+        raise DataError(name, f"cannot read the file ({e})") from None
+    except Exception as e:  # pyarrow's errors (ArrowInvalid) are not importable without pyarrow
+        if type(e).__module__.startswith("pyarrow"):
+            raise DataError(name, f"cannot read the parquet file ({e})") from None
+        raise
 
 
-def _read_jsonl(f: io.TextIOBase, name: str) -> Iterator[tuple[int, Any]]:
-    for line_no, line in enumerate(f, start=1):
+def _not_utf8(raw: bytes, start: int) -> str:
+    return f"not UTF-8 text (byte 0x{raw[start]:02x} at column {start + 1}): save the file as UTF-8"
+
+
+def _decode(data: bytes, name: str) -> str:
+    """A whole JSON file as text (a BOM from spreadsheet exports tolerated); bad bytes name their line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(location(name, line), _not_utf8(data[line_start:], e.start - line_start)) from None
+
+
+def _read_jsonl(
+    lines: Iterable[bytes | str], name: str, skip: Callable[[DataError], None] | None = None
+) -> Iterator[tuple[int, Any]]:
+    for line_no, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as e:
+            error = DataError(location(name, line_no), _not_utf8(raw, e.start))  # type: ignore[arg-type]
+            if skip is None:
+                raise error from None
+            skip(error)
+            continue
+        if line_no == 1:
+            line = line.removeprefix("\ufeff")  # a BOM from spreadsheet exports
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line.rstrip("\r\n"))  # columns refer to this line
+            row = json.loads(line.rstrip("\r\n"))  # columns refer to this line
         except json.JSONDecodeError as e:
-            raise DataError(location(name, line_no), f"invalid JSON ({e.msg} at column {e.colno})") from None
+            error = DataError(location(name, line_no), f"invalid JSON ({e.msg} at column {e.colno})")
+            if skip is None:
+                raise error from None
+            skip(error)
+            continue
+        yield line_no, row
 
 
-def _read_json(text: str, name: str) -> Iterator[tuple[int, Any]]:
-    """A JSON array of objects, reporting each element's real line; falls back to JSONL if the file is JSON Lines."""
+def _read_json(text: str, name: str, skip: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """A JSON array of objects, reporting each element's real line; falls back to JSONL if the file is JSON Lines.
+    Inside an array a syntax error cannot be skipped (where the next element starts is unknown): it always raises."""
     decoder = json.JSONDecoder()
     pos = _skip_ws(text, 0)
     if pos >= len(text):
@@ -87,7 +133,7 @@ def _read_json(text: str, name: str) -> Iterator[tuple[int, Any]]:
                 return
         except json.JSONDecodeError:
             pass
-        yield from _read_jsonl(io.StringIO(text), name)  # JSON Lines saved as .json (datasets' to_json does this)
+        yield from _read_jsonl(io.StringIO(text), name, skip)  # JSON Lines saved as .json (datasets' to_json does this)
         return
     pos = _skip_ws(text, pos + 1)
     line = text.count("\n", 0, pos) + 1
@@ -137,26 +183,33 @@ def _is_path(source: Any) -> bool:
     return isinstance(source, (str, Path))
 
 
-def load_examples(source: str | Path | Any, kind: str, errors: str = "raise") -> list[Example]:
+def load_examples(
+    source: str | Path | Any, kind: str, errors: str = "raise", notes: list[str] | None = None
+) -> list[Example]:
     """Load and validate every row of ``source`` (a file path, a ``datasets.Dataset`` or an iterable of dicts).
 
     kind: "sft" | "preference" | "prompt" | "unpaired"; "preference" also expands ranking rows to all pairs.
-    errors: "raise" stops at the first malformed row (a one-line DataError); "skip" drops malformed rows and logs
-    how many (real exports are rarely perfectly clean).
+    errors: "raise" stops at the first malformed row (a one-line DataError); "skip" drops malformed rows, lines of
+    broken JSON and lines that are not UTF-8 included, and logs how many (real exports are rarely perfectly clean);
+    the count is also appended to ``notes`` when given. A source without a single row is an error naming it.
     """
     if kind not in PARSERS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if errors not in ("raise", "skip"):
         raise ValueError(f'errors must be "raise" or "skip", got {errors!r}')
     parse = PARSERS[kind]
+    skipped: list[str] = []
+
+    def skip(error: DataError) -> None:
+        skipped.append(str(error))
+
     if _is_path(source):
         path = Path(source)
         name, unit = str(source), ("row" if _format(_check_path(path))[0] == "parquet" else "line")
-        rows = read_rows(path)
+        rows = read_rows(path, skip if errors == "skip" else None)
     else:
         name, unit, rows = "<dataset>", "row", _dataset_rows(source)
     out: list[Example] = []
-    skipped: list[str] = []
     for n, row in rows:
         where = location(name, n, unit)
         try:
@@ -164,11 +217,19 @@ def load_examples(source: str | Path | Any, kind: str, errors: str = "raise") ->
         except DataError as e:
             if errors == "raise":
                 raise
-            skipped.append(str(e))
+            skip(e)
             continue
         out.extend(parsed if isinstance(parsed, list) else [parsed])
     if skipped:
-        log.warning("%s: skipped %d malformed rows, e.g. %s", name, len(skipped), "; ".join(skipped[:3]))
+        message = f"{name}: skipped {len(skipped)} malformed rows, e.g. {'; '.join(skipped[:3])}"
+        log.warning("%s", message)
+        if notes is not None:
+            notes.append(message)
+    if not out:
+        what = "file" if _is_path(source) else "dataset"
+        if skipped:
+            raise DataError(name, f"no valid rows: all {len(skipped)} are malformed, e.g. {skipped[0]}")
+        raise DataError(name, f"the {what} is empty: it has no {kind} rows")
     return out
 
 

@@ -254,7 +254,7 @@ def _parse_messages(value: Any, field: str, where: str, completion: bool = False
 
 def _parse_prompt(value: Any, field: str, where: str) -> tuple[Message, ...]:
     if isinstance(value, str):
-        return ({"role": "user", "content": value},)
+        return ({"role": "user", "content": _parse_text(value, field, where)},)
     if isinstance(value, (list, tuple)):
         return _parse_messages(value, field, where)
     raise DataError(where, f'field "{field}" must be a string or a list of messages, got {_describe(value)}')

@@ -32,7 +32,7 @@ def load_train_eval(data: DataConfig, kind: str, seed: int) -> tuple[list[Any], 
         raise FileNotFoundError("data.train is empty: give a data file, e.g. data.train=prefs.jsonl or sample:prefs")
     notes: list[str] = []
     errors = "skip" if data.skip_invalid else "raise"
-    train = load_examples(resolve_data_path(data.train), kind, errors=errors)
+    train = load_examples(resolve_data_path(data.train), kind, errors=errors, notes=notes)
     c = data.curation
     train, report = curate(
         train,
@@ -45,7 +45,7 @@ def load_train_eval(data: DataConfig, kind: str, seed: int) -> tuple[list[Any], 
     )
     notes.append(str(report))
     if data.eval:
-        evals = load_examples(resolve_data_path(data.eval), kind, errors=errors)
+        evals = load_examples(resolve_data_path(data.eval), kind, errors=errors, notes=notes)
     elif data.eval_fraction > 0:
         train, evals = train_eval_split(train, data.eval_fraction, seed)
     else:

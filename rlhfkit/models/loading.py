@@ -11,6 +11,7 @@ A name resolves to a directory in this order:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import importlib.util
@@ -19,8 +20,9 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -147,6 +149,17 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
         f"model {name!r} not found: tried {tried} ({why}); builtin models: {', '.join(sorted(BUILTIN_MODELS))}; "
         "hub downloads are disabled, so pass a builtin name or a local directory saved with save_pretrained"
     )
+
+
+def check_model_path(name_or_path: str | os.PathLike[str], key: str = "model.name_or_path") -> None:
+    """Before any model is loaded: a builtin name, or a local checkpoint / adapter directory (nothing is read or
+    converted); else the error of `resolve_model_path`, prefixed with the setting that names it."""
+    if os.fspath(name_or_path) in BUILTIN_MODELS:
+        return
+    try:
+        resolve_model_path(name_or_path)
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(f"{key}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -361,11 +374,12 @@ def _load(
     num_layers: int | None,
     configure: Any = None,
     after: Any = None,
+    around: Callable[[Path], contextlib.AbstractContextManager] | None = None,
 ) -> PreTrainedModel:
     """The one loader behind `load_causal_lm` and `load_reward_model`: resolve the name (builtin, checkpoint or PEFT
     adapter on its base), validate the options before any heavy load, optionally keep the first `num_layers` blocks,
     let `configure(ckpt, config)` adjust the config, load, let `after(ckpt, model)` finish it, then 4-bit preparation,
-    gradient checkpointing and the adapter."""
+    gradient checkpointing and the adapter; `around(ckpt)` is a context for the load itself."""
     path = resolve_model_path(name_or_path)
     kwargs = _load_kwargs(dtype, trust_remote_code, device_map, load_in_4bit)  # validates before any heavy load
     base = _adapter_base(path)
@@ -381,7 +395,8 @@ def _load(
         configure(ckpt, config)
     if config is not None:
         kwargs["config"] = config
-    model = auto_class.from_pretrained(ckpt, **kwargs)
+    with around(ckpt) if around is not None else contextlib.nullcontext():
+        model = auto_class.from_pretrained(ckpt, **kwargs)
     if after is not None:
         after(ckpt, model)
     return _finish_load(model, adapter, gradient_checkpointing, load_in_4bit)
@@ -425,6 +440,23 @@ def truncated_config(ckpt: Path, num_layers: int, trust_remote_code: bool = Fals
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = config.layer_types[:num_layers]
     return config
+
+
+@contextlib.contextmanager
+def _new_score_head(ckpt: Path) -> Iterator[None]:
+    """A reward model from a causal LM: transformers' load report (the new `score` head MISSING, the unused `lm_head`
+    UNEXPECTED) is exactly what is expected, so it is silenced for this one load and one line says what happened."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    print(
+        f"a new scalar head (score) on the causal LM {ckpt}; its lm_head is not used",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _is_sequence_classifier(path: Path) -> bool:
@@ -491,6 +523,7 @@ def load_reward_model(
         num_layers,
         configure=configure,
         after=init_head,
+        around=lambda ckpt: contextlib.nullcontext() if _is_sequence_classifier(ckpt) else _new_score_head(ckpt),
     )
 
 

@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=keys_help(PipelineConfig),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("pipeline", nargs="?", help="pipeline YAML file")
+    p.add_argument("pipeline", nargs="?", help="pipeline YAML file (its relative input paths: from the file's folder)")
     p.add_argument("--output", "-o", help="run directory (same as output=...)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training stage from its checkpoint")
     p.add_argument("--force", action="store_true", help="run every stage again, even when unchanged")

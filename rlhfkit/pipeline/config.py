@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from rlhfkit.commands import OPTIMIZERS
 from rlhfkit.config import (
+    FILE_PATH,
+    MODEL_PATH,
     ConfigError,
     RewardSpec,
     RMConfig,
@@ -28,9 +30,9 @@ DEMO_PIPELINE = Path(__file__).resolve().parent.parent / "tasks" / "data" / "dem
 
 @dataclass(frozen=True)
 class PromptsConfig:
-    train: str = "sample:prompts"
+    train: str = field(default="sample:prompts", metadata=FILE_PATH)
     """Prompt rows {"prompt": ...}: a file or a builtin sample name (sample:prompts = the shipped review openings)."""
-    eval: str | None = None
+    eval: str | None = field(default=None, metadata=FILE_PATH)
     """Held-out prompts; empty = hold out `eval_count` prompts of `train`."""
     eval_count: int = 32
     """Held-out prompts taken from `train` when `eval` is empty."""
@@ -90,9 +92,9 @@ class LabelStage:
         ]
     )
     """Simulated raters (each pair is labelled by one of them, in turn)."""
-    file: str = ""
+    file: str = field(default="", metadata=FILE_PATH)
     """source=file: a preference JSONL; `{round}` in the name is replaced by the round number."""
-    judge: str = "smollm2-135m-instruct"
+    judge: str = field(default="smollm2-135m-instruct", metadata=MODEL_PATH)
     """source=judge: the judge model (builtin name or local directory)."""
     rubric: str = ""
     """source=judge: the rubric the judge reads (empty = the judge's default)."""
@@ -134,7 +136,7 @@ class EvalStage:
 class PipelineConfig:
     output: str = "runs/pipeline"
     """Run directory: every stage's artifacts, the manifest, the report."""
-    model: str = "smollm2-135m-instruct"
+    model: str = field(default="smollm2-135m-instruct", metadata=MODEL_PATH)
     """Base model: builtin name or local Hugging Face directory."""
     rounds: int = 2
     """Rounds of sample -> label -> rm -> optimize -> eval."""
@@ -154,6 +156,15 @@ class PipelineConfig:
     """`algorithm` (ppo, grpo, rloo, reinforce, online-dpo, dpo) and that command's settings."""
     eval: EvalStage = field(default_factory=EvalStage)
     """Evaluating each round's policy against the baseline."""
+
+    @staticmethod
+    def yaml_sections(tree: dict[str, Any]) -> dict[str, type]:
+        """The command behind each dict-typed section, so that its input paths are relative to the YAML file too."""
+        optimize = tree.get("optimize") if isinstance(tree.get("optimize"), dict) else {}
+        algo = optimize.get("algorithm", "ppo")
+        return {"sft": SFTConfig, "rm": RMConfig} | (
+            {"optimize": OPTIMIZERS[algo].config} if algo in OPTIMIZERS else {}
+        )
 
     def validate(self) -> None:
         require(self.rounds >= 1, f"rounds must be at least 1, got {self.rounds}")

@@ -28,7 +28,7 @@ def evaluate_policies(
     """Sample every policy (and the baseline) on the same prompts; gold / proxy scores, KL to the reference, length,
     distinct-n, win rate against the baseline with a 95% CI, Elo / Bradley-Terry ratings across all of them."""
     # torch and transformers: loaded when the command runs, not for `rlhfkit --help`
-    from rlhfkit.data import read_rows
+    from rlhfkit.data import load_examples
     from rlhfkit.eval.ratings import ratings_table
     from rlhfkit.pipeline.evaluate import (
         _diversity,
@@ -50,8 +50,10 @@ def evaluate_policies(
         raise ConfigError("--judge rm needs --rm DIR")
     if len({baseline, *policies}) != len(policies) + 1:
         raise ConfigError("each --policy must differ from the baseline and from each other (results are keyed by path)")
-    sampling = sampling or SamplingConfig(max_new_tokens=32)
+    # every input file is read and validated before any model is loaded
     examples = _prompt_rows(prompts)
+    heldout_rows = [ex.to_row() for ex in load_examples(heldout, "preference")] if heldout else []
+    sampling = sampling or SamplingConfig(max_new_tokens=32)
     reference = reference or baseline
     gold_score = scorer(gold) if gold else None  # reward sources are loaded once, not once per policy
     rm_score = model_scorer(rm) if rm else None
@@ -91,8 +93,8 @@ def evaluate_policies(
             for x, y in zip(scores[a], scores[b])
         ]
     out: dict[str, Any] = {"baseline": baseline, "policies": results, "ratings": ratings_table(comparisons)}
-    if rm_score and heldout:
-        out["reward_model"] = rm_quality(rm_score, [row for _, row in read_rows(heldout)])
+    if rm_score and heldout_rows:
+        out["reward_model"] = rm_quality(rm_score, heldout_rows)
     if safety:
         out["safety"] = {name: _safety(name, sampling) for name in policies}
     return out

@@ -54,7 +54,7 @@ def generate(
     set_seed(seed)
     model, tokenizer = load_for_inference(model_path, dtype)
     d = DataConfig()
-    prompts = encode_prompts(examples, ChatFormatter(tokenizer, d.max_length, d.max_prompt_length, d.truncation))
+    prompts = encode_prompts(examples, ChatFormatter(tokenizer, d.max_length, d.prompt_length, d.truncation))
     same = reference is None or str(Path(reference).resolve()) == str(Path(model_path).resolve())
 
     @contextlib.contextmanager

@@ -15,7 +15,8 @@ from typing import Any
 
 from rlhfkit.commands import OPTIMIZERS, trainer
 from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, resolve, to_dict
-from rlhfkit.data import read_rows, resolve_data_path, train_eval_split, write_jsonl
+from rlhfkit.data import load_examples, read_rows, resolve_data_path, train_eval_split, write_jsonl
+from rlhfkit.errors import TooFewRowsError
 from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.pipeline.runner import Stage, stage_seed
@@ -35,6 +36,20 @@ def _prompt_text(row: dict[str, Any], where: str, line: int) -> str:
     if not isinstance(p, str) or not p.strip():
         raise ConfigError(f"{where}:{line}: field 'prompt' must be a non-empty string")
     return p
+
+
+LABEL_MORE = "label more pairs (prompts.per_round, sample.num_samples, label.pairs=all)"
+
+
+def _train(command: str, cfg: Any, round_: int, section: str, more: str = "") -> dict[str, Any]:
+    """Run a trainer as a stage; too few rows for a batch names the pipeline's key (`rm.train.batch_size`)."""
+    try:
+        return trainer(command)(cfg)
+    except TooFewRowsError as e:  # raised before any model is loaded
+        raise ConfigError(
+            f"round {round_} {section}: only {e.rows} {e.what} for a global batch of {e.global_batch}: "
+            f"lower {section}.{e.key}{more}"
+        ) from None
 
 
 class Pipeline:
@@ -104,7 +119,7 @@ class Pipeline:
                 "train": {"output_dir": str(d), "resume": resume, "seed": stage_seed(self.cfg.seed, 0, "sft")},
             }
             cfg = _stage_config(SFTConfig, user, forced, self.where, "sft.")
-            return trainer("sft")(cfg)
+            return _train("sft", cfg, 0, "sft", " or add demonstrations")
 
         return Stage(0, "sft", {"sft": user, "model": self.cfg.model}, inputs, ("model",), run)
 
@@ -151,8 +166,8 @@ class Pipeline:
             from rlhfkit.pipeline.labellers import LABELLERS
 
             seed = stage_seed(self.cfg.seed, r, "label")
-            if c.source == "file":
-                rows = _read(inputs["file"])
+            if c.source == "file":  # validated like any preference file: a bad row names its file and line
+                rows = [ex.to_row() for ex in load_examples(inputs["file"], "preference")]
                 info: dict[str, Any] = {"source": str(inputs["file"])}
             else:
                 prompts, a, b = pairs_from_samples(_read(samples), c.pairs, c.max_pairs, seed)
@@ -180,15 +195,20 @@ class Pipeline:
         def run(d: Path, resume: bool) -> dict[str, Any]:
             train_rows = [row for p in prefs for row in _read(p)]
             eval_rows = [row for p in heldout for row in _read(p)]
+            if not train_rows:
+                raise ConfigError(f"round {r} rm: the label source gave no training pairs: {LABEL_MORE}")
             _write(d / "data" / "train.jsonl", train_rows)
             _write(d / "data" / "eval.jsonl", eval_rows)
+            data: dict[str, Any] = {"train": str(d / "data" / "train.jsonl"), "eval": str(d / "data" / "eval.jsonl")}
+            if not eval_rows:  # label.heldout_fraction=0: no held-out pairs (and none taken from training)
+                data |= {"eval": None, "eval_fraction": 0.0}
             forced = {
                 "model": {"name_or_path": self.base_policy},
-                "data": {"train": str(d / "data" / "train.jsonl"), "eval": str(d / "data" / "eval.jsonl")},
+                "data": data,
                 "train": {"output_dir": str(d), "resume": resume, "seed": stage_seed(self.cfg.seed, r, "rm")},
             }
             cfg = _stage_config(RMConfig, self.cfg.rm, forced, self.where, "rm.")
-            return trainer("rm")(cfg)
+            return _train("rm", cfg, r, "rm", f", or {LABEL_MORE}")
 
         return Stage(r, "rm", {"rm": self.cfg.rm, "base": self.base_policy}, inputs, ("model",), run)
 
@@ -220,10 +240,12 @@ class Pipeline:
                     forced["gold"] = {"sources": [to_dict(s) for s in self.cfg.label.gold]}
             else:
                 rows = [row for i in range(1, r + 1) for row in _read(self.layout.prefs(i))]
+                if not rows:
+                    raise ConfigError(f"round {r} optimize: the label source gave no training pairs: {LABEL_MORE}")
                 _write(d / "data" / "train.jsonl", rows)
                 forced["data"] = {"train": str(d / "data" / "train.jsonl")}
             cfg = _stage_config(cls, user, forced, self.where, "optimize.")
-            return trainer(self.algo)(cfg)
+            return _train(self.algo, cfg, r, "optimize", "" if online else f", or {LABEL_MORE}")
 
         return Stage(r, "optimize", {"optimize": self.cfg.optimize}, inputs, ("model",), run)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import ConfigError, RewardConfig, RewardSpec
-from rlhfkit.models.loading import ModelNotFoundError, resolve_model_path
+from rlhfkit.models.loading import ModelNotFoundError, check_model_path, resolve_model_path
 from rlhfkit.rewards.base import Messages, RewardSource, Scores, as_scores, prompt_text
 from rlhfkit.rewards.rules import RULES, apply_rule, check_params
 from rlhfkit.rewards.sources import (
@@ -49,6 +49,7 @@ __all__ = [
     "build_reward",
     "build_source",
     "check_params",
+    "check_reward_paths",
     "checked_scores",
     "load_callable",
     "prompt_text",
@@ -62,6 +63,19 @@ def _model_dir(where: str, path: str) -> str:
     except ModelNotFoundError as e:
         raise ModelNotFoundError(f"{where}: {e}") from None
     return path
+
+
+def check_reward_paths(reward: RewardConfig, section: str = "reward") -> None:
+    """Before any model is loaded: every reward-model directory and callable file that `reward.sources` names exists
+    (nothing is loaded)."""
+    for i, spec in enumerate(reward.sources):
+        where = f"{section}.sources[{i}].path"
+        if spec.kind in ("model", "ensemble"):
+            for path in spec.path.split(","):
+                check_model_path(path.strip(), where)
+        target = spec.path.strip().rpartition(":")[0]
+        if spec.kind == "callable" and target.endswith(".py") and not Path(target).expanduser().is_file():
+            raise FileNotFoundError(f"{where}={spec.path!r}: no such file {Path(target).expanduser().resolve()}")
 
 
 def _build_model(spec: RewardSpec, where: str, device: str | torch.device, dtype: str) -> RewardSource:

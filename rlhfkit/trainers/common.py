@@ -13,9 +13,11 @@ import yaml
 from accelerate import PartialState
 
 import rlhfkit
-from rlhfkit.config import to_dict
+from rlhfkit.config import TrainConfig, to_dict
+from rlhfkit.errors import TooFewRowsError
 from rlhfkit.models import (
     apply_lora,
+    check_model_path,
     disable_dropout,
     freeze_lower_layers,
     load_causal_lm,
@@ -29,6 +31,20 @@ from rlhfkit.seeding import set_seed
 def is_main_process() -> bool:
     """True in the process that writes a run's files (the only one without accelerate launch)."""
     return PartialState().is_main_process
+
+
+def check_rows(n_rows: int, train: TrainConfig, what: str = "training rows") -> None:
+    """Before any model is loaded: at least one global batch (train.batch_size x processes) of rows to train on."""
+    global_batch = train.batch_size * PartialState().num_processes
+    if n_rows < global_batch:
+        raise TooFewRowsError(n_rows, global_batch, what=what)
+
+
+def check_models(model_cfg: Any, reference: str | None = None) -> None:
+    """Before any model is loaded: the policy and reference directories exist (builtin names pass)."""
+    check_model_path(model_cfg.name_or_path, "model.name_or_path")
+    if reference:
+        check_model_path(reference, "reference")
 
 
 def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:

@@ -21,7 +21,7 @@ from rlhfkit.data import ChatFormatter, EncodedPair, collate_pair_batch, encode_
 from rlhfkit.losses import PREFERENCE_LOSSES, REFERENCE_FREE, dpo_ties_loss
 from rlhfkit.models import Reference, build_reference, completion_logps
 from rlhfkit.rollout import make_engine, sample_with_kl, sampling_params
-from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 
 
@@ -137,47 +137,52 @@ def precompute_reference(
 def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Optimize cfg.model on preference pairs with cfg.loss; writes cfg.train.output_dir."""
     out = Path(cfg.train.output_dir)
+    # 1. data, validated before any model is loaded
+    train_ex, eval_ex, notes = load_train_eval(cfg.data, "preference", cfg.train.seed)
+    drop_ties = cfg.loss.ties == "drop"  # a tie trained as chosen-over-rejected would teach an arbitrary order
+    decided = sum(not ex.tie for ex in train_ex)
+    if drop_ties and decided == 0:
+        raise ValueError(
+            f"{cfg.data.train}: every training pair is a tie ({len(train_ex)}), and loss.ties=drop drops ties: "
+            "train them with loss.ties=davidson (or rao-kupper)"
+        )
+    check_rows(decided if drop_ties else len(train_ex), cfg.train, "training pairs")
+    check_models(cfg.model, cfg.reference)
     write_run_files(out, cfg, "dpo")
-    # 1. policy, and the reference: adapters off under LoRA, else a frozen copy (or another checkpoint)
+    # 2. policy, and the reference: adapters off under LoRA, else a frozen copy (or another checkpoint)
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
     accelerator = make_accelerator(cfg.train)
     keep = cfg.loss.reference == "live" or cfg.eval_kl_samples > 0
     reference = build_reference(model, cfg.model, cfg.reference, keep, accelerator.device)
-    # 2. data -> tokenized pairs
-    train_ex, eval_ex, notes = load_train_eval(cfg.data, "preference", cfg.train.seed)
-    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    # 3. rows -> tokenized pairs
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     train_pairs, eval_pairs = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
     notes.append(f"truncation: {fmt.report}")
     n_ties = sum(p.tie for p in train_pairs)
-    if cfg.loss.ties == "drop":  # a tie trained as chosen-over-rejected would teach an arbitrary order
+    if drop_ties:
         train_pairs, eval_pairs = [p for p in train_pairs if not p.tie], [p for p in eval_pairs if not p.tie]
         notes.append(f"ties: dropped {n_ties} tie pairs from training (loss.ties=drop)")
-        if n_ties and not train_pairs:
-            raise ValueError(
-                f"{cfg.data.train}: every training pair is a tie ({n_ties}), and loss.ties=drop drops ties: "
-                "train them with loss.ties=davidson (or rao-kupper)"
-            )
     else:
         notes.append(f"ties: {n_ties} tie pairs trained with the {cfg.loss.ties} tie model (Chen et al. 2024)")
-    # 3. reference log-probs once, before the policy moves
+    # 4. reference log-probs once, before the policy moves
     pad = tokenizer.pad_token_id
     if cfg.loss.name in REFERENCE_FREE or cfg.loss.reference == "live":
         train_rows, eval_rows = [DPORow(p) for p in train_pairs], [DPORow(p) for p in eval_pairs]
     else:
         train_rows = precompute_reference(train_pairs, reference, pad, autocast=accelerator.autocast)
         eval_rows = precompute_reference(eval_pairs, reference, pad, autocast=accelerator.autocast)
-    # 4. the loop
+    # 5. the loop
     objective = DPOObjective(pad, cfg.loss, reference)
     result = run_loop(
         model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
     )
     if not result.is_main:
         return {}
-    # 5. KL to the reference on the policy's own samples (held-out prompts)
+    # 6. KL to the reference on the policy's own samples (held-out prompts)
     kl = {}
     if eval_pairs and cfg.eval_kl_samples > 0:
         kl = _sampled_kl(model, tokenizer, reference, [p.prompt_ids for p in eval_pairs[: cfg.eval_kl_samples]], cfg)
-    # 6. save and summarize
+    # 7. save and summarize
     return finish_run(
         out,
         "dpo",

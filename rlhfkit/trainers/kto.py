@@ -19,7 +19,7 @@ from rlhfkit.config import KTOConfig, KTOLossConfig, to_dict
 from rlhfkit.data import ChatFormatter, UnpairedRow, collate_pairs, encode_unpaired, load_train_eval
 from rlhfkit.losses import kto_loss, kto_reference_point
 from rlhfkit.models import Reference, build_reference, completion_logps
-from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 
 
@@ -83,24 +83,27 @@ class KTOObjective:
 def train_kto(cfg: KTOConfig) -> dict[str, Any]:
     """Optimize cfg.model on unpaired desirable / undesirable responses; writes cfg.train.output_dir."""
     out = Path(cfg.train.output_dir)
+    # 1. data, validated before any model is loaded
+    train_ex, eval_ex, notes = load_train_eval(cfg.data, "unpaired", cfg.train.seed)
+    check_rows(len(train_ex), cfg.train)
+    check_models(cfg.model, cfg.reference)
     write_run_files(out, cfg, "kto")
-    # 1. policy and a frozen reference on the training device
+    # 2. policy and a frozen reference on the training device
     model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
     accelerator = make_accelerator(cfg.train)
     reference = build_reference(model, cfg.model, cfg.reference, True, accelerator.device)
-    # 2. data -> (prompt, response, label) token rows
-    train_ex, eval_ex, notes = load_train_eval(cfg.data, "unpaired", cfg.train.seed)
-    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    # 3. data -> (prompt, response, label) token rows
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     train_rows, eval_rows = encode_unpaired(train_ex, fmt), encode_unpaired(eval_ex, fmt)
     notes.append(f"truncation: {fmt.report}")
     desirable = sum(r.label for r in train_rows)
     notes.append(f"labels: {desirable} desirable, {len(train_rows) - desirable} undesirable")
-    # 3. the loop
+    # 4. the loop
     objective = KTOObjective(tokenizer.pad_token_id, cfg.loss, reference)
     result = run_loop(
         model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
     )
-    # 4. save and summarize
+    # 5. save and summarize
     if not result.is_main:
         return {}
     return finish_run(out, "kto", model, tokenizer, result, notes, len(train_rows), len(eval_rows))

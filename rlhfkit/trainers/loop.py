@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from rlhfkit.config import TrainConfig
-from rlhfkit.errors import TrainingDiverged
+from rlhfkit.errors import TooFewRowsError, TrainingDiverged
 from rlhfkit.seeding import set_seed
 from rlhfkit.tracking import MetricsLogger
 from rlhfkit.trainers.checkpoint import latest_checkpoint, resume_or_refuse, write_checkpoint
@@ -69,9 +69,7 @@ class DataOrder:
 
     def __init__(self, n_rows: int, global_batch: int, seed: int):
         if n_rows < global_batch:
-            raise ValueError(
-                f"only {n_rows} training rows for a global batch of {global_batch}: lower train.batch_size or add data"
-            )
+            raise TooFewRowsError(n_rows, global_batch)
         self.n_rows, self.global_batch, self.seed = n_rows, global_batch, seed
         self.steps_per_epoch = n_rows // global_batch  # the partial last batch is dropped: every step has one shape
         self._cache: tuple[int, list[int]] | None = None

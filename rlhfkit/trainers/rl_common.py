@@ -27,7 +27,7 @@ from rlhfkit.config import RLConfig
 from rlhfkit.data import ChatFormatter, load_train_eval
 from rlhfkit.kl import KLController, make_kl_controller
 from rlhfkit.models import Reference, build_reference
-from rlhfkit.rewards import build_reward
+from rlhfkit.rewards import build_reward, check_reward_paths
 from rlhfkit.rewards.base import Scores
 from rlhfkit.rewards.sources import RunningNormalizer
 from rlhfkit.rollout import (
@@ -42,7 +42,7 @@ from rlhfkit.rollout import (
     sample_with_kl,
     sampling_params,
 )
-from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import DataOrder, LoopResult, Session, make_accelerator
 
 
@@ -89,6 +89,11 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     """Models, reward sources, prompts, engine and KL controller of an online run (the output directory is written)."""
     tc = cfg.train
     out = Path(tc.output_dir)
+    train_ex, eval_ex, notes = load_train_eval(cfg.data, "prompt", tc.seed)  # validated before any model is loaded
+    check_rows(len(train_ex), tc, "training prompts")
+    check_models(cfg.model, cfg.reference)
+    check_reward_paths(cfg.reward, "reward")
+    check_reward_paths(cfg.gold, "gold")
     write_run_files(out, cfg, command)
     policy, tokenizer = load_for_training(cfg.model, "causal", tc.seed)
     accelerator = make_accelerator(tc)
@@ -96,8 +101,7 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     reference = build_reference(policy, cfg.model, cfg.reference, True, device)
     reward = build_reward(replace(cfg.reward, normalize=False, clip=None), device=str(device), dtype=cfg.model.dtype)
     gold = build_reward(cfg.gold, device=str(device), dtype=cfg.model.dtype) if cfg.gold.sources else None
-    train_ex, eval_ex, notes = load_train_eval(cfg.data, "prompt", tc.seed)
-    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     prompts, eval_prompts = encode_prompts(train_ex, fmt), encode_prompts(eval_ex, fmt)[: cfg.eval_samples]
     notes.append(f"prompt truncation: {fmt.report}")
     order = DataOrder(len(prompts), tc.batch_size * accelerator.num_processes, tc.seed)

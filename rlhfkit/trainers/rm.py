@@ -31,7 +31,7 @@ from rlhfkit.eval.metrics import (
 )
 from rlhfkit.losses.reward import reward_loss
 from rlhfkit.rewards.sources import ENCODING_FILE
-from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
@@ -132,12 +132,17 @@ def reward_model_report(
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
     """Train a reward model; writes cfg.train.output_dir (model/ reloads with transformers alone)."""
     out = Path(cfg.train.output_dir)
-    write_run_files(out, cfg, "rm")
-    # 1. base model with a scalar head
-    model, tokenizer = load_for_training(cfg.model, "reward", cfg.train.seed)
-    # 2. preference / ranking rows -> tokenized pairs
+    # 1. preference / ranking rows, validated before any model is loaded
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "preference", cfg.train.seed)
-    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    if cfg.group_pairs:
+        check_rows(len({json.dumps(ex.prompt, sort_keys=True) for ex in train_ex}), cfg.train, "training prompts")
+    else:
+        check_rows(len(train_ex), cfg.train, "training pairs")
+    check_models(cfg.model)
+    write_run_files(out, cfg, "rm")
+    # 2. base model with a scalar head; rows -> tokenized pairs
+    model, tokenizer = load_for_training(cfg.model, "reward", cfg.train.seed)
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     train_pairs, eval_rows = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
     notes.append(f"truncation: {fmt.report}")
     # a seeded training sample as large as the held-out set (capped) is scored too: the train-held-out gap
@@ -159,6 +164,6 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         return {}
     summary = finish_run(out, "rm", model, tokenizer, result, notes, len(train_pairs), len(eval_rows))
     # how pairs were encoded, so that a reward source scores new responses the same way (rewards/sources.py)
-    encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
+    encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.prompt_length}
     (Path(summary["model"]) / ENCODING_FILE).write_text(json.dumps(encoding) + "\n")
     return summary

@@ -13,7 +13,7 @@ from rlhfkit.config import SFTConfig, to_dict
 from rlhfkit.data import ChatFormatter, collate_sft, encode_all, load_train_eval, pack_sequences
 from rlhfkit.losses.aggregation import aggregate_sum_and_count
 from rlhfkit.losses.sft import sft_loss
-from rlhfkit.trainers.common import finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
@@ -78,12 +78,14 @@ class SFTObjective:
 def train_sft(cfg: SFTConfig) -> dict[str, Any]:
     """Fine-tune cfg.model on cfg.data; writes cfg.train.output_dir and returns the summary."""
     out = Path(cfg.train.output_dir)
-    write_run_files(out, cfg, "sft")
-    # 1. model and tokenizer
-    model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
-    # 2. data: load, clean, split, tokenize with the chat template (loss on assistant tokens), optionally pack
+    # 1. data: load, validate, clean, split, before any model is loaded (a bad row costs no model load)
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "sft", cfg.train.seed)
-    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.truncation)
+    check_rows(len(train_ex), cfg.train)
+    check_models(cfg.model)
+    write_run_files(out, cfg, "sft")
+    # 2. model and tokenizer; tokenize with the chat template (loss on assistant tokens), optionally pack
+    model, tokenizer = load_for_training(cfg.model, "causal", cfg.train.seed)
+    fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     train_rows = encode_all(train_ex, fmt.encode_sft)
     eval_rows = encode_all(eval_ex, fmt.encode_sft)
     notes.append(f"truncation: {fmt.report}")
