@@ -126,8 +126,6 @@ NOT_RUNNABLE = {
 XFAIL = {
     "rlhfkit dpo -o runs/dpo --resume": "resume does not read the run's saved config: `data.train is empty` (issue 13 §1)",
 }
-# The README's YAML example for `rlhfkit dpo`, run as `rlhfkit dpo --config dpo.yaml`:
-YAML_XFAIL = "`report_to: [tensorboard]` fails on the documented install (issue 13 §2)"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -408,7 +406,6 @@ def test_readme_placeholder_commands_have_stand_ins(workspace: Workspace):
         assert res.returncode == 0, _show(res)
 
 
-@pytest.mark.xfail(reason=YAML_XFAIL, strict=False)
 def test_readme_yaml_example_trains(workspace: Workspace):
     """The README's YAML config (one section per part) is a valid `rlhfkit dpo` config and trains as written."""
     res = workspace.run(_rlhfkit(["rlhfkit", "dpo", "--config", "dpo.yaml", "-o", "runs/dpo_yaml"]))
@@ -421,16 +418,11 @@ def test_readme_yaml_example_is_a_valid_config(workspace: Workspace):
     import yaml
 
     from rlhfkit.commands import COMMANDS
-    from rlhfkit.config import ConfigError, load_config
+    from rlhfkit.config import load_config
     from rlhfkit.pipeline.config import load_pipeline
 
     example = yaml.safe_load((workspace.path / "dpo.yaml").read_text())
-    try:
-        cfg = load_config(COMMANDS["dpo"].config, str(workspace.path / "dpo.yaml"), [])
-    except ConfigError as e:  # a sink whose package is missing, once sinks are checked when the config loads
-        if "tensorboard" not in str(e):
-            raise
-        pytest.xfail(f"{YAML_XFAIL}: {e}")
+    cfg = load_config(COMMANDS["dpo"].config, str(workspace.path / "dpo.yaml"), [])
     assert cfg.loss.name == example["loss"]["name"] and cfg.train.max_steps == example["train"]["max_steps"]
     pipe = load_pipeline(workspace.path / "pipeline.yaml", [])
     assert pipe.rounds == yaml.safe_load((workspace.path / "pipeline.yaml").read_text())["rounds"]
