@@ -23,6 +23,7 @@ from rlhfkit.models import (
     load_tokenizer,
     save_model,
 )
+from rlhfkit.rundir import check_run_dir
 from rlhfkit.seeding import set_seed
 
 
@@ -34,6 +35,8 @@ def is_main_process() -> bool:
 def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:
     if not is_main_process():
         return
+    for note in check_run_dir(out_dir, cfg, command):  # refuses before anything is written (rundir.py)
+        print(note)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump({"command": command, **to_dict(cfg)}, sort_keys=False))
 
