@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from rlhfkit.config import ConfigError, from_dict, to_dict
+from rlhfkit.config import ALIASES, ConfigError, from_dict, to_dict
 
 CONFIG_FILE = "config.yaml"
 RUN_FILES = (CONFIG_FILE, "checkpoints", "metrics.jsonl", "model", "summary.json")
@@ -81,7 +81,7 @@ def check_run_dir(out_dir: str | Path, cfg: Any, command: str) -> list[str]:
         raise ConfigError("train.output_dir is empty: say where the run goes (-o DIR)")
     out = Path(out_dir)
     saved = saved_run(out)
-    if saved is not None and saved.command != command:
+    if saved is not None and ALIASES.get(saved.command, saved.command) != command:
         raise ConfigError(
             f"{out} holds a run of `rlhfkit {saved.command}`: `rlhfkit {command}` will not "
             f"{'resume' if cfg.train.resume else 'write into'} it; choose another output directory"

@@ -160,6 +160,7 @@ def test_sigkill_mid_stage_resumes_without_repeating_finished_stages(root: Path)
     proc.wait()
     record = json.loads((opt / "stage.json").read_text())
     assert record["status"] == "running"
+    assert any(x.startswith("round-1/optimize") and "interrupted" in x for x in status_table(out).splitlines())
     before = finished(out)
     assert all(before[k] for k in ("0/prompts", "0/sft", "0/eval", "1/sample", "1/label", "1/rm"))
 
