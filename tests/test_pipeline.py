@@ -461,8 +461,6 @@ def test_eval_prints_reward_model_and_safety_without_an_output_file(root: Path, 
         "--prompts", str(prompts), "--gold", "tests.toy:letter_reward", "--max-new-tokens", "4",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([*args, "--heldout", str(pairs)], cwd=ROOT, capture_output=True, text=True, env=env)
-    assert r.returncode == 2 and "--heldout measures a reward model: it needs --rm DIR" in r.stderr
     r = subprocess.run(
         [*args, "--rm", str(rm), "--heldout", str(pairs), "--safety"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
@@ -472,3 +470,6 @@ def test_eval_prints_reward_model_and_safety_without_an_output_file(root: Path, 
     safety = next(x for x in r.stdout.splitlines() if x.startswith(f"safety of {root / 'tiny'}: "))
     assert "harmful prompts" in safety and "over-refusal" in safety and "jailbreak success" in safety
     assert not list(tmp_path.glob("*.json"))  # printed, not written
+    # held-out pairs without a reward model to measure are refused, not ignored
+    r = subprocess.run([*args, "--heldout", str(pairs)], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "--heldout measures a reward model: it needs --rm DIR" in r.stderr
