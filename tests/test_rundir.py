@@ -93,6 +93,8 @@ def test_a_refused_run_touches_nothing_of_the_run_it_found(files, tmp_path):
     assert "`rlhfkit sft`" in line and "`rlhfkit rm`" in line
     line = _error(_cli("sft", *_small(files, "sft.jsonl"), "-o", str(run), cwd=tmp_path), "sft")
     assert "holds an earlier run" in line and "--resume" in line
+    line = _error(_cli("run", "-o", str(run), cwd=tmp_path), "run")  # nor does a pipeline move in
+    assert f"{run} holds files of something else" in line
     assert _snapshot(run) == before  # not one byte (nor one timestamp) changed
     assert yaml.safe_load((run / "config.yaml").read_text())["command"] == "sft"
 

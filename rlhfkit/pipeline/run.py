@@ -22,6 +22,10 @@ def run_pipeline(
     """Run (or continue) a pipeline; returns the run directory."""
     pl = Pipeline(cfg, where)
     manifest_path = pl.layout.manifest
+    ours = (pl.layout.pipeline_file.name, pl.layout.annotations_db.name)  # what may precede the manifest
+    foreign = [p.name for p in pl.dir.iterdir() if not p.name.startswith(ours)] if pl.dir.is_dir() else []
+    if foreign and not manifest_path.exists():
+        raise ConfigError(f"{pl.dir} holds files of something else (no manifest.json): choose another output directory")
     if manifest_path.exists():  # two processes in one run directory would delete each other's stages
         old = json.loads(manifest_path.read_text())
         mine = (old.get("owner") or {}).get("pid") == owner()["pid"]  # an earlier call of this process that raised
