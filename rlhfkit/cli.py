@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import os
 import sys
 from pathlib import Path
 
 from rlhfkit.commands import COMMAND_ALIASES, COMMANDS, canonical, trainer
 from rlhfkit.config import ConfigError, keys_help, load_config, parse_overrides
 from rlhfkit.errors import QuantizationUnavailableError, TrainingDiverged
-from rlhfkit.rundir import check_run_dir, default_output_dir, saved_run
+from rlhfkit.rundir import check_run_dir, default_output_dir, first_process, saved_run
 
 # modules that add their own subcommands: each has `register(subparsers)`, and every parser it adds sets
 # `handler=fn(args) -> int` with set_defaults; errors they raise get the same one-line treatment as the trainers'
@@ -86,7 +85,7 @@ def run_command(
         cfg = load_config(COMMANDS[name].config, config, extra)
         if not cfg.train.output_dir:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=default_output_dir(name)))
-    if _is_main():  # refuse before the trainer (and torch) loads; the trainer checks again before it writes
+    if first_process():  # refuse before the trainer (and torch) loads; the trainer checks again before it writes
         command = cfg.algo.name if COMMANDS[name].online else name  # what the trainer records in config.yaml
         check_run_dir(Path(cfg.train.output_dir), cfg, command)
         print(f"rlhfkit {name}: {'resuming' if resume else 'new run in'} {cfg.train.output_dir}", flush=True)
@@ -122,11 +121,6 @@ def _resumed_config(name: str, config: str | None, extra: list[str]):
             "raise train.max_steps"
         )
     return cfg
-
-
-def _is_main() -> bool:
-    """Under `accelerate launch` only the first process checks and reports the output directory."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,10 @@ import yaml
 from rlhfkit.config import ALIASES, ConfigError, from_dict, to_dict
 
 CONFIG_FILE = "config.yaml"
-RUN_FILES = (CONFIG_FILE, "checkpoints", "metrics.jsonl", "model", "summary.json")
-"""What a training command writes into its output directory: any of them there means the directory holds a run."""
+RUN_FILES = ("checkpoints", "metrics.jsonl", "model", "summary.json")
+"""What a run leaves once it has trained (an empty metrics.jsonl aside): any of them means the directory holds a run
+that a new one would overwrite. A config.yaml alone is a run of the same command that stopped before its first step
+(a bad data row, say): starting again there loses nothing."""
 
 SAFE_ON_RESUME = (
     "train.progress",
@@ -76,7 +78,10 @@ def saved_run(out_dir: str | Path) -> SavedRun | None:
 
 def check_run_dir(out_dir: str | Path, cfg: Any, command: str) -> list[str]:
     """Refuse (ConfigError, one line) a run that would overwrite or mix with the one in `out_dir`; see the module
-    docstring. Returns what a resume changes that is allowed, one line each, for the user to read."""
+    docstring. Returns what a resume changes that is allowed, one line each, for the user to read. Under a launcher
+    (torchrun, accelerate launch) only the first process checks: the others would find its files."""
+    if not first_process():
+        return []
     if str(cfg.train.output_dir) == "":
         raise ConfigError("train.output_dir is empty: say where the run goes (-o DIR)")
     out = Path(out_dir)
@@ -87,7 +92,7 @@ def check_run_dir(out_dir: str | Path, cfg: Any, command: str) -> list[str]:
             f"{'resume' if cfg.train.resume else 'write into'} it; choose another output directory"
         )
     if not cfg.train.resume:
-        found = [name for name in RUN_FILES if (out / name).exists()]
+        found = [name for name in RUN_FILES if (out / name).exists() and not _empty_file(out / name)]
         if found:
             raise ConfigError(
                 f"{out} holds an earlier run ({', '.join(found)}): pass --resume to continue it, "
@@ -95,6 +100,15 @@ def check_run_dir(out_dir: str | Path, cfg: Any, command: str) -> list[str]:
             )
         return []
     return [] if saved is None else _resume_changes(out, saved, cfg)
+
+
+def _empty_file(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size == 0
+
+
+def first_process() -> bool:
+    """True in the first process of a launched job (RANK=0), and in a process that was not launched."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _resume_changes(out: Path, saved: SavedRun, cfg: Any) -> list[str]:

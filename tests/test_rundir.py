@@ -105,6 +105,9 @@ def test_python_api_refuses_before_writing(files, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(SFTConfig, None, [*_small(files, "sft.jsonl"), f"train.output_dir={out}"])
     write_run_files(out, cfg, "sft")
+    write_run_files(out, cfg, "sft")  # a run that stopped before its first step (config.yaml alone) starts again
+    (out / "metrics.jsonl").write_text("")  # ... and so does one that stopped before logging a step
+    write_run_files(out, cfg, "sft")
     (out / "config.yaml").write_text((out / "config.yaml").read_text().replace("command: sft", "command: rm"))
     saved = (out / "config.yaml").read_text()
     with pytest.raises(ValueError, match="holds a run of `rlhfkit rm`"):
