@@ -11,7 +11,7 @@ from pathlib import Path
 from rlhfkit.commands import COMMAND_ALIASES, COMMANDS, canonical, trainer
 from rlhfkit.config import ConfigError, keys_help, load_config, parse_overrides
 from rlhfkit.errors import QuantizationUnavailableError, TrainingDiverged
-from rlhfkit.rundir import check_run_dir, default_output_dir, first_process, saved_run
+from rlhfkit.rundir import check_run_dir, default_output_dir, first_process, saved_run, write_record
 
 # modules that add their own subcommands: each has `register(subparsers)`, and every parser it adds sets
 # `handler=fn(args) -> int` with set_defaults; errors they raise get the same one-line treatment as the trainers'
@@ -85,11 +85,22 @@ def run_command(
         cfg = load_config(COMMANDS[name].config, config, extra)
         if not cfg.train.output_dir:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=default_output_dir(name)))
-    if first_process():  # refuse before the trainer (and torch) loads; the trainer checks again before it writes
+    out, first = Path(cfg.train.output_dir), first_process()
+    if first:  # refuse before the trainer (and torch) loads; the trainer checks again before it writes
         command = cfg.algo.name if COMMANDS[name].online else name  # what the trainer records in config.yaml
-        check_run_dir(Path(cfg.train.output_dir), cfg, command)
-        print(f"rlhfkit {name}: {'resuming' if resume else 'new run in'} {cfg.train.output_dir}", flush=True)
-    return trainer(name)(cfg)
+        check_run_dir(out, cfg, command)
+        print(f"rlhfkit {name}: {'resuming' if resume else 'new run in'} {out}", flush=True)
+        write_record(out, name, "running")  # `rlhfkit status DIR` tells a crashed run from a running one
+    try:
+        summary = trainer(name)(cfg)
+    except BaseException as e:
+        if first:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            write_record(out, name, "interrupted" if interrupted else "failed", None if interrupted else str(e))
+        raise
+    if first:
+        write_record(out, name, "done")
+    return summary
 
 
 def _resumed_config(name: str, config: str | None, extra: list[str]):

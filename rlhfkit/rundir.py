@@ -7,12 +7,14 @@ A run directory holds `config.yaml` (the resolved config and the command that ma
 - a resume whose settings differ from the saved ones, except the few that cannot change what is trained (logging,
   checkpoint cadence) and the run's length (`train.max_steps`, `train.epochs`), which are accepted and said.
 
-`owner()` names the process that writes a run (pipeline stages record it); `owner_alive()` tells a crashed run
-(`interrupted`) from one still going.
+`owner()` names the process that writes a run (pipeline stages record it, and the CLI in a run's `run.json`);
+`shown_status()` tells a crashed run (`interrupted`) from one still going, and `check_run_dir` refuses a directory that
+a live process is training.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -25,6 +27,8 @@ import yaml
 from rlhfkit.config import ALIASES, ConfigError, from_dict, to_dict
 
 CONFIG_FILE = "config.yaml"
+RECORD_FILE = "run.json"
+"""Who runs the directory and how it ended: {command, status: running | done | failed, started, finished, owner}."""
 RUN_FILES = ("checkpoints", "metrics.jsonl", "model", "summary.json")
 """What a run leaves once it has trained (an empty metrics.jsonl aside): any of them means the directory holds a run
 that a new one would overwrite. A config.yaml alone is a run of the same command that stopped before its first step
@@ -85,6 +89,13 @@ def check_run_dir(out_dir: str | Path, cfg: Any, command: str) -> list[str]:
     if str(cfg.train.output_dir) == "":
         raise ConfigError("train.output_dir is empty: say where the run goes (-o DIR)")
     out = Path(out_dir)
+    rec = read_record(out)
+    if shown_status(rec) == "running" and owner_alive(rec.get("owner")) and rec["owner"]["pid"] != os.getpid():
+        who = rec["owner"]
+        raise ConfigError(
+            f"{out} is being trained by process {who['pid']} on {who['host']} (`rlhfkit {rec.get('command')}`, "
+            f"started {rec.get('started')}): wait for it to finish, or stop it first"
+        )
     saved = saved_run(out)
     if saved is not None and ALIASES.get(saved.command, saved.command) != command:
         raise ConfigError(
@@ -127,6 +138,12 @@ def _resume_changes(out: Path, saved: SavedRun, cfg: Any) -> list[str]:
             f"cannot resume {out}: {shown}{more} would change the run saved in {where}; resume without changing "
             "them, or start a new run in another output directory"
         )
+    steps = [int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*[0-9]")]
+    if "train.max_steps" in changed and 0 < cfg.train.max_steps < max(steps, default=0):
+        raise ConfigError(
+            f"cannot resume {out} with train.max_steps={cfg.train.max_steps}: it has trained {max(steps)} steps "
+            "already (its newest checkpoint)"
+        )
     notes = []
     for k in changed:
         note = f"resuming with {k}={_show(after.get(k))} (the run was saved with {_show(before.get(k))})"
@@ -152,6 +169,65 @@ def _show(v: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The process that owns a run
+
+
+def read_record(out_dir: str | Path) -> dict[str, Any]:
+    """A run directory's run.json ({} when there is none or it is unreadable)."""
+    try:
+        rec = json.loads((Path(out_dir) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def write_record(out_dir: str | Path, command: str, status: str, error: str | None = None) -> None:
+    """Record this process as the run's owner (status running), or how the run ended (done, failed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = read_record(out) if status != "running" else {}
+    rec |= {"command": command, "status": status, "owner": owner()}
+    rec.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
+    if status != "running":
+        rec["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    if error:
+        rec["error"] = error
+    tmp = out / (RECORD_FILE + ".tmp")
+    tmp.write_text(json.dumps(rec, indent=2))
+    os.replace(tmp, out / RECORD_FILE)  # atomic: never half a record
+
+
+def shown_status(record: dict[str, Any] | None) -> str:
+    """A stage's or a run's status for people: `running` whose owner process is gone (a crash, a kill) is
+    `interrupted`."""
+    status = str((record or {}).get("status") or "-")
+    if status == "running" and owner_alive((record or {}).get("owner")) is False:
+        return "interrupted"
+    return status
+
+
+def run_status(out_dir: str | Path) -> str:
+    """`rlhfkit status` of one command's output directory: how it stands, its progress, and what to do next."""
+    out = Path(out_dir)
+    saved = saved_run(out)
+    if saved is None:
+        raise ConfigError(f"{out}: no config.yaml or manifest.json; give a run's output directory")
+    rec = read_record(out)
+    status = shown_status(rec) if rec else ("done" if (out / "summary.json").exists() else "not finished")
+    ckpts = sorted((out / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+    length = saved.config.get("train", {}).get("max_steps") or "?"
+    parts = [f"rlhfkit {saved.command} run in {out}: {status}"]
+    if status == "done" and (out / "summary.json").exists():
+        summary = json.loads((out / "summary.json").read_text())
+        parts.append(f"{summary.get('steps')} steps in {summary.get('seconds')} s, model in {summary.get('model')}")
+    else:
+        parts.append(f"newest checkpoint {ckpts[-1].name} of {length} steps" if ckpts else "no checkpoint yet")
+    if status == "running" and rec.get("owner"):
+        parts.append(f"process {rec['owner']['pid']} on {rec['owner']['host']}")
+    if status in ("interrupted", "failed", "not finished"):
+        if rec.get("error"):
+            parts.append(f"error: {rec['error']}")
+        parts.append(f"`rlhfkit {saved.command} -o {out} --resume` continues it" if ckpts else "start it again")
+    return "; ".join(parts)
 
 
 def owner() -> dict[str, Any]:

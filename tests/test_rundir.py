@@ -214,3 +214,39 @@ def test_status_shows_interrupted_when_the_owner_process_is_gone(tmp_path):
     assert owner_alive(owner()) is True
     assert owner_alive({**owner(), "pid_started": -1}) is False  # the pid was reused by another process
     assert owner_alive(None) is None and owner_alive({**owner(), "host": "elsewhere"}) is None
+
+
+def test_status_of_one_command_run_and_no_second_process_while_it_trains(files, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "sft"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rlhfkit.cli", "sft", *_small(files, "sft.jsonl", steps=400), "train.save_every=1"]
+    proc = subprocess.Popen([*cmd, "-o", str(run)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    try:
+        t0 = time.monotonic()
+        while not list((run / "checkpoints").glob("step-*[0-9]")):
+            assert proc.poll() is None and time.monotonic() - t0 < 240, "the run ended early"
+            time.sleep(0.1)
+        r = _cli("status", str(run), cwd=tmp_path)
+        assert r.returncode == 0 and f"rlhfkit sft run in {run}: running" in r.stdout, r.stdout + r.stderr
+        assert f"process {proc.pid}" in r.stdout
+        # a second process resuming the same directory would mix two runs
+        line = _error(_cli("sft", "-o", str(run), "--resume", cwd=tmp_path), "sft")
+        assert f"{run} is being trained by process {proc.pid}" in line
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    r = _cli("status", str(run), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"rlhfkit sft run in {run}: interrupted; newest checkpoint step-" in r.stdout
+    assert f"of 400 steps; `rlhfkit sft -o {run} --resume` continues it" in r.stdout
+    step = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*[0-9]"))
+    if step > 1:  # a run cannot be cut shorter than it has trained
+        line = _error(_cli("sft", "-o", str(run), "--resume", f"train.max_steps={step - 1}", cwd=tmp_path), "sft")
+        assert f"it has trained {step} steps already" in line
+    r = _cli("sft", "-o", str(run), "--resume", f"train.max_steps={step + 1}", cwd=tmp_path)  # the process is gone
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli("status", str(run), cwd=tmp_path)
+    assert f"rlhfkit sft run in {run}: done; {step + 1} steps in" in r.stdout, r.stdout

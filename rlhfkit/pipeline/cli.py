@@ -14,7 +14,7 @@ from rlhfkit.config import ConfigError, keys_help
 from rlhfkit.pipeline.config import DEMO_PIPELINE, PipelineConfig, load_pipeline
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.pipeline.run import run_pipeline, status_table
-from rlhfkit.pipeline.runner import shown_status
+from rlhfkit.rundir import run_status, saved_run, shown_status
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -26,6 +26,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if not RunLayout(Path(args.run_dir)).manifest.exists() and saved_run(args.run_dir) is not None:
+        print(run_status(args.run_dir))  # one command's output directory, not a pipeline's
+        return 0
     print(status_table(args.run_dir))
     manifest = RunLayout(Path(args.run_dir)).manifest
     if manifest.exists():
@@ -77,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="run every stage again, even when unchanged")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. rounds=3 label.source=judge")
     p.set_defaults(handler=_cmd_run)
-    s = sub.add_parser("status", help="stages of a run directory: status, time, headline metrics")
+    s = sub.add_parser(
+        "status", help="stages of a pipeline run (status, time, headline metrics), or how one command's run stands"
+    )
     s.add_argument("run_dir")
     s.set_defaults(handler=_cmd_status)
     demo = sub.add_parser("demo", help=_demo_help())

@@ -11,9 +11,9 @@ import yaml
 
 from rlhfkit.config import ConfigError, to_dict
 from rlhfkit.pipeline.config import PipelineConfig
-from rlhfkit.pipeline.runner import Runner, _git_commit, _versions, _write_json, shown_status, stage_records
+from rlhfkit.pipeline.runner import Runner, _git_commit, _versions, _write_json, stage_records
 from rlhfkit.pipeline.stages import Pipeline
-from rlhfkit.rundir import owner, owner_alive
+from rlhfkit.rundir import owner, owner_alive, shown_status
 
 
 def run_pipeline(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.pipeline.layout import RunLayout
-from rlhfkit.rundir import owner, owner_alive
+from rlhfkit.rundir import owner
 
 
 def hash_path(path: str | Path) -> str:
@@ -169,15 +169,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, float) and x != x:
         return None
     return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
-
-
-def shown_status(record: dict[str, Any]) -> str:
-    """A stage's or a run's status for people: `running` whose owner process is gone (a crash, a kill) is
-    `interrupted`."""
-    status = str(record.get("status") or "-")
-    if status == "running" and owner_alive(record.get("owner")) is False:
-        return "interrupted"
-    return status
 
 
 def stage_records(run_dir: str | Path) -> list[dict[str, Any]]:
