@@ -28,7 +28,8 @@ from rlhfkit.config import ALIASES, ConfigError, from_dict, to_dict
 
 CONFIG_FILE = "config.yaml"
 RECORD_FILE = "run.json"
-"""Who runs the directory and how it ended: {command, status: running | done | failed, started, finished, owner}."""
+"""Who runs the directory and how it ended: {command, status: running | done | failed | interrupted, started,
+finished, owner, error}."""
 RUN_FILES = ("checkpoints", "metrics.jsonl", "model", "summary.json")
 """What a run leaves once it has trained (an empty metrics.jsonl aside): any of them means the directory holds a run
 that a new one would overwrite. A config.yaml alone is a run of the same command that stopped before its first step
