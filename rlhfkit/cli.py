@@ -7,10 +7,12 @@ import dataclasses
 import importlib
 import sys
 import typing
+from pathlib import Path
 
-from rlhfkit.commands import COMMANDS, trainer
-from rlhfkit.config import ConfigError, keys_help, load_config
+from rlhfkit.commands import COMMAND_ALIASES, COMMANDS, canonical, trainer
+from rlhfkit.config import ConfigError, keys_help, load_config, parse_overrides
 from rlhfkit.errors import QuantizationUnavailableError, TrainingDiverged
+from rlhfkit.rundir import check_run_dir, default_output_dir, first_process, saved_run, write_record
 
 # modules that add their own subcommands: each has `register(subparsers)`, and every parser it adds sets
 # `handler=fn(args) -> int` with set_defaults; errors they raise get the same one-line treatment as the trainers'
@@ -45,6 +47,7 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str) -> None:
     c = COMMANDS[name]
     p = sub.add_parser(
         name,
+        aliases=[alias for alias, target in COMMAND_ALIASES.items() if target == name],
         help=c.about,
         description=f"rlhfkit {name}: {c.about}.",
         epilog=keys_help(c.config),
@@ -56,14 +59,18 @@ def _add_train_command(sub: argparse._SubParsersAction, name: str) -> None:
     if name == "sample":
         p.add_argument("--output", "-o", help="the JSONL file the samples are written to (same as output=...)")
     else:
-        p.add_argument("--output", "-o", help="output directory (same as train.output_dir=...)")
+        p.add_argument(
+            "--output", "-o", help="output directory (same as train.output_dir=...; default: outputs/<command>-<time>)"
+        )
     if name == "sample":
         p.add_argument(
             "--best-of", type=int, help="keep the best of N responses per prompt (same as num_samples=N best_of=true)"
         )
     else:
         p.add_argument(
-            "--resume", action="store_true", help="continue from the newest checkpoint in the output directory"
+            "--resume",
+            action="store_true",
+            help="continue the run in the output directory from its newest checkpoint, with its saved config",
         )
     p.add_argument("overrides", nargs="*", help=f"key.sub=value overrides, e.g. {_example_overrides(c.config)}")
 
@@ -83,15 +90,70 @@ def build_parser() -> argparse.ArgumentParser:
 def run_command(
     name: str, config: str | None, overrides: list[str], output: str | None, resume: bool, best_of: int | None = None
 ) -> dict:
+    name = canonical(name)
     extra = list(overrides)
+    if name == "sample":
+        if output:
+            extra.append(f"output={output}")
+        if best_of:
+            extra += [f"num_samples={best_of}", "best_of=true"]
+        return trainer(name)(load_config(COMMANDS[name].config, config, extra))
     if output:
-        extra.append(f"{'output' if name == 'sample' else 'train.output_dir'}={output}")
+        extra.append(f"train.output_dir={output}")
     if resume:
         extra.append("train.resume=true")
-    if best_of:
-        extra += [f"num_samples={best_of}", "best_of=true"]
-    cfg = load_config(COMMANDS[name].config, config, extra)
-    return trainer(name)(cfg)
+        cfg = _resumed_config(name, config, extra)
+    else:
+        cfg = load_config(COMMANDS[name].config, config, extra)
+        if not cfg.train.output_dir:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=default_output_dir(name)))
+    out, first = Path(cfg.train.output_dir), first_process()
+    if first:  # refuse before the trainer (and torch) loads; the trainer checks again before it writes
+        command = cfg.algo.name if COMMANDS[name].online else name  # what the trainer records in config.yaml
+        check_run_dir(out, cfg, command)
+        print(f"rlhfkit {name}: {'resuming' if resume else 'new run in'} {out}", flush=True)
+        write_record(out, name, "running")  # `rlhfkit status DIR` tells a crashed run from a running one
+    try:
+        summary = trainer(name)(cfg)
+    except BaseException as e:
+        if first:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            write_record(out, name, "interrupted" if interrupted else "failed", None if interrupted else str(e))
+        raise
+    if first:
+        write_record(out, name, "done")
+    return summary
+
+
+def _resumed_config(name: str, config: str | None, extra: list[str]):
+    """The saved run's config (config.yaml in the output directory) <- --config <- overrides: `rlhfkit dpo -o DIR
+    --resume` needs nothing else; what is given again is checked against the saved run (rundir.check_run_dir)."""
+    cls = COMMANDS[name].config
+    given = [v for k, v in parse_overrides(extra) if k == "train.output_dir"]
+    out = str(given[-1]) if given else ""
+    if not out and config:  # the directory may come from the config file
+        try:
+            out = load_config(cls, config, extra).train.output_dir
+        except ConfigError:
+            out = ""
+    if not out:
+        raise ConfigError("--resume needs the run's directory: -o DIR")
+    saved = saved_run(out)
+    if saved is None:
+        raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); leave out --resume to start one")
+    if canonical(saved.command) != name:
+        raise ConfigError(
+            f"--resume: {out} holds a run of `rlhfkit {saved.command}`, not `rlhfkit {name}`: "
+            f"resume it with `rlhfkit {saved.command} -o {out} --resume`, or choose another output directory"
+        )
+    cfg = load_config(cls, config, extra, base=saved.config)
+    length = [saved.config.get("train", {}).get(k) for k in ("max_steps", "epochs")]
+    if (Path(out) / "summary.json").exists() and [cfg.train.max_steps, cfg.train.epochs] == length:
+        raise ConfigError(
+            f"--resume: {out} is a finished run (summary.json): nothing to resume; to train it longer, "
+            "raise train.max_steps"
+        )
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "handler", None) is not None:
             return int(args.handler(args) or 0)
         resume, best_of = getattr(args, "resume", False), getattr(args, "best_of", None)
+        args.command = canonical(args.command)
         run_command(args.command, args.config, args.overrides, args.output, resume, best_of)
     except TrainingDiverged as e:
         print(f"rlhfkit {args.command}: training stopped: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlhfkit.config import (
+    ALIASES,
     DPOConfig,
     GRPOConfig,
     KTOConfig,
@@ -90,6 +91,14 @@ COMMANDS: dict[str, Command] = {
 
 OPTIMIZERS: dict[str, Command] = {name: c for name, c in COMMANDS.items() if c.optimizer}
 """The pipeline's `optimize.algorithm` choices."""
+
+COMMAND_ALIASES: dict[str, str] = {alias: name for alias, name in ALIASES.items() if name in COMMANDS}
+"""Other spellings accepted for a command name (`rlhfkit reinforce++` runs `rlhfkit reinforce`)."""
+
+
+def canonical(name: str) -> str:
+    """A command or algorithm name as spelled in COMMANDS (aliases normalized)."""
+    return ALIASES.get(name, name)
 
 
 def trainer(name: str) -> Callable[[Any], dict[str, Any]]:

@@ -12,6 +12,7 @@ them relative to itself; `resolve()` walks the tree and prefixes the section (`t
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import functools
 import importlib.util
@@ -61,9 +62,12 @@ Backend = Literal["auto", "hf", "hf-static"]
 KLControllerName = Literal["fixed", "adaptive"]
 KLEstimator = Literal["k1", "k2", "k3"]
 KLPlacement = Literal["reward", "loss"]
-AlgoName = Literal["ppo", "grpo", "rloo", "reinforce++", "online-dpo"]
+AlgoName = Literal["ppo", "grpo", "rloo", "reinforce", "online-dpo"]
 Critic = Literal["head", "separate", "none"]
 SampleFormat = Literal["samples", "sft", "prefs"]
+ALIASES: dict[str, str] = {"reinforce++": "reinforce"}
+"""Other accepted spellings of a named choice (algo.name, the command, the pipeline's optimize.algorithm), each read as
+its canonical name."""
 
 
 # Input paths in a YAML file are relative to the file's folder (`load_config`); a field says which kind it is here.
@@ -193,8 +197,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    output_dir: str = "outputs/run"
-    """Where the model, checkpoints, resolved config, metrics.jsonl and summary go."""
+    output_dir: str = ""
+    """Where the model, checkpoints, resolved config, metrics.jsonl and summary go; empty: a new directory
+    outputs/<command>-<date>-<time>, printed at the start. A directory holding a run is refused unless resuming it."""
     seed: int = 0
     """Seed for data order, initialization and sampling."""
     epochs: float = 1.0
@@ -229,7 +234,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many step checkpoints to keep."""
     resume: bool = False
-    """Continue from the newest checkpoint in output_dir."""
+    """Continue the run in output_dir from its newest checkpoint, with its saved config (config.yaml): settings given
+    again must match it, except logging, checkpointing and the run's length (max_steps, epochs)."""
     report_to: tuple[Sink, ...] = ()
     """Extra metric sinks: tensorboard, mlflow, wandb (metrics.jsonl is always written)."""
     progress: bool = True
@@ -563,7 +569,7 @@ class KLConfig:
 @dataclass(frozen=True)
 class AlgoConfig:
     name: AlgoName = "ppo"
-    """ppo (critic + GAE), grpo, rloo, reinforce++ or online-dpo."""
+    """ppo (critic + GAE), grpo, rloo, reinforce (REINFORCE++; "reinforce++" is read as reinforce) or online-dpo."""
     num_samples: int = 1
     """Responses per prompt (the group size of grpo / rloo, the candidates of online-dpo)."""
     epochs: int = 4
@@ -583,7 +589,7 @@ class AlgoConfig:
     aggregation: Aggregation = "token-mean"
     """token-mean or sequence-mean loss aggregation."""
     whiten_advantages: bool = True
-    """Whiten advantages over the batch (ppo and rloo; reinforce++ always whitens, grpo normalizes per group)."""
+    """Whiten advantages over the batch (ppo and rloo; reinforce always whitens, grpo normalizes per group)."""
     scale_by_std: bool = True
     """GRPO: divide by the group std (false: Dr. GRPO)."""
     gamma: float = 1.0
@@ -713,7 +719,7 @@ class RLOOConfig(RLConfig):
 
 @dataclass(frozen=True)
 class ReinforceConfig(RLConfig):
-    algo: AlgoConfig = field(default_factory=lambda: AlgoConfig(name="reinforce++", epochs=1, critic="none"))
+    algo: AlgoConfig = field(default_factory=lambda: AlgoConfig(name="reinforce", epochs=1, critic="none"))
     """The policy-optimization algorithm."""
 
 
@@ -783,6 +789,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         choices = typing.get_args(tp)
         if isinstance(value, bool) and "no" in choices:
             value = "no" if value is False else "yes"  # YAML 1.1 reads a bare no as false
+        if isinstance(value, str) and ALIASES.get(value) in choices:
+            value = ALIASES[value]
         if value not in choices:
             raise ConfigError(f"{where}: {key}={value!r}: choose one of {', '.join(map(str, choices))}")
         return value
@@ -987,9 +995,14 @@ def relative_to_file(cls: type, tree: Any, base: Path) -> Any:
 
 
 def load_config(
-    cls: type, path: str | Path | None = None, overrides: list[str] | None = None, relative_to_yaml: bool = True
+    cls: type,
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    relative_to_yaml: bool = True,
+    base: dict[str, Any] | None = None,
 ) -> Any:
-    """Defaults <- YAML file <- dotted overrides, validated into `cls`, then resolved and frozen.
+    """Defaults <- `base` (a saved run's config) <- YAML file <- dotted overrides, validated into `cls`, then resolved
+    and frozen.
 
     Relative input paths in the YAML file (data files, model directories, reward sources) are relative to the file's
     folder; overrides on the command line are relative to the current directory, as are output directories.
@@ -1014,6 +1027,8 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         tree = relative_to_file(cls, loaded, path.resolve().parent) if relative_to_yaml else loaded
+    if base:
+        tree = deep_merge(copy.deepcopy(base), tree)  # overrides are set in place: the caller's base stays as it was
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     cfg = from_dict(cls, tree, where=where)

@@ -160,6 +160,7 @@ def test_sigkill_mid_stage_resumes_without_repeating_finished_stages(root: Path)
     proc.wait()
     record = json.loads((opt / "stage.json").read_text())
     assert record["status"] == "running"
+    assert any(x.startswith("round-1/optimize") and "interrupted" in x for x in status_table(out).splitlines())
     before = finished(out)
     assert all(before[k] for k in ("0/prompts", "0/sft", "0/eval", "1/sample", "1/label", "1/rm"))
 
@@ -369,6 +370,109 @@ def test_eval_command_end_to_end(root: Path, tmp_path: Path) -> None:
     assert "win rate 0.500" in r.stdout
     safety = res["safety"][str(root / "tiny")]
     assert 0 <= safety["harmful/refusal_rate"] <= 1 and 0 <= safety["over_refusal_rate"] <= 1
+
+
+def test_optimize_reward_sources_are_added_to_the_rounds_reward_model(root: Path, tmp_path: Path, monkeypatch) -> None:
+    from rlhfkit.pipeline import Pipeline, stages
+
+    d = pipeline_dict(root, tmp_path / "run", rounds=1)
+    length = {"kind": "rule", "path": "length", "weight": 0.1, "params": {"target": 5}}
+    d["optimize"]["reward"] = {"sources": [length], "clip": 3.0}
+    pl = Pipeline(load_pipeline_from(d, tmp_path))
+    seen = {}
+    monkeypatch.setattr(stages, "trainer", lambda name: lambda cfg: seen.update(name=name, cfg=cfg) or {})
+    stage = pl.optimize_stage(1)
+    stage.run(tmp_path / "stage", False)
+    sources = seen["cfg"].reward.sources
+    assert [(s.kind, s.path, s.weight) for s in sources] == [
+        ("model", str(pl.layout.model(1, "rm")), 1.0),
+        ("rule", "length", 0.1),
+    ]
+    assert sources[1].params == {"target": 5}
+    assert seen["cfg"].reward.clip == 3.0 and seen["cfg"].reward.normalize is True
+    # a user source that is not a valid reward source fails at load, naming the key
+    d["optimize"]["reward"] = {"sources": [{"kind": "rule", "path": "length", "wieght": 2}]}
+    with pytest.raises(ConfigError, match=r"optimize\.reward\.sources\[1\]\.wieght"):
+        load_pipeline_from(d, tmp_path)
+
+
+def test_reinforce_has_one_spelling_and_reinforce_pp_is_read_as_it(root: Path, tmp_path: Path) -> None:
+    from rlhfkit.commands import COMMANDS
+    from rlhfkit.config import ReinforceConfig
+    from rlhfkit.pipeline import Pipeline
+
+    # one name per online algorithm: command == algo.name == the pipeline's optimize.algorithm
+    assert all(c.config().algo.name == name for name, c in COMMANDS.items() if c.online)
+    rule = "reward.sources=[{kind: rule, path: length}]"
+    assert load_config_with(ReinforceConfig, ["algo.name=reinforce++", rule]).algo.name == "reinforce"
+    d = pipeline_dict(root, tmp_path / "run", rounds=1)
+    d["optimize"]["algorithm"] = "reinforce++"
+    cfg = load_pipeline_from(d, tmp_path)
+    assert cfg.optimize["algorithm"] == "reinforce" and Pipeline(cfg).algo == "reinforce"
+    # the command takes both spellings; the alias runs `rlhfkit reinforce` (stopped here by its missing reward source)
+    r = subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", "reinforce++", "algo.name=reinforce++", "-o", str(tmp_path / "o")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.startswith("rlhfkit reinforce: error: reward.sources is empty"), r.stderr
+
+
+def load_config_with(cls, overrides: list[str]):
+    from rlhfkit.config import load_config
+
+    return load_config(cls, None, overrides)
+
+
+def test_status_prints_the_win_rate_as_a_line(tmp_path: Path) -> None:
+    from rlhfkit.pipeline.layout import RunLayout
+
+    record = RunLayout(tmp_path).record(1, "eval")
+    record.parent.mkdir(parents=True)
+    win = {"wins": 20, "ties": 2, "losses": 10, "rate": 0.65625, "ci_low": 0.48, "ci_high": 0.8}
+    metrics = {"gold": 0.31, "win_rate": win, "kl": 1.5, "length": 12.0}
+    record.write_text(json.dumps({"stage": "eval", "round": 1, "status": "done", "seconds": 3.0, "metrics": metrics}))
+    line = status_table(tmp_path).splitlines()[1]
+    assert "win_rate=0.656 (95% CI 0.480-0.800, n=32)" in line and "{" not in line
+
+
+def test_demo_help_says_what_the_demo_runs() -> None:
+    from rlhfkit.pipeline.config import DEMO_PIPELINE
+
+    demo = load_pipeline(DEMO_PIPELINE)
+    r = subprocess.run([sys.executable, "-m", "rlhfkit.cli", "--help"], cwd=ROOT, capture_output=True, text=True)
+    shown = " ".join(r.stdout.split())
+    rounds = f"{demo.rounds} round{'s' if demo.rounds != 1 else ''} of"
+    assert f"demo the closed loop on the builtin model: SFT, {rounds} sample/label/rm/RLOO/eval" in shown
+    assert demo.optimize["algorithm"] == "rloo"
+
+
+def test_eval_prints_reward_model_and_safety_without_an_output_file(root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    prompts = tmp_path / "heldout.jsonl"
+    write_jsonl(prompts, [{"prompt": f"Say: film {i}"} for i in range(4)])
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"prompt": f"Say: film {i}", "chosen": "eee", "rejected": "abc"} for i in range(4)])
+    rm = save_tiny(tmp_path / "rm", "reward")
+    base = tmp_path / "base"
+    shutil.copytree(root / "tiny", base)
+    args = [
+        sys.executable, "-m", "rlhfkit.cli", "eval", "--policy", str(root / "tiny"), "--baseline", str(base),
+        "--prompts", str(prompts), "--gold", "tests.toy:letter_reward", "--max-new-tokens", "4",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [*args, "--rm", str(rm), "--heldout", str(pairs), "--safety"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"reward model {rm} on 4 held-out pairs of {pairs}: accuracy=" in r.stdout
+    safety = next(x for x in r.stdout.splitlines() if x.startswith(f"safety of {root / 'tiny'}: "))
+    assert "harmful prompts" in safety and "over-refusal" in safety and "jailbreak success" in safety
+    assert not list(tmp_path.glob("*.json"))  # printed, not written
+    # held-out pairs without a reward model to measure are refused, not ignored
+    r = subprocess.run([*args, "--heldout", str(pairs)], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "--heldout measures a reward model: it needs --rm DIR" in r.stderr
 
 
 def test_eval_command_with_an_ai_judge(root: Path, tmp_path: Path) -> None:

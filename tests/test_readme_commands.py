@@ -124,7 +124,6 @@ NOT_RUNNABLE = {
 }
 # Known failures being fixed in other branches (issue 13 §1, §2, §3): flip to passing after merging them.
 XFAIL = {
-    "rlhfkit dpo -o runs/dpo --resume": "resume does not read the run's saved config: `data.train is empty` (issue 13 §1)",
 }
 
 

@@ -7,10 +7,14 @@ import json
 import time
 from pathlib import Path
 
+import yaml
+
+from rlhfkit.commands import canonical
 from rlhfkit.config import ConfigError, keys_help
 from rlhfkit.pipeline.config import DEMO_PIPELINE, PipelineConfig, load_pipeline
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.pipeline.run import run_pipeline, status_table
+from rlhfkit.rundir import run_status, saved_run, shown_status
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -22,11 +26,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if not RunLayout(Path(args.run_dir)).manifest.exists() and saved_run(args.run_dir) is not None:
+        print(run_status(args.run_dir))  # one command's output directory, not a pipeline's
+        return 0
     print(status_table(args.run_dir))
     manifest = RunLayout(Path(args.run_dir)).manifest
     if manifest.exists():
         m = json.loads(manifest.read_text())
-        print(f"run: {m.get('status')}, started {m.get('started')}, commit {m.get('git_commit') or '-'}")
+        print(f"run: {shown_status(m)}, started {m.get('started')}, commit {m.get('git_commit') or '-'}")
     return 0
 
 
@@ -50,6 +57,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_help() -> str:
+    """What the demo runs, read from its pipeline file (so the help cannot drift from it)."""
+    demo = yaml.safe_load(DEMO_PIPELINE.read_text()) or {}
+    rounds = demo.get("rounds", PipelineConfig().rounds)
+    algo = canonical(str((demo.get("optimize") or {}).get("algorithm", "ppo")))
+    steps = "sample/label/rm/" + (algo.upper() if algo in ("ppo", "grpo", "rloo", "dpo") else algo) + "/eval"
+    return f"the closed loop on the builtin model: SFT, {rounds} round{'s' if rounds != 1 else ''} of {steps}, report"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -64,12 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="run every stage again, even when unchanged")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. rounds=3 label.source=judge")
     p.set_defaults(handler=_cmd_run)
-    s = sub.add_parser("status", help="stages of a run directory: status, time, headline metrics")
+    s = sub.add_parser(
+        "status", help="stages of a pipeline run (status, time, headline metrics), or how one command's run stands"
+    )
     s.add_argument("run_dir")
     s.set_defaults(handler=_cmd_status)
-    demo = sub.add_parser(
-        "demo", help="the closed loop on the builtin model: SFT, 2 rounds of sample/label/rm/PPO/eval, report"
-    )
+    demo = sub.add_parser("demo", help=_demo_help())
     demo.add_argument("--output", "-o", default="runs/demo", help="run directory")
     demo.add_argument("--model", default="smollm2-135m-instruct", help="builtin name or local model directory")
     demo.add_argument("overrides", nargs="*", help="pipeline overrides, e.g. rounds=1 optimize.train.max_steps=20")

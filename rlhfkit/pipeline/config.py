@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rlhfkit.commands import OPTIMIZERS
+from rlhfkit.commands import OPTIMIZERS, canonical
 from rlhfkit.config import (
     FILE_PATH,
     MODEL_PATH,
@@ -153,7 +154,9 @@ class PipelineConfig:
     rm: dict[str, Any] = field(default_factory=dict)
     """Settings of the reward-model stage (keys of `rlhfkit rm`); trained on every label so far."""
     optimize: dict[str, Any] = field(default_factory=lambda: {"algorithm": "ppo"})
-    """`algorithm` (ppo, grpo, rloo, reinforce, online-dpo, dpo) and that command's settings."""
+    """`algorithm` (ppo, grpo, rloo, reinforce, online-dpo, dpo) and that command's settings. Online algorithms are
+    rewarded by the round's reward model (weight 1) plus any `reward.sources` given here (e.g. a length rule), summed
+    with their weights."""
     eval: EvalStage = field(default_factory=EvalStage)
     """Evaluating each round's policy against the baseline."""
 
@@ -174,17 +177,31 @@ def load_pipeline(path: str | Path | None, overrides: list[str] | None = None) -
     """Defaults <- YAML <- overrides; every stage's settings are validated now, so a typo fails before any work."""
     cfg = load_config(PipelineConfig, path, overrides)
     where = str(path) if path else "<overrides>"
-    algo = cfg.optimize.get("algorithm", "ppo")
+    algo = canonical(str(cfg.optimize.get("algorithm", "ppo")))
     if algo not in OPTIMIZERS:
         raise ConfigError(f"{where}: key 'optimize.algorithm' must be one of {', '.join(OPTIMIZERS)}, got {algo!r}")
+    if cfg.optimize.get("algorithm", "ppo") != algo:  # an alias (reinforce++): kept, and fingerprinted, canonical
+        cfg = dataclasses.replace(cfg, optimize={**cfg.optimize, "algorithm": algo})
     # build each stage's config once with placeholder paths: unknown keys and bad values name `rm.train.lr` etc.
     if cfg.sft:
         _stage_config(SFTConfig, cfg.sft, {}, where, "sft.")
     _stage_config(RMConfig, cfg.rm, {}, where, "rm.")
     cls, online = OPTIMIZERS[algo].config, OPTIMIZERS[algo].online
-    placeholder = {"reward": {"sources": [{"kind": "model", "path": "<the round's reward model>"}]}} if online else {}
+    placeholder = {"reward": optimize_reward(cfg.optimize, "<the round's reward model>", where)} if online else {}
     _stage_config(cls, _without(cfg.optimize, "algorithm"), placeholder, where, "optimize.")
     return cfg
+
+
+def optimize_reward(optimize: dict[str, Any], rm: str, where: str = "<pipeline>") -> dict[str, Any]:
+    """The `reward` section of an online optimize stage: the round's reward model (weight 1) followed by the user's own
+    `optimize.reward.sources`, summed with their weights; `normalize` defaults to true."""
+    user = optimize.get("reward") or {}
+    if not isinstance(user, dict):
+        raise ConfigError(f"{where}: key 'optimize.reward' must be a mapping")
+    sources = user.get("sources") or []
+    if not isinstance(sources, list):
+        raise ConfigError(f"{where}: key 'optimize.reward.sources' must be a list of reward sources, got {sources!r}")
+    return {"sources": [{"kind": "model", "path": rm}, *sources], "normalize": user.get("normalize", True)}
 
 
 def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -48,6 +48,8 @@ def evaluate_policies(
         raise ConfigError("--judge gold needs a gold scorer (--gold sentiment, or a reward spec)")
     if judge == "rm" and not rm:
         raise ConfigError("--judge rm needs --rm DIR")
+    if heldout and not rm:
+        raise ConfigError("--heldout measures a reward model: it needs --rm DIR")
     if len({baseline, *policies}) != len(policies) + 1:
         raise ConfigError("each --policy must differ from the baseline and from each other (results are keyed by path)")
     # every input file is read and validated before any model is loaded
@@ -134,11 +136,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if w:
             shown += f", win rate {w['rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]"
         print(f"{name}: {shown}")
+    for line in _headline_lines(out, args.rm, args.heldout):
+        print(line)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(out, indent=2, default=str))
         print(f"wrote {args.output}")
     return 0
+
+
+def _headline_lines(out: dict[str, Any], rm: str | None, heldout: str | None) -> list[str]:
+    """The reward model's held-out quality and each policy's safety, one line each (the JSON of -o has the rest)."""
+    lines = []
+    if heldout:
+        q = out.get("reward_model") or {}
+        if q:
+            lines.append(
+                f"reward model {rm} on {q['pairs']} held-out pairs of {heldout}: accuracy={q['accuracy']:.3f}, "
+                f"auc={q['auc']:.3f}, ece={q['ece']:.3f}"
+            )
+        else:
+            lines.append(f"reward model {rm}: {heldout} has no untied pairs to measure it on")
+    for name, s in (out.get("safety") or {}).items():
+        shown = [
+            f"refuses {s['harmful/refusal_rate']:.3f} of {s['harmful/n']} harmful prompts",
+            f"over-refusal {s['over_refusal_rate']:.3f} of {s['benign/n']} benign",
+        ]
+        if "jailbreak_success_rate" in s:
+            shown.append(f"jailbreak success {s['jailbreak_success_rate']:.3f}")
+        shown.append(f"toxic rate {s['harmful/toxic_rate']:.3f} (harmful) / {s['benign/toxic_rate']:.3f} (benign)")
+        lines.append(f"safety of {name}: " + ", ".join(shown))
+    return lines
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

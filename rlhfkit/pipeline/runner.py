@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.pipeline.layout import RunLayout
+from rlhfkit.rundir import owner
 
 
 def hash_path(path: str | Path) -> str:
@@ -139,6 +140,7 @@ class Runner:
             "resumed": resume,
             "versions": _versions(),
             "git_commit": _git_commit(),
+            "owner": owner(),  # a `running` record whose process is gone reads `interrupted` (shown_status)
         }
         _write_json(record_path, record)
         self.log(f"[{stage.key}] {'resuming' if resume else 'running'}")

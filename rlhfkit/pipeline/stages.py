@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.commands import OPTIMIZERS, trainer
+from rlhfkit.commands import OPTIMIZERS, canonical, trainer
 from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, resolve, to_dict
 from rlhfkit.data import load_examples, read_rows, resolve_data_path, train_eval_split, write_jsonl
 from rlhfkit.errors import TooFewRowsError
-from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without
+from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without, optimize_reward
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.pipeline.runner import Stage, stage_seed
 
@@ -59,7 +59,7 @@ class Pipeline:
         self.cfg, self.where = cfg, where
         self.dir = Path(cfg.output).resolve()
         self.layout = RunLayout(self.dir)
-        self.algo = cfg.optimize.get("algorithm", "ppo")
+        self.algo = canonical(str(cfg.optimize.get("algorithm", "ppo")))
 
     def p(self, round_: int, stage: str, name: str = "") -> Path:
         return self.layout.file(round_, stage, name)
@@ -220,6 +220,11 @@ class Pipeline:
         if online:
             inputs |= {"prompts": self.layout.prompts("train"), "eval": self.layout.prompts("eval")}
             inputs["rm"] = self.layout.model(r, "rm")
+            for i, spec in enumerate(optimize_reward(user, "", self.where)["sources"][1:]):
+                if isinstance(spec, dict) and spec.get("kind") in ("model", "ensemble"):  # the user's own reward models
+                    for j, path in enumerate(str(spec.get("path", "")).split(",")):
+                        if path.strip():
+                            inputs[f"reward{i}.{j}"] = Path(path.strip())
         else:
             inputs |= {f"prefs{i}": self.layout.prefs(i) for i in range(1, r + 1)}
 
@@ -231,11 +236,7 @@ class Pipeline:
             }
             if online:
                 forced["data"] = {"train": str(inputs["prompts"]), "eval": str(inputs["eval"])}
-                user_reward = user.get("reward", {}) if isinstance(user.get("reward"), dict) else {}
-                forced["reward"] = {
-                    "sources": [{"kind": "model", "path": str(inputs["rm"])}],
-                    "normalize": user_reward.get("normalize", True),
-                }
+                forced["reward"] = optimize_reward(user, str(inputs["rm"]), self.where)  # the rm + the user's sources
                 if self.cfg.label.source == "simulated" and not user.get("gold"):
                     forced["gold"] = {"sources": [to_dict(s) for s in self.cfg.label.gold]}
             else:

@@ -101,6 +101,8 @@ def resume_or_refuse(
     directory holding another run's checkpoints, or return None for a fresh start. Trims metrics of steps to be rerun."""
     existing = latest_checkpoint(out_dir)
     if existing is None:
+        if resume and accelerator.is_main_process:  # stopped before its first checkpoint: it starts again from step 0
+            _truncate_metrics(out_dir / "metrics.jsonl", 0)
         return None
     if not resume:
         raise ValueError(

@@ -25,6 +25,7 @@ from rlhfkit.models import (
     load_tokenizer,
     save_model,
 )
+from rlhfkit.rundir import check_run_dir
 from rlhfkit.seeding import set_seed
 
 
@@ -50,6 +51,8 @@ def check_models(model_cfg: Any, reference: str | None = None) -> None:
 def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:
     if not is_main_process():
         return
+    for note in check_run_dir(out_dir, cfg, command):  # refuses before anything is written (rundir.py)
+        print(note)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump({"command": command, **to_dict(cfg)}, sort_keys=False))
 

@@ -7,7 +7,7 @@ Each rollout step:
     3. forward without gradients: log pi_old, values, log pi_ref per response token
     4. per-token KL to the reference; token rewards = score at the last token - kl_coef * KL (placement=reward)
     5. advantages: GAE + whitening (ppo), group-normalized (grpo), leave-one-out (rloo), whitened return-to-go
-       (reinforce++); whitening statistics are global over every process
+       (reinforce: REINFORCE++); whitening statistics are global over every process
     6. epochs over mini-batches, each ONE optimizer step (trainers/step.py): clipped surrogate + clipped value loss
        - entropy bonus (+ kl_coef * KL for placement=loss, with k2's gradient); early stop on approximate KL
     7. adapt kl_coef toward the target KL; log; evaluate; checkpoint
@@ -81,7 +81,7 @@ ADVANTAGES: dict[str, Callable[..., tuple[Tensor, Tensor | None]]] = {
     "ppo": _adv_ppo,
     "grpo": _adv_grpo,
     "rloo": _adv_rloo,
-    "reinforce++": _adv_reinforce_pp,
+    "reinforce": _adv_reinforce_pp,  # REINFORCE++
 }
 
 
@@ -150,7 +150,7 @@ def _build_critic(cfg: RLConfig, device: torch.device) -> torch.nn.Module | None
 
 
 def train_rl(cfg: RLConfig) -> dict[str, Any]:
-    """Optimize cfg.model against cfg.reward with cfg.algo (ppo, grpo, rloo, reinforce++); writes train.output_dir."""
+    """Optimize cfg.model against cfg.reward with cfg.algo (ppo, grpo, rloo, reinforce); writes train.output_dir."""
     a, tc, kl_cfg = cfg.algo, cfg.train, cfg.kl
     if a.name not in ADVANTAGES:
         raise ConfigError(f"algo.name={a.name!r} is not a policy-gradient algorithm ({', '.join(ADVANTAGES)})")
