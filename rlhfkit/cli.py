@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import shutil
 import sys
 import typing
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from rlhfkit.commands import COMMAND_ALIASES, COMMANDS, canonical, trainer
 from rlhfkit.config import ConfigError, keys_help, load_config, parse_overrides
 from rlhfkit.errors import QuantizationUnavailableError, TrainingDiverged
-from rlhfkit.rundir import check_run_dir, default_output_dir, first_process, saved_run, write_record
+from rlhfkit.rundir import RECORD_FILE, check_run_dir, default_output_dir, first_process, saved_run, write_record
 
 # modules that add their own subcommands: each has `register(subparsers)`, and every parser it adds sets
 # `handler=fn(args) -> int` with set_defaults; errors they raise get the same one-line treatment as the trainers'
@@ -112,17 +113,24 @@ def run_command(
         command = cfg.algo.name if COMMANDS[name].online else name  # what the trainer records in config.yaml
         check_run_dir(out, cfg, command)
         print(f"rlhfkit {name}: {'resuming' if resume else 'new run in'} {out}", flush=True)
+        existed = out.exists()
         write_record(out, name, "running")  # `rlhfkit status DIR` tells a crashed run from a running one
     try:
         summary = trainer(name)(cfg)
     except BaseException as e:
-        if first:
+        if first and not existed and out.is_dir() and {p.name for p in out.iterdir()} <= {RECORD_FILE}:
+            shutil.rmtree(out)  # stopped before writing anything (bad input): leave no directory behind
+        elif first:
             interrupted = isinstance(e, KeyboardInterrupt)
             write_record(out, name, "interrupted" if interrupted else "failed", None if interrupted else str(e))
         raise
     if first:
         write_record(out, name, "done")
     return summary
+
+
+class NothingToResume(Exception):
+    """`--resume` of a run that has finished: nothing to do (as `rlhfkit run --resume` skips finished stages)."""
 
 
 def _resumed_config(name: str, config: str | None, extra: list[str]):
@@ -149,9 +157,8 @@ def _resumed_config(name: str, config: str | None, extra: list[str]):
     cfg = load_config(cls, config, extra, base=saved.config)
     length = [saved.config.get("train", {}).get(k) for k in ("max_steps", "epochs")]
     if (Path(out) / "summary.json").exists() and [cfg.train.max_steps, cfg.train.epochs] == length:
-        raise ConfigError(
-            f"--resume: {out} is a finished run (summary.json): nothing to resume; to train it longer, "
-            "raise train.max_steps"
+        raise NothingToResume(
+            f"{out} is a finished run (summary.json): nothing to resume; to train it longer, raise train.max_steps"
         )
     return cfg
 
@@ -170,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         resume, best_of = getattr(args, "resume", False), getattr(args, "best_of", None)
         args.command = canonical(args.command)
         run_command(args.command, args.config, args.overrides, args.output, resume, best_of)
+    except NothingToResume as e:
+        print(f"rlhfkit {args.command}: {e}")
+        return 0
     except TrainingDiverged as e:
         print(f"rlhfkit {args.command}: training stopped: {e}", file=sys.stderr)
         return 3

@@ -376,9 +376,9 @@ def test_cli_create_names_the_file_that_is_not_utf8(tmp_path: Path, capsys: pyte
     assert run_cli("create", str(good), "--db", db, "--name", "x", "--gold", str(bad)) == 2
     assert run_cli("create", str(good), "--db", db, "--name", "x", "--rubric-file", str(rubric)) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"rlhfkit annotate: error: {bad}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
-        f"rlhfkit annotate: error: {bad}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8",
-        f"rlhfkit annotate: error: {rubric}:1: not UTF-8 text (byte 0xff); save the file as UTF-8",
+        f"rlhfkit annotate: error: {bad}:2: not UTF-8 text (byte 0xe9 at column 16): save the file as UTF-8",
+        f"rlhfkit annotate: error: {bad}:2: not UTF-8 text (byte 0xe9 at column 16): save the file as UTF-8",
+        f"rlhfkit annotate: error: {rubric}:1: not UTF-8 text (byte 0xff at column 1): save the file as UTF-8",
     ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -123,8 +124,7 @@ NOT_RUNNABLE = {
     "rlhfkit status runs/demo": "needs a `rlhfkit demo` run (about 10 minutes): `rlhfkit status --help` instead",
 }
 # Known failures being fixed in other branches (issue 13 §1, §2, §3): flip to passing after merging them.
-XFAIL = {
-}
+XFAIL = {}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -138,7 +138,9 @@ WORDS = (
 
 
 def _sentence(i: int, k: int = 6) -> str:
-    return " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(k)) + f" number {i}."
+    """Varied text (the README's YAML example turns near-duplicate removal on): k seeded words per row."""
+    rng = random.Random(i)
+    return " ".join(rng.choice(WORDS) for _ in range(k)) + f" number {i}."
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -148,7 +150,11 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 
 def _prefs(n: int) -> list[dict]:
     return [
-        {"prompt": f"Review {i}: {_sentence(i, 4)}", "chosen": f"Great {_sentence(i + 1)}", "rejected": f"Bad {i}."}
+        {
+            "prompt": f"Review {i}: {_sentence(i, 4)}",
+            "chosen": f"Great {_sentence(i + 1)}",
+            "rejected": f"Bad {_sentence(i + 1000)}",
+        }
         for i in range(n)
     ]
 

@@ -165,9 +165,11 @@ def test_resume_as_written_reads_the_saved_config_and_checks_what_is_given_again
     steps = [json.loads(x)["step"] for x in (cut / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
     assert steps == [1, 2, 3, 4]
 
-    # a finished run has nothing to resume; training it longer is allowed, and said
-    line = _error(_cli("dpo", "-o", "runs/dpo", "--resume", cwd=tmp_path), "dpo")
-    assert "finished run" in line and "train.max_steps" in line
+    # a finished run has nothing to resume (said, exit 0, nothing touched); training it longer is allowed, and said
+    stamp = (cut / "model/model.safetensors").stat().st_mtime_ns
+    r = _cli("dpo", "-o", "runs/dpo", "--resume", cwd=tmp_path)
+    assert r.returncode == 0 and "finished run" in r.stdout and "train.max_steps" in r.stdout, r.stderr[-2000:]
+    assert (cut / "model/model.safetensors").stat().st_mtime_ns == stamp
     r = _cli("dpo", "-o", "runs/dpo", "--resume", "train.max_steps=5", "train.log_every=2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming with train.max_steps=5 (the run was saved with 4)" in r.stdout

@@ -68,7 +68,7 @@ def read_rows(path: str | Path, skip: Callable[[DataError], None] | None = None)
             if fmt == "jsonl":
                 yield from _read_jsonl(f, name, skip)
             else:
-                yield from _read_json(_decode(f.read(), name), name, skip)
+                yield from _read_json(decode_text(f.read(), name), name, skip)
     except (OSError, EOFError, zlib.error) as e:  # gzip: not a gzip file, truncated stream
         raise DataError(name, f"cannot read the file ({e})") from None
     except Exception as e:  # pyarrow's errors (ArrowInvalid) are not importable without pyarrow
@@ -81,8 +81,8 @@ def _not_utf8(raw: bytes, start: int) -> str:
     return f"not UTF-8 text (byte 0x{raw[start]:02x} at column {start + 1}): save the file as UTF-8"
 
 
-def _decode(data: bytes, name: str) -> str:
-    """A whole JSON file as text (a BOM from spreadsheet exports tolerated); bad bytes name their line."""
+def decode_text(data: bytes, name: str) -> str:
+    """A whole file as text (a BOM from spreadsheet exports tolerated); bad bytes name their line."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -21,41 +21,16 @@ import os
 import sys
 from typing import Any
 
-from rlhfkit.data.io import read_rows, write_jsonl
+from rlhfkit.data.io import decode_text, read_rows, write_jsonl
 
 ADMIN_ENV = "RLHFKIT_ADMIN_TOKEN"
 DB_ENV = "RLHFKIT_ANNOTATE_DB"
 
 
-def _not_utf8(path: str) -> ValueError:
-    """A one-line error naming the file, the line and the first byte that is not UTF-8."""
-    import gzip
-
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        return ValueError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8")
-    return ValueError(f"{path}: not UTF-8 text; save the file as UTF-8")
-
-
-def _rows(path: str) -> list[tuple[int, Any]]:
-    """The file's rows; bytes that are not UTF-8 are an error naming the file and line."""
-    try:
-        return list(read_rows(path))
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
-
-
 def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise _not_utf8(path) from None
+    """A text file (the rubric); bytes that are not UTF-8 are an error naming the file and line."""
+    with open(path, "rb") as f:
+        return decode_text(f.read(), path)
 
 
 def _admin_token(args: argparse.Namespace) -> str:
@@ -128,8 +103,8 @@ def _create(args: argparse.Namespace) -> int:
     rubric = args.rubric or ""
     if args.rubric_file is not None:
         rubric = _read_text(args.rubric_file).strip()
-    items = rows_to_items(_rows(args.file), args.file)
-    gold = rows_to_items(_rows(args.gold), args.gold, gold=True) if args.gold else []
+    items = rows_to_items(list(read_rows(args.file)), args.file)
+    gold = rows_to_items(list(read_rows(args.gold)), args.gold, gold=True) if args.gold else []
     dims = [d.strip() for d in args.dimensions.split(",") if d.strip()] if args.dimensions else []
     raters = [r.strip() for r in args.raters.split(",") if r.strip()] if args.raters else None
     store = _store(args)
