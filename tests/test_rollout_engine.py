@@ -5,6 +5,8 @@ finished rows) change nothing."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -31,6 +33,28 @@ def tok():
 @pytest.fixture(scope="module")
 def model(tok):
     return tiny_causal_lm(tok, seed=1).eval()
+
+
+@pytest.fixture(scope="module")
+def gqa_model(tok):
+    """A tiny Llama with grouped-query attention (4 query heads share 2 key/value heads), like SmolLM2's 9 / 3."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        return LlamaForCausalLM(config).float().eval()
 
 
 @pytest.fixture(scope="module")
@@ -68,37 +92,66 @@ def _training_logprobs(model, ro: Rollout, temperature: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.3])
-def test_sampled_tokens_logprobs_equal_training_logprobs(tok, model, prompts, temperature):
+@pytest.mark.parametrize("variant", ["lean+prepacked", "lean", "model forward", "gqa lean+prepacked", "gqa forward"])
+def test_sampled_tokens_logprobs_equal_training_logprobs(tok, model, gqa_model, prompts, temperature, variant):
     """The log-prob of each sampled token under the distribution the loop drew it from (its processed scores, computed
-    from the incremental KV cache with a shared prefix and length groups) equals the training forward's."""
+    from the incremental KV cache with a shared prefix and length groups, through the lean forward with oneDNN
+    prepacked and fused weights, or through the model's own forward) equals the training forward's."""
+    m = gqa_model if variant.startswith("gqa") else model
     rows = [p for p in prompts for _ in range(2)]  # duplicated prompts: prefilled once, then copied
     params = SamplingParams(max_new_tokens=10, temperature=temperature)
     torch.manual_seed(3)
-    handle = _eos_bias(model, tok, 3.0)  # some rows finish early: dropped mid-way
+    handle = _eos_bias(m, tok, 3.0)  # some rows finish early: dropped mid-way
     try:
-        gen, sampling_lp = fast.decode(model, rows, params, [tok.eos_token_id], tok.pad_token_id, record_logprobs=True)
+        with fast.prepacked_linears(m) if "prepacked" in variant else contextlib.nullcontext():
+            gen, sampling_lp = fast.decode(
+                m, rows, params, [tok.eos_token_id], tok.pad_token_id, record_logprobs=True,
+                lean_layers="lean" in variant,
+            )  # fmt: skip
         ro = _rollout(rows, gen, tok)
         assert 0 < int(ro.finished.sum()) < len(rows)
-        train_lp = _training_logprobs(model, ro, params.logprob_temperature)
+        train_lp = _training_logprobs(m, ro, params.logprob_temperature)
+        wrong = _training_logprobs(m, ro, 1.0)  # the test can fail: the wrong temperature disagrees
     finally:
         handle.remove()
     valid = ro.response_mask.bool()
     assert torch.allclose(train_lp[valid], sampling_lp[valid], atol=1e-4)
     assert (sampling_lp[~valid] == 0).all()
-    wrong = _training_logprobs(model, ro, 1.0) if temperature != 1.0 else None  # the test can fail
     assert (wrong[valid] - sampling_lp[valid]).abs().max() > 1e-2
 
 
-def test_inverse_cdf_sampler_draws_the_categorical():
-    weights = torch.tensor([[2.0, 0.0, 1.0, 1.0]])  # unnormalized; index 1 has no mass
-    # by hand: the CDF is [2, 2, 3, 4]; u * 4 lands in [0, 2) -> 0, [2, 3) -> 2, [3, 4) -> 3
-    u = torch.tensor([0.0, 0.49, 0.5, 0.74, 0.75, 0.999])
-    got = fast.sample_inverse_cdf(weights.expand(6, 4), u)
-    assert got.tolist() == [0, 0, 2, 2, 3, 3]
+def test_lean_forward_and_packed_weights_change_nothing(tok, gqa_model, prompts):
+    """Greedy tokens through the lean forward with prepacked + fused weights equal the model's own forward's, and the
+    modules get their own forward back afterwards."""
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    eos, pad = [tok.eos_token_id], tok.pad_token_id
+    assert fast.supports_lean_forward(gqa_model)
+    ref, ref_lp = fast.decode(gqa_model, prompts, params, eos, pad, lean_layers=False, record_logprobs=True)
+    with fast.prepacked_linears(gqa_model) as n_packed:
+        assert n_packed == 2 * 2 + 2 * 2 + 1  # per block: qkv and gate/up fused, o and down; the LM head
+        got, got_lp = fast.decode(gqa_model, prompts, params, eos, pad, record_logprobs=True)
+    assert torch.equal(got, ref) and torch.allclose(got_lp, ref_lp, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in gqa_model.modules()) and not fast._FUSED
+    # a hook on a block the lean forward skips sends the model through its own forward
+    handle = gqa_model.model.layers[0].register_forward_hook(lambda mod, inp, out: None)
+    try:
+        assert not fast.supports_lean_forward(gqa_model)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("block", [1024, 3, 2])  # one block; blocks cut inside the row (and the row padded)
+def test_inverse_cdf_sampler_draws_the_categorical(block):
+    weights = torch.tensor([[2.0, 0.0, 1.0, 1.0, 0.0]])  # unnormalized; no mass on 1 and 4
+    # by hand: the CDF is [2, 2, 3, 4, 4]; u * 4 lands in [0, 2) -> 0, [2, 3) -> 2, [3, 4) -> 3
+    u = torch.tensor([0.0, 0.49, 0.5, 0.74, 0.75, 1 - 1e-12], dtype=torch.float64)
+    got, total = fast.sample_inverse_cdf(weights.expand(6, 5), u, block=block)
+    assert got.tolist() == [0, 0, 2, 2, 3, 3] and total.tolist() == [4.0] * 6
     g = torch.Generator().manual_seed(0)
-    draws = fast.sample_inverse_cdf(weights.expand(40000, 4), torch.rand(40000, generator=g, dtype=torch.float64))
-    freq = torch.bincount(draws, minlength=4).float() / 40000
-    assert freq[1] == 0 and torch.allclose(freq, torch.tensor([0.5, 0.0, 0.25, 0.25]), atol=0.01)
+    n = 40000
+    draws, _ = fast.sample_inverse_cdf(weights.expand(n, 5), torch.rand(n, generator=g, dtype=torch.float64), block)
+    freq = torch.bincount(draws, minlength=5).float() / n
+    assert freq[1] == 0 and freq[4] == 0 and torch.allclose(freq, torch.tensor([0.5, 0.0, 0.25, 0.25, 0.0]), atol=0.01)
 
 
 def test_first_token_frequencies_match_the_model(tok, model, prompts):
@@ -125,11 +178,12 @@ def test_first_token_frequencies_match_the_model(tok, model, prompts):
 # generate's semantics
 
 
-@pytest.mark.parametrize("bias", [0.0, 0.15])
-def test_greedy_equals_generate_token_for_token(tok, model, prompts, bias):
+@pytest.mark.parametrize("bias", [0.0, 0.15, "gqa"])
+def test_greedy_equals_generate_token_for_token(tok, model, gqa_model, prompts, bias):
     """Greedy decoding: the loop and generate give the same tokens, masks and `finished`, across length buckets
     (batch_size 4), duplicated prompts and, with an EOS bias, rows that finish at different steps."""
     params = SamplingParams(max_new_tokens=16, temperature=0.0)
+    model, bias = (gqa_model, 0.0) if bias == "gqa" else (model, bias)
     handle = _eos_bias(model, tok, bias)
     try:
         ref = HFEngine(model, tok, batch_size=4, decoder="generate").generate(prompts, params, num_samples=2)
