@@ -51,6 +51,7 @@ def gqa_model(tok):
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         tie_word_embeddings=True,
+        initializer_range=0.25,  # peaked logits (the default 0.02 gives a near-uniform next token at this width)
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
@@ -95,18 +96,18 @@ def _training_logprobs(model, ro: Rollout, temperature: float) -> torch.Tensor:
 @pytest.mark.parametrize("variant", ["lean+prepacked", "lean", "model forward", "gqa lean+prepacked", "gqa forward"])
 def test_sampled_tokens_logprobs_equal_training_logprobs(tok, model, gqa_model, prompts, temperature, variant):
     """The log-prob of each sampled token under the distribution the loop drew it from (its processed scores, computed
-    from the incremental KV cache with a shared prefix and length groups, through the lean forward with oneDNN
-    prepacked and fused weights, or through the model's own forward) equals the training forward's."""
+    from the incremental KV cache with a shared prefix and a packed prefill (lean) or length groups (the model's own
+    forward), with oneDNN prepacked and fused weights or not) equals the training forward's."""
     m = gqa_model if variant.startswith("gqa") else model
     rows = [p for p in prompts for _ in range(2)]  # duplicated prompts: prefilled once, then copied
     params = SamplingParams(max_new_tokens=10, temperature=temperature)
     torch.manual_seed(3)
     handle = _eos_bias(m, tok, 3.0)  # some rows finish early: dropped mid-way
     try:
-        with fast.prepacked_linears(m) if "prepacked" in variant else contextlib.nullcontext():
+        with fast.prepacked_linears(m) if "prepacked" in variant else contextlib.nullcontext() as packed:
             gen, sampling_lp = fast.decode(
                 m, rows, params, [tok.eos_token_id], tok.pad_token_id, record_logprobs=True,
-                lean_layers="lean" in variant,
+                lean_layers="lean" in variant, packed=packed,
             )  # fmt: skip
         ro = _rollout(rows, gen, tok)
         assert 0 < int(ro.finished.sum()) < len(rows)
@@ -120,24 +121,88 @@ def test_sampled_tokens_logprobs_equal_training_logprobs(tok, model, gqa_model, 
     assert (wrong[valid] - sampling_lp[valid]).abs().max() > 1e-2
 
 
-def test_lean_forward_and_packed_weights_change_nothing(tok, gqa_model, prompts):
-    """Greedy tokens through the lean forward with prepacked + fused weights equal the model's own forward's, and the
-    modules get their own forward back afterwards."""
+def _greedy(m, tok, prompts, **kw):
     params = SamplingParams(max_new_tokens=12, temperature=0.0)
-    eos, pad = [tok.eos_token_id], tok.pad_token_id
+    return fast.decode(m, prompts, params, [tok.eos_token_id], tok.pad_token_id, record_logprobs=True, **kw)
+
+
+def test_lean_forward_and_fused_weights_equal_the_models_forward(tok, gqa_model, prompts):
+    """Greedy tokens (and their log-probs) through the lean forward with prepacked + fused weights equal the model's own
+    forward's; the modules get their own forward back afterwards; a hook on a block the lean forward skips sends the
+    model through its own forward."""
     assert fast.supports_lean_forward(gqa_model)
-    ref, ref_lp = fast.decode(gqa_model, prompts, params, eos, pad, lean_layers=False, record_logprobs=True)
-    with fast.prepacked_linears(gqa_model) as n_packed:
-        assert n_packed == 2 * 2 + 2 * 2 + 1  # per block: qkv and gate/up fused, o and down; the LM head
-        got, got_lp = fast.decode(gqa_model, prompts, params, eos, pad, record_logprobs=True)
+    ref, ref_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+    with fast.prepacked_linears(gqa_model) as packed:
+        # per block q|k|v and gate|up fused, o and down alone; the (tied) LM head alone
+        assert (packed.linears, len(packed.fused)) == (2 * 2 + 1, 2 * 2)
+        got, got_lp = _greedy(gqa_model, tok, prompts, packed=packed)
+        # inside the block the model's own forward still works (the fused parts kept theirs)
+        own, own_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
     assert torch.equal(got, ref) and torch.allclose(got_lp, ref_lp, atol=1e-5)
-    assert not any("forward" in m.__dict__ for m in gqa_model.modules()) and not fast._FUSED
-    # a hook on a block the lean forward skips sends the model through its own forward
-    handle = gqa_model.model.layers[0].register_forward_hook(lambda mod, inp, out: None)
-    try:
+    assert torch.equal(own, ref) and torch.allclose(own_lp, ref_lp, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in gqa_model.modules())
+    for module in (gqa_model.model.layers[0], gqa_model.model.layers[1].self_attn, gqa_model.model.norm.__class__):
+        if isinstance(module, type):
+            continue
+        handle = module.register_forward_hook(lambda mod, inp, out: None)
+        try:
+            assert not fast.supports_lean_forward(gqa_model)
+        finally:
+            handle.remove()
+    gqa_model.train()
+    try:  # training mode: the model's attention would apply dropout where it has some
+        assert fast.supports_lean_forward(gqa_model)
+        gqa_model.model.layers[0].self_attn.attention_dropout = 0.1
         assert not fast.supports_lean_forward(gqa_model)
     finally:
-        handle.remove()
+        gqa_model.model.layers[0].self_attn.attention_dropout = 0.0
+        gqa_model.eval()
+
+
+def test_lean_forward_runs_hooks_on_the_modules_it_calls(tok, gqa_model, prompts):
+    """Hooks on a linear or an MLP keep the lean forward, are not fused away, run, and change the result as they would
+    in the model's own forward."""
+    _, ref_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+    calls = []
+
+    def hook(mod, inp, out):
+        calls.append(mod)
+        return out * 1.5
+
+    for module in (gqa_model.model.layers[0].self_attn.k_proj, gqa_model.model.layers[1].mlp):
+        handle = module.register_forward_hook(hook)
+        try:
+            assert fast.supports_lean_forward(gqa_model)
+            own, own_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+            assert calls and all(c is module for c in calls)
+            calls.clear()
+            with fast.prepacked_linears(gqa_model) as packed:
+                assert len(packed.fused) == 3  # the hooked block's group is left unfused
+                got, got_lp = _greedy(gqa_model, tok, prompts, packed=packed)
+        finally:
+            handle.remove()
+        assert calls and all(c is module for c in calls)  # once a pass (passes differ: one packed prefill)
+        assert torch.equal(got, own) and torch.allclose(got_lp, own_lp, atol=1e-5)
+        assert (own_lp - ref_lp).abs().max() > 1e-3  # the hook mattered
+        calls.clear()
+
+
+def test_lean_forward_with_lora(tok, gqa_model, prompts):
+    """A peft LoRA policy (nonzero adapters on q/v and the MLP) through the lean forward with prepacked weights: the
+    same tokens and log-probs as its own forward; the adapted projections are not fused."""
+    peft = pytest.importorskip("peft")
+    import copy
+
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    policy = peft.get_peft_model(copy.deepcopy(gqa_model), config).eval()
+    assert fast.supports_lean_forward(policy)
+    ref, ref_lp = _greedy(policy, tok, prompts, lean_layers=False)
+    _, base_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+    with fast.prepacked_linears(policy) as packed:
+        assert len(packed.fused) == 0 and packed.linears > 0  # base layers of LoRA and the rest: switched
+        got, got_lp = _greedy(policy, tok, prompts, packed=packed)
+    assert torch.equal(got, ref) and torch.allclose(got_lp, ref_lp, atol=1e-5)
+    assert (ref_lp - base_lp).abs().max() > 1e-3  # the adapters matter
 
 
 @pytest.mark.parametrize("block", [1024, 3, 2])  # one block; blocks cut inside the row (and the row padded)
@@ -260,8 +325,9 @@ def test_dropping_finished_rows_and_shared_prefix_change_nothing(tok, model, pro
             "all": {},
             "no drop": {"drop_finished": False},
             "no prefix": {"share_prefix": False},
-            "one group per length": {"group_cost": 0},
-            "one group": {"group_cost": 10**6},
+            "own forward (length groups)": {"lean_layers": False},
+            "own forward, one group per length": {"lean_layers": False, "group_cost": 0},
+            "own forward, one group": {"lean_layers": False, "group_cost": 10**6},
         }.items():
             torch.manual_seed(7)
             runs[name] = fast.decode(model, rows, params, eos, pad, record_logprobs=True, **kw)

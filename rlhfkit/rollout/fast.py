@@ -18,9 +18,10 @@ EOS, then temperature, top-k, top-p, from transformers' own warpers), softmax in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from rlhfkit.rollout.types import SamplingParams
 
 # A prefill group is one forward pass; its fixed cost (Python, kernel launches, small GEMMs) in units of prompt tokens.
-PREFILL_GROUP_COST_TOKENS = 32
+PREFILL_GROUP_COST_TOKENS = 16
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -131,11 +132,6 @@ def _onednn_linear_available() -> bool:
     )
 
 
-# Fused projections of Llama blocks packed by `prepacked_linears`: id(attention or MLP module) -> (packed weight,
-# bias or None, output widths). Filled and emptied by the context manager; read by `lean_forward`.
-_FUSED: dict[int, tuple[Tensor, Tensor | None, tuple[int, ...]]] = {}
-
-
 def _packable(m: torch.nn.Module) -> bool:
     return (
         type(m) is torch.nn.Linear
@@ -145,63 +141,90 @@ def _packable(m: torch.nn.Module) -> bool:
     )
 
 
-def _fusable(mods: Sequence[torch.nn.Module]) -> bool:
-    """Linears whose outputs may come from one product: packable, no hooks (their module call is skipped), all with or
-    all without bias."""
-    return all(
-        _packable(m) and not (m._forward_hooks or m._forward_pre_hooks) and (m.bias is None) == (mods[0].bias is None)
-        for m in mods
-    )
+def _hooked(m: torch.nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedLinear:
+    """Several linears of one input multiplied as ONE prepacked weight (their rows stacked); the outputs side by side."""
+
+    weight: Tensor  # oneDNN-reordered (sum(widths), in_features)
+    bias: Tensor | None
+    widths: tuple[int, ...]  # out_features of each part, in order
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _packed_linear(x, self.weight, self.bias, sum(self.widths))
+
+
+@dataclasses.dataclass
+class PackedWeights:
+    """What `prepacked_linears` did: `linears` nn.Linear modules switched to a prepacked weight, and `fused`: Llama
+    attention blocks -> their q|k|v product, Llama MLPs -> their gate|up product (read by `lean_forward` only)."""
+
+    linears: int = 0
+    fused: dict[torch.nn.Module, FusedLinear] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:  # weights reordered
+        return self.linears + len(self.fused)
+
+
+def _fusable_groups(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, tuple[torch.nn.Linear, ...]]]:
+    """(module, its linears of one input) for the Llama attention (q, k, v) and MLP (gate, up) blocks whose parts may be
+    one product: plain fp32 CPU linears all with or all without bias, and no hook on them or on the MLP (whose calls
+    the lean forward then skips)."""
+    classes = _llama_classes()
+    if classes is None:
+        return
+    for m in model.modules():
+        if type(m) is classes[3]:
+            group = (m.q_proj, m.k_proj, m.v_proj)
+        elif type(m) is classes[4] and not _hooked(m):
+            group = (m.gate_proj, m.up_proj)
+        else:
+            continue
+        if all(_packable(g) and not _hooked(g) and (g.bias is None) == (group[0].bias is None) for g in group):
+            yield m, group
 
 
 @contextlib.contextmanager
-def prepacked_linears(model: torch.nn.Module, batch_hint: int = 64) -> Iterator[int]:
+def prepacked_linears(model: torch.nn.Module, batch_hint: int = 64) -> Iterator[PackedWeights]:
     """Within the block, every fp32 CPU `nn.Linear` of `model` runs through oneDNN on a copy of its weight reordered
-    ONCE into oneDNN's blocked layout (the weights must not change inside the block: one rollout). Yields the number of
-    weights packed (0 where oneDNN is missing: nothing changes).
+    ONCE into oneDNN's blocked layout (the weights, and hooks on the linears, must not change inside the block: one
+    rollout). Yields what was packed (`PackedWeights`, empty where oneDNN is missing: nothing changes).
 
     Why: MKL's sgemm re-packs the weight at every call, which at the few rows of a decoding step costs about as much as
     the product itself. Measured on 2 cores (SmolLM2-135M's 210 linears, 64 rows): 102 -> 77 ms a step, and the
     49k-vocabulary head 33 -> 19 ms; prefill (837 rows) 1.2 -> 0.9 s; reordering all weights takes ~0.15 s. Results
     differ from MKL's by float rounding only (~1e-6 relative: another summation order).
-    In Llama blocks the q/k/v and the gate/up projections (plain `nn.Linear`s without hooks) are packed as ONE weight
-    each, which `lean_forward` multiplies in one call (fewer, wider products); those modules keep their own forward.
-    LoRA layers keep their own forward; their base `nn.Linear` is switched like any other.
+    In models the lean forward runs (`supports_lean_forward`), the q/k/v and the gate/up projections of each block are
+    packed as ONE weight each instead, which `lean_forward` (given `PackedWeights.fused`) multiplies in one call:
+    fewer, wider products; those linears keep their own (MKL) forward for the model's. LoRA layers keep their own
+    forward; their base `nn.Linear` is switched like any other.
     """
+    packed = PackedWeights()
     patched: list[torch.nn.Module] = []
-    fused: list[int] = []
     reorder = functools.partial(torch.ops.mkldnn._reorder_linear_weight, batch_size=batch_hint)
     try:
         if _onednn_linear_available():
-            skip: set[int] = set()
-            classes = _llama_classes()
-            for m in model.modules() if classes is not None else ():
-                if type(m) is classes[3]:
-                    group = (m.q_proj, m.k_proj, m.v_proj)
-                elif type(m) is classes[4]:
-                    group = (m.gate_proj, m.up_proj)
-                else:
-                    continue
-                if _fusable(group):
-                    weight = torch.cat([g.weight.detach() for g in group])
-                    bias = torch.cat([g.bias.detach() for g in group]) if group[0].bias is not None else None
-                    _FUSED[id(m)] = (reorder(weight), bias, tuple(g.out_features for g in group))
-                    fused.append(id(m))
-                    skip.update(id(g) for g in group)
+            fused_parts: set[torch.nn.Module] = set()
+            for m, group in _fusable_groups(model) if supports_lean_forward(model) else ():
+                weight = torch.cat([g.weight.detach() for g in group])
+                bias = torch.cat([g.bias.detach() for g in group]) if group[0].bias is not None else None
+                packed.fused[m] = FusedLinear(reorder(weight), bias, tuple(g.out_features for g in group))
+                fused_parts.update(group)
             for m in model.modules():
-                w = m.weight if type(m) is torch.nn.Linear else None
-                if w is None or id(m) in skip or not _packable(m):
+                if not _packable(m) or m in fused_parts:  # a fused part keeps its own forward (for the model's)
                     continue
-                packed = reorder(w.detach())
+                w = m.weight.detach()
                 bias = m.bias.detach() if m.bias is not None else None
-                m.forward = functools.partial(_packed_linear, packed=packed, bias=bias, out_features=w.shape[0])
+                m.forward = functools.partial(_packed_linear, packed=reorder(w), bias=bias, out_features=w.shape[0])
                 patched.append(m)
-        yield len(patched) + len(fused)
+            packed.linears = len(patched)
+        yield packed
     finally:
         for m in patched:
             del m.forward
-        for key in fused:
-            _FUSED.pop(key, None)
 
 
 def _packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
@@ -253,7 +276,9 @@ def supports_lean_forward(model: torch.nn.Module) -> bool:
     """Whether `lean_forward` computes exactly what the model's own forward does: a Llama-architecture model (SmolLM2,
     Llama 2/3, ...) built of transformers' own Llama modules, with no hook on a module the lean forward does not call
     (the decoder layers, attention blocks, their norms) and no prompt-learning adapter. Linear layers (LoRA included),
-    the MLPs, embeddings, rotary embedding, final norm and LM head are called as modules, so their hooks still run."""
+    the MLPs, embeddings, rotary embedding, final norm and LM head are called as modules, so their hooks still run
+    (but see `prepacked_linears`: fused products skip the calls of their parts and of the MLP, so it fuses hook-free
+    ones only)."""
     classes = _llama_classes()
     if classes is None:
         return False
@@ -269,8 +294,10 @@ def supports_lean_forward(model: torch.nn.Module) -> bool:
         parts = (layer, layer.self_attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm)
         if tuple(map(type, parts)) != (layer_cls, attn_cls, mlp_cls, norm_cls, norm_cls):
             return False
+        if layer.self_attn.training and layer.self_attn.attention_dropout > 0:  # the lean attention has no dropout
+            return False
         bypassed += parts[:2] + parts[3:]
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in bypassed)
+    return not any(_hooked(m) for m in bypassed)
 
 
 def _rms_norm(norm: torch.nn.Module, x: Tensor) -> Tensor:
@@ -281,88 +308,112 @@ def _rms_norm(norm: torch.nn.Module, x: Tensor) -> Tensor:
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding of x (B, L, heads, head_dim) with cos / sin (B, L, head_dim): x * cos + rotate_half(x) * sin,
-    transformers' apply_rotary_pos_emb op for op (the same floats), on q and k heads at once."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    """Rotary embedding of x (..., heads, head_dim) with cos / sin (..., 1, head_dim): x * cos + rotate_half(x) * sin,
+    transformers' apply_rotary_pos_emb op for op (the same floats)."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def lean_forward(base: torch.nn.Module, cache: KVBuffer, ids: Tensor, attend: Tensor | None, positions: Tensor) -> Tensor:
-    """The last position's logits (B, V) of a Llama-architecture model, the same computation as its forward with the
-    KV buffer but without transformers' per-call machinery (mask builders, output capture, kwargs plumbing): ~17 ms of
-    a ~160 ms decoding step for SmolLM2-135M at 64 rows on 2 CPU cores.
+def _qkv(attn: torch.nn.Module, h: Tensor, cos: Tensor, sin: Tensor, fused: Mapping[torch.nn.Module, FusedLinear]):
+    """(q, k, v), each (..., heads, head_dim), of the normed states h (..., hidden); rotary applied to q and k."""
+    D, f = attn.head_dim, fused.get(attn)
+    if f is None:
+        q, k, v = (proj(h).unflatten(-1, (-1, D)) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+    heads = f(h).unflatten(-1, (-1, D))  # q | k | v heads side by side: one product, rotary on q and k at once
+    n_q, n_qk = f.widths[0] // D, (f.widths[0] + f.widths[1]) // D
+    qk = _rotate(heads[..., :n_qk, :], cos, sin)
+    return qk[..., :n_q, :], qk[..., n_q:, :], heads[..., n_qk:, :]
 
-    attend: (B, >= cache.column + L) bool, the columns each row may see (padding excluded); None: all (causal only).
+
+def _mlp(mlp: torch.nn.Module, h: Tensor, fused: Mapping[torch.nn.Module, FusedLinear]) -> Tensor:
+    f = fused.get(mlp)
+    if f is None:
+        return mlp(h)
+    gate, up = f(h).split(f.widths, dim=-1)  # LlamaMLP: down(act(gate(h)) * up(h)), gate and up in one product
+    return mlp.down_proj(mlp.act_fn(gate).mul_(up))
+
+
+def _additive(see: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean attention mask as the additive one (0 / -inf) SDPA adds, built once instead of in every layer."""
+    return torch.zeros(see.shape, dtype=dtype, device=see.device).masked_fill_(~see, float("-inf"))
+
+
+def _attend_one(attn: torch.nn.Module, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of ONE query per row: q (R, heads, head_dim) over keys / values (R, kv_heads, C, head_dim) -> (R,
+    heads * head_dim). The query heads of a KV head attend as one group of queries: no KV copy for GQA."""
+    R, n_q, D = q.shape
+    q = q.reshape(R, keys.shape[1], n_q // keys.shape[1], D)  # query head j uses KV head j // groups (repeat_kv)
+    out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
+    return out.reshape(R, n_q * D)
+
+
+def lean_forward(
+    base: torch.nn.Module,
+    cache: KVBuffer,
+    ids: Tensor,
+    attend: Tensor | None,
+    positions: Tensor,
+    fused: Mapping[torch.nn.Module, FusedLinear] | None = None,
+) -> Tensor:
+    """The last position's logits (B, V) of a Llama-architecture model (see `supports_lean_forward`) run on `ids` (B,
+    L) at `positions` (B, L), keys / values written into `cache` at its rows / column: the computation of the model's
+    forward with the KV buffer, without transformers' per-call machinery (mask builders, output capture, kwargs
+    plumbing, per-layer module calls), ~20 ms of a ~160 ms decoding step at 64 rows on 2 CPU cores (SmolLM2-135M).
+
+    attend: (B, >= cache.column + L) bool, the columns each row may see (padding excluded); None: all of them.
+    fused: `PackedWeights.fused` (q|k|v and gate|up products), or None: the linears are called one by one.
     """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    m = base.model
-    x = m.embed_tokens(ids)
+    m, fused = base.model, fused or {}
+    x = m.embed_tokens(ids)  # (B, L, H)
     B, L, _ = x.shape
-    cos, sin = m.rotary_emb(x, positions)
-    end = cache.column + L
+    cos, sin = (t.unsqueeze(2) for t in m.rotary_emb(x, positions))  # (B, L, 1, head_dim): the same for every head
+    start, end = cache.column, cache.column + L
     mask: Tensor | None = None
     if L > 1:  # causal within the new tokens, over the columns written so far
         cols = torch.arange(end, device=x.device)
-        mask = (cols[None, :] <= cache.column + torch.arange(L, device=x.device)[:, None])[None, None]
-    if attend is not None:
-        pad = attend[:, None, None, :end]
-        mask = pad if mask is None else mask & pad
-    if mask is not None and L > 1:
-        mask = mask | ~mask.any(-1, keepdim=True)  # a padding query that sees nothing: anything finite (ignored)
-    if mask is not None:  # additive form once, not a bool -> float conversion in every layer's attention
-        mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        see = (cols[None, :] <= start + torch.arange(L, device=x.device)[:, None])[None, None]
+        if attend is not None:
+            see = see & attend[:, None, None, :end]
+        mask = _additive(see | ~see.any(-1, keepdim=True), x.dtype)  # a padding query that sees nothing: anything
+    elif attend is not None:
+        mask = _additive(attend[:, None, None, :end], x.dtype)
     last = len(m.layers) - 1
     for i, layer in enumerate(m.layers):
         attn = layer.self_attn
-        h = _rms_norm(layer.input_layernorm, x)
-        shape = (B, L, -1, attn.head_dim)
-        fused = _FUSED.get(id(attn))
-        if fused is not None:  # one product for q, k and v (prepacked_linears), rotary on q and k together
-            heads = _packed_linear(h, fused[0], fused[1], sum(fused[2])).view(shape)
-            n_q, n_k = fused[2][0] // attn.head_dim, fused[2][1] // attn.head_dim
-            qk = _rotate(heads[:, :, : n_q + n_k], cos, sin)
-            q, k, v = (t.transpose(1, 2) for t in (qk[:, :, :n_q], qk[:, :, n_q:], heads[:, :, n_q + n_k :]))
-        else:
-            q = attn.q_proj(h).view(shape).transpose(1, 2)
-            k = attn.k_proj(h).view(shape).transpose(1, 2)
-            v = attn.v_proj(h).view(shape).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys, values = cache.layers[i].update(k, v)
+        q, k, v = _qkv(attn, _rms_norm(layer.input_layernorm, x), cos, sin, fused)  # (B, L, heads, head_dim)
+        keys, values = cache.layers[i].update(k.transpose(1, 2), v.transpose(1, 2))
         if i == last and L > 1:  # the last block's output is needed at the last position only (its keys are cached)
-            q, x, L = q[:, :, -1:], x[:, -1:], 1
+            q, x, L = q[:, -1:], x[:, -1:], 1
             mask = mask[:, :, -1:] if mask is not None else None
-        n_heads, groups = q.shape[1], attn.num_key_value_groups
-        if groups > 1 and L == 1:  # one query per row: the query heads of a KV head attend together, no KV copy
-            q = q.reshape(B, n_heads // groups, groups, attn.head_dim)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, scale=attn.scaling, is_causal=mask is None and L > 1,
-            enable_gqa=groups > 1 and L > 1,
-        )  # fmt: skip
-        out = out.reshape(B, n_heads, L, attn.head_dim).transpose(1, 2).reshape(B, L, -1)
-        x = x + attn.o_proj(out)
-        h = _rms_norm(layer.post_attention_layernorm, x)
-        mlp, fused = layer.mlp, _FUSED.get(id(layer.mlp))
-        if fused is not None:  # gate and up in one product
-            gate, up = _packed_linear(h, fused[0], fused[1], sum(fused[2])).split(fused[2], dim=-1)
-            x.add_(mlp.down_proj(mlp.act_fn(gate).mul_(up)))
+        if L == 1:
+            out = _attend_one(attn, q[:, 0], keys, values, mask).unsqueeze(1)
         else:
-            x.add_(mlp(h))
-    return base.lm_head(m.norm(x[:, -1:]))[:, -1]
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=mask, scale=attn.scaling,
+                enable_gqa=attn.num_key_value_groups > 1,
+            ).transpose(1, 2).flatten(2)  # fmt: skip
+        x = x + attn.o_proj(out)
+        x = x + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x), fused)
+    return base.lm_head(m.norm(x[:, -1]))
 
 
-def lean_prefill(base: torch.nn.Module, cache: KVBuffer, rows: Sequence[Sequence[int]], start: int, attend: Tensor) -> Tensor:
+def lean_prefill(
+    base: torch.nn.Module,
+    cache: KVBuffer,
+    rows: Sequence[Sequence[int]],
+    start: int,
+    attend: Tensor,
+    fused: Mapping[torch.nn.Module, FusedLinear] | None = None,
+) -> Tensor:
     """Prefill the prompts' own tokens (after a shared prefix already in columns [0, start)) of a Llama-architecture
     model in ONE pass, packed: every linear layer multiplies the T real tokens of all rows at once (no padding, each
     weight read once); only attention sees the rows padded, right-aligned to the longest (width S). Row r's tokens go
     to buffer row r, columns [start + S - len_r, start + S), at positions start, start + 1, ...
 
     attend: (rows, start + S) bool, the columns each row may see. Returns the logits (rows, V) at each row's last token.
-    Compared with a forward per group of similar lengths: SmolLM2-135M, 64 prompts: no padding, one pass instead of
-    5, ~0.3 s less on 2 CPU cores.
     """
-    m, device = base.model, attend.device
+    m, device, fused = base.model, attend.device, fused or {}
     U = len(rows)
     lens = torch.tensor([len(r) for r in rows], device=device)
     S, T = int(lens.max()), int(lens.sum())
@@ -373,54 +424,29 @@ def lean_prefill(base: torch.nn.Module, cache: KVBuffer, rows: Sequence[Sequence
     padded = row * S + lead + j  # the token's place in the (U, S) padded layout
     last = lens.cumsum(0) - 1  # (U,) each row's last token
     x = m.embed_tokens(torch.tensor([t for r in rows for t in r], device=device))  # (T, H)
-    cos, sin = m.rotary_emb(x[None], (start + j)[None])  # (1, T, head_dim)
-    # query at padded place p (column start + p) sees the columns <= start + p that its row may see
+    cos, sin = (t[0, :, None] for t in m.rotary_emb(x[None], (start + j)[None]))  # (T, 1, head_dim)
+    # the query at padded place p (column start + p) sees the columns <= start + p that its row may see
     cols = torch.arange(start + S, device=device)
     see = attend[:, None, None, :] & (cols <= start + torch.arange(S, device=device)[:, None])[None, None]
-    see = see | ~see.any(-1, keepdim=True)  # padding queries that see nothing: anything finite (ignored)
-    mask = torch.zeros(see.shape, dtype=x.dtype, device=device).masked_fill_(~see, float("-inf"))
-    final = attend[:, None, None, :].logical_not()  # the last tokens see everything their row may see
-    final = torch.zeros(final.shape, dtype=x.dtype, device=device).masked_fill_(final, float("-inf"))
+    mask = _additive(see | ~see.any(-1, keepdim=True), x.dtype)  # padding queries that see nothing: anything finite
+    final = _additive(attend[:, None, None, :], x.dtype)  # the last tokens see everything their row may see
     n_layers = len(m.layers)
     for i, layer in enumerate(m.layers):
         attn = layer.self_attn
-        D, groups = attn.head_dim, attn.num_key_value_groups
-        h = _rms_norm(layer.input_layernorm, x)
-        fused = _FUSED.get(id(attn))
-        if fused is not None:
-            heads = _packed_linear(h, fused[0], fused[1], sum(fused[2])).view(T, -1, D)
-            n_q, n_k = fused[2][0] // D, fused[2][1] // D
-            qk = _rotate(heads[None, :, : n_q + n_k], cos, sin)[0]
-            q, k, v = qk[:, :n_q], qk[:, n_q:], heads[:, n_q + n_k :]
-        else:
-            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-            q, k = apply_rotary_pos_emb(
-                attn.q_proj(h).view(1, T, -1, D).transpose(1, 2), attn.k_proj(h).view(1, T, -1, D).transpose(1, 2),
-                cos, sin,
-            )  # fmt: skip
-            q, k, v = q[0].transpose(0, 1), k[0].transpose(0, 1), attn.v_proj(h).view(T, -1, D)
+        q, k, v = _qkv(attn, _rms_norm(layer.input_layernorm, x), cos, sin, fused)  # (T, heads, head_dim)
         cache.layers[i].scatter(row, column, k, v)
         keys, values = cache.layers[i].keys[:U, :, : start + S], cache.layers[i].values[:U, :, : start + S]
-        n_q = q.shape[1]
         if i == n_layers - 1:  # the last block is needed at the last tokens only (all keys are cached by now)
-            x, q = x[last], q[last].reshape(U, n_q // groups, groups, D)
-            out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=final, scale=attn.scaling)
-            out = out.reshape(U, n_q * D)
+            x, out = x[last], _attend_one(attn, q[last], keys, values, final)
         else:
+            n_q, D = q.shape[1:]
             q_pad = q.new_zeros((U * S, n_q, D)).index_copy_(0, padded, q).view(U, S, n_q, D).transpose(1, 2)
             out = torch.nn.functional.scaled_dot_product_attention(
-                q_pad, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=groups > 1
+                q_pad, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=attn.num_key_value_groups > 1
             )
             out = out.transpose(1, 2).reshape(U * S, n_q * D).index_select(0, padded)
         x = x + attn.o_proj(out)
-        h = _rms_norm(layer.post_attention_layernorm, x)
-        mlp, fused = layer.mlp, _FUSED.get(id(layer.mlp))
-        if fused is not None:
-            gate, up = _packed_linear(h, fused[0], fused[1], sum(fused[2])).split(fused[2], dim=-1)
-            x.add_(mlp.down_proj(mlp.act_fn(gate).mul_(up)))
-        else:
-            x.add_(mlp(h))
+        x = x + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, x), fused)
     return base.lm_head(m.norm(x))
 
 
@@ -522,6 +548,7 @@ def decode(
     record_logprobs: bool = False,
     stats: dict[str, int] | None = None,
     lean_layers: bool = True,
+    packed: PackedWeights | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Continue every prompt (token ids, no padding) of one batch, as generate() would.
 
@@ -529,7 +556,8 @@ def decode(
     and, with record_logprobs, (B, N) float32 log-probs of the sampled tokens under the distribution they were drawn
     from (after min_new_tokens / temperature / top-k / top-p; temperature 0: log_softmax of the raw logits), 0 after EOS.
     Sampling draws from torch's global generator: one uniform per row (of the batch) per step.
-    lean_layers: Llama-architecture models run through `lean_forward` (False: always the model's own forward).
+    lean_layers: Llama-architecture models run through `lean_forward` / `lean_prefill` (False: always the model's own
+    forward). packed: what `prepacked_linears(model)` yielded, if decoding inside it (the lean forward's fused products).
     stats: a dict that receives the work done, in tokens run through the linear layers: `prefix` (shared, once),
     `prefill` (the prompts' own tokens, with padding where groups are padded), `prefill_passes`, `decode` (row-steps)
     and `steps`.
@@ -561,10 +589,11 @@ def decode(
         attend[i, k + S - s : k + S] = True
 
     lean = lean_layers and supports_lean_forward(model)
+    fused = packed.fused if packed is not None else {}
 
     def forward(ids: Tensor, mask: Tensor | None, positions: Tensor) -> Tensor:
         if lean:
-            return lean_forward(_unwrap(model), cache, ids, mask, positions)
+            return lean_forward(_unwrap(model), cache, ids, mask, positions, fused)
         out = model(
             input_ids=ids,
             attention_mask=mask,
@@ -585,7 +614,7 @@ def decode(
     work = {"prefix": k, "prefill": padded_tokens, "prefill_passes": len(groups) or 1, "decode": 0, "steps": 0}
     last_logits = []
     if lean:
-        last_logits.append(lean_prefill(_unwrap(model), cache, [u[k:] for u in uniq], k, attend[:, : k + S]))
+        last_logits.append(lean_prefill(_unwrap(model), cache, [u[k:] for u in uniq], k, attend[:, : k + S], fused))
     for g0, g1 in groups:
         width = suffix[g1 - 1]
         ids = torch.full((g1 - g0, width), pad_id, dtype=torch.long)
