@@ -11,6 +11,12 @@ This loop samples by inverse CDF, runs the tokens every prompt of the batch star
 num_samples > 1, once), prefills the rest in groups of similar length, writes keys/values in place into one
 preallocated buffer, and drops finished rows from the batch.
 
+Llama-architecture models (SmolLM2, Llama 2/3) built of transformers' own modules, with no hook on the blocks, run
+through a lean forward instead (`supports_lean_forward`, `lean_forward`): the same computation as their forward (within
+float rounding; tests compare both) without transformers' per-call machinery, the prompts prefilled in one packed pass
+(no padding in the linear layers), and, inside `prepacked_linears`, q/k/v and gate/up as one product each. The linear
+layers, MLPs, embeddings and LM head are still called as modules, so LoRA and their hooks apply.
+
 The sampled distribution is exactly generate()'s: the same processors in the same order (min_new_tokens suppresses
 EOS, then temperature, top-k, top-p, from transformers' own warpers), softmax in fp32 of the last position only.
 """
