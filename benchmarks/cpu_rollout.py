@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the rlhfkit of this checkout, not whichever one the environment has installed
 
 
 def matmul_peak(n: int, seconds: float) -> float:
@@ -220,6 +221,7 @@ def main() -> None:
             "load_avg_1min_at_start": round(load_start, 2),
         },
         "versions": {
+            "rlhfkit": str(Path(fast.__file__).resolve().parents[2]),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),
