@@ -21,9 +21,10 @@ the wall time -> achieved GFLOP/s and % of the measured peak. The prompt prefill
 the whole job's FLOPs (every prompt token once, unpadded, plus generation) per second, and the FLOPs each engine
 actually executed (padding included; the engine's shared prefix counted once).
 
---ablations: the loop again with one of its ideas switched off at a time (shared prefix, length-grouped prefill, dropping
-finished rows, oneDNN prepacked linears) and the per-step cost of torch.multinomial vs the inverse-CDF sampler on the
-same (batch, vocab) probabilities.
+--ablations: the loop again with one of its ideas switched off at a time (shared prefix, dropping finished rows, oneDNN
+prepacked linears, the lean Llama forward with its packed prefill and fused products: the model's own forward with
+length-grouped or one-group prefill instead) and the per-step cost of torch.multinomial vs the inverse-CDF sampler on
+the same (batch, vocab) probabilities.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the rlhfkit of this checkout, not whichever one the environment has installed
 
 
 def matmul_peak(n: int, seconds: float) -> float:
@@ -189,9 +191,9 @@ def main() -> None:
     # row until the last one finishes; the loop's own counts come from fast.decode(stats=...)
     stats: dict[str, int] = {}
     torch.manual_seed(args.seed)
-    with fast.prepacked_linears(model):
+    with fast.prepacked_linears(model) as packed:
         fast.decode(model, sorted(prompts, key=len), params, engines["engine"].eos_ids, engines["engine"].pad_id,
-                    stats=stats)  # fmt: skip
+                    stats=stats, packed=packed)  # fmt: skip
     body = 2 * (shape["linear_params"] - shape["head_params"])
     step = 2 * shape["linear_params"]
     hf_steps = max(x["response_width"] for x in runs["hf"])
@@ -219,6 +221,7 @@ def main() -> None:
             "load_avg_1min_at_start": round(load_start, 2),
         },
         "versions": {
+            "rlhfkit": str(Path(fast.__file__).resolve().parents[2]),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),
@@ -255,34 +258,36 @@ def ablations(model, prompts, params, engine, args) -> dict[str, Any]:
     variants = {
         "all": ({}, True),
         "no shared prefix": ({"share_prefix": False}, True),
-        "one prefill group (no length groups)": ({"group_cost": 10**9}, True),
         "finished rows kept": ({"drop_finished": False}, True),
         "MKL linears (no oneDNN prepack)": ({}, False),
+        "the model's own forward (prefill in length groups)": ({"lean_layers": False}, True),
+        "the model's own forward, one prefill group": ({"lean_layers": False, "group_cost": 10**9}, True),
     }
     out: dict[str, Any] = {}
     for name, (kw, prepack) in variants.items():
         times = []
         for r in range(2):
             torch.manual_seed(args.seed + r)
-            with fast.prepacked_linears(model) if prepack else contextlib.nullcontext():
+            with fast.prepacked_linears(model) if prepack else contextlib.nullcontext() as packed:
                 (tokens, _), wall, _, load = timed(
-                    lambda kw=kw: fast.decode(model, rows, params, engine.eos_ids, engine.pad_id, **kw)
+                    lambda kw=kw, p=packed: fast.decode(
+                        model, rows, params, engine.eos_ids, engine.pad_id, packed=p, **kw
+                    )
                 )
             times.append(wall)
         out[name] = {"median_seconds": round(statistics.median(times), 3), "load_avg_1min": round(load, 2)}
         print(f"ablation {name}: {out[name]['median_seconds']} s", flush=True)
     # sampling one step of (batch, vocab): generate's softmax + multinomial vs the loop's inverse CDF
     logits = torch.randn(len(prompts), model.config.vocab_size) * 3
-    weights = torch.empty(logits.shape, dtype=torch.float64)
-    cdf = torch.empty_like(weights)
+    work = torch.empty_like(logits)
 
     def multinomial():
         return torch.multinomial(torch.softmax(logits, -1), 1)
 
     def inverse_cdf():
         top = logits.amax(-1, keepdim=True)
-        w = weights.copy_(logits).sub_(top).exp_()
-        return fast.sample_inverse_cdf(w, torch.rand(len(logits), dtype=torch.float64), cdf)
+        w = work.copy_(logits).sub_(top).exp_()  # the loop does this in place on its own logits (no copy)
+        return fast.sample_inverse_cdf(w, torch.rand(len(logits), dtype=torch.float64))
 
     for name, fn in (("sampler: softmax + torch.multinomial", multinomial), ("sampler: inverse CDF", inverse_cdf)):
         fn()

@@ -5,6 +5,8 @@ finished rows) change nothing."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -31,6 +33,29 @@ def tok():
 @pytest.fixture(scope="module")
 def model(tok):
     return tiny_causal_lm(tok, seed=1).eval()
+
+
+@pytest.fixture(scope="module")
+def gqa_model(tok):
+    """A tiny Llama with grouped-query attention (4 query heads share 2 key/value heads), like SmolLM2's 9 / 3."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.25,  # peaked logits (the default 0.02 gives a near-uniform next token at this width)
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        return LlamaForCausalLM(config).float().eval()
 
 
 @pytest.fixture(scope="module")
@@ -68,37 +93,130 @@ def _training_logprobs(model, ro: Rollout, temperature: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.3])
-def test_sampled_tokens_logprobs_equal_training_logprobs(tok, model, prompts, temperature):
+@pytest.mark.parametrize("variant", ["lean+prepacked", "lean", "model forward", "gqa lean+prepacked", "gqa forward"])
+def test_sampled_tokens_logprobs_equal_training_logprobs(tok, model, gqa_model, prompts, temperature, variant):
     """The log-prob of each sampled token under the distribution the loop drew it from (its processed scores, computed
-    from the incremental KV cache with a shared prefix and length groups) equals the training forward's."""
+    from the incremental KV cache with a shared prefix and a packed prefill (lean) or length groups (the model's own
+    forward), with oneDNN prepacked and fused weights or not) equals the training forward's."""
+    m = gqa_model if variant.startswith("gqa") else model
     rows = [p for p in prompts for _ in range(2)]  # duplicated prompts: prefilled once, then copied
     params = SamplingParams(max_new_tokens=10, temperature=temperature)
     torch.manual_seed(3)
-    handle = _eos_bias(model, tok, 3.0)  # some rows finish early: dropped mid-way
+    handle = _eos_bias(m, tok, 3.0)  # some rows finish early: dropped mid-way
     try:
-        gen, sampling_lp = fast.decode(model, rows, params, [tok.eos_token_id], tok.pad_token_id, record_logprobs=True)
+        with fast.prepacked_linears(m) if "prepacked" in variant else contextlib.nullcontext() as packed:
+            gen, sampling_lp = fast.decode(
+                m, rows, params, [tok.eos_token_id], tok.pad_token_id, record_logprobs=True,
+                lean_layers="lean" in variant, packed=packed,
+            )  # fmt: skip
         ro = _rollout(rows, gen, tok)
         assert 0 < int(ro.finished.sum()) < len(rows)
-        train_lp = _training_logprobs(model, ro, params.logprob_temperature)
+        train_lp = _training_logprobs(m, ro, params.logprob_temperature)
+        wrong = _training_logprobs(m, ro, 1.0)  # the test can fail: the wrong temperature disagrees
     finally:
         handle.remove()
     valid = ro.response_mask.bool()
     assert torch.allclose(train_lp[valid], sampling_lp[valid], atol=1e-4)
     assert (sampling_lp[~valid] == 0).all()
-    wrong = _training_logprobs(model, ro, 1.0) if temperature != 1.0 else None  # the test can fail
     assert (wrong[valid] - sampling_lp[valid]).abs().max() > 1e-2
 
 
-def test_inverse_cdf_sampler_draws_the_categorical():
-    weights = torch.tensor([[2.0, 0.0, 1.0, 1.0]])  # unnormalized; index 1 has no mass
-    # by hand: the CDF is [2, 2, 3, 4]; u * 4 lands in [0, 2) -> 0, [2, 3) -> 2, [3, 4) -> 3
-    u = torch.tensor([0.0, 0.49, 0.5, 0.74, 0.75, 0.999])
-    got = fast.sample_inverse_cdf(weights.expand(6, 4), u)
-    assert got.tolist() == [0, 0, 2, 2, 3, 3]
+def _greedy(m, tok, prompts, **kw):
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    return fast.decode(m, prompts, params, [tok.eos_token_id], tok.pad_token_id, record_logprobs=True, **kw)
+
+
+def test_lean_forward_and_fused_weights_equal_the_models_forward(tok, gqa_model, prompts):
+    """Greedy tokens (and their log-probs) through the lean forward with prepacked + fused weights equal the model's own
+    forward's; the modules get their own forward back afterwards; a hook on a block the lean forward skips sends the
+    model through its own forward."""
+    assert fast.supports_lean_forward(gqa_model)
+    ref, ref_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+    with fast.prepacked_linears(gqa_model) as packed:
+        # per block q|k|v and gate|up fused, o and down alone; the (tied) LM head alone
+        assert (packed.linears, len(packed.fused)) == (2 * 2 + 1, 2 * 2)
+        got, got_lp = _greedy(gqa_model, tok, prompts, packed=packed)
+        # inside the block the model's own forward still works (the fused parts kept theirs)
+        own, own_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+    assert torch.equal(got, ref) and torch.allclose(got_lp, ref_lp, atol=1e-5)
+    assert torch.equal(own, ref) and torch.allclose(own_lp, ref_lp, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in gqa_model.modules())
+    for module in (gqa_model.model.layers[0], gqa_model.model.layers[1].self_attn, gqa_model.model.norm.__class__):
+        if isinstance(module, type):
+            continue
+        handle = module.register_forward_hook(lambda mod, inp, out: None)
+        try:
+            assert not fast.supports_lean_forward(gqa_model)
+        finally:
+            handle.remove()
+    gqa_model.train()
+    try:  # training mode: the model's attention would apply dropout where it has some
+        assert fast.supports_lean_forward(gqa_model)
+        gqa_model.model.layers[0].self_attn.attention_dropout = 0.1
+        assert not fast.supports_lean_forward(gqa_model)
+    finally:
+        gqa_model.model.layers[0].self_attn.attention_dropout = 0.0
+        gqa_model.eval()
+
+
+def test_lean_forward_runs_hooks_on_the_modules_it_calls(tok, gqa_model, prompts):
+    """Hooks on a linear or an MLP keep the lean forward, are not fused away, run, and change the result as they would
+    in the model's own forward."""
+    _, ref_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+    calls = []
+
+    def hook(mod, inp, out):
+        calls.append(mod)
+        return out * 1.5
+
+    for module in (gqa_model.model.layers[0].self_attn.k_proj, gqa_model.model.layers[1].mlp):
+        handle = module.register_forward_hook(hook)
+        try:
+            assert fast.supports_lean_forward(gqa_model)
+            own, own_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+            assert calls and all(c is module for c in calls)
+            calls.clear()
+            with fast.prepacked_linears(gqa_model) as packed:
+                assert len(packed.fused) == 3  # the hooked block's group is left unfused
+                got, got_lp = _greedy(gqa_model, tok, prompts, packed=packed)
+        finally:
+            handle.remove()
+        assert calls and all(c is module for c in calls)  # once a pass (passes differ: one packed prefill)
+        assert torch.equal(got, own) and torch.allclose(got_lp, own_lp, atol=1e-5)
+        assert (own_lp - ref_lp).abs().max() > 1e-3  # the hook mattered
+        calls.clear()
+
+
+def test_lean_forward_with_lora(tok, gqa_model, prompts):
+    """A peft LoRA policy (nonzero adapters on q/v and the MLP) through the lean forward with prepacked weights: the
+    same tokens and log-probs as its own forward; the adapted projections are not fused."""
+    peft = pytest.importorskip("peft")
+    import copy
+
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+    policy = peft.get_peft_model(copy.deepcopy(gqa_model), config).eval()
+    assert fast.supports_lean_forward(policy)
+    ref, ref_lp = _greedy(policy, tok, prompts, lean_layers=False)
+    _, base_lp = _greedy(gqa_model, tok, prompts, lean_layers=False)
+    with fast.prepacked_linears(policy) as packed:
+        assert len(packed.fused) == 0 and packed.linears > 0  # base layers of LoRA and the rest: switched
+        got, got_lp = _greedy(policy, tok, prompts, packed=packed)
+    assert torch.equal(got, ref) and torch.allclose(got_lp, ref_lp, atol=1e-5)
+    assert (ref_lp - base_lp).abs().max() > 1e-3  # the adapters matter
+
+
+@pytest.mark.parametrize("block", [1024, 3, 2])  # one block; blocks cut inside the row (and the row padded)
+def test_inverse_cdf_sampler_draws_the_categorical(block):
+    weights = torch.tensor([[2.0, 0.0, 1.0, 1.0, 0.0]])  # unnormalized; no mass on 1 and 4
+    # by hand: the CDF is [2, 2, 3, 4, 4]; u * 4 lands in [0, 2) -> 0, [2, 3) -> 2, [3, 4) -> 3
+    u = torch.tensor([0.0, 0.49, 0.5, 0.74, 0.75, 1 - 1e-12], dtype=torch.float64)
+    got, total = fast.sample_inverse_cdf(weights.expand(6, 5), u, block=block)
+    assert got.tolist() == [0, 0, 2, 2, 3, 3] and total.tolist() == [4.0] * 6
     g = torch.Generator().manual_seed(0)
-    draws = fast.sample_inverse_cdf(weights.expand(40000, 4), torch.rand(40000, generator=g, dtype=torch.float64))
-    freq = torch.bincount(draws, minlength=4).float() / 40000
-    assert freq[1] == 0 and torch.allclose(freq, torch.tensor([0.5, 0.0, 0.25, 0.25]), atol=0.01)
+    n = 40000
+    draws, _ = fast.sample_inverse_cdf(weights.expand(n, 5), torch.rand(n, generator=g, dtype=torch.float64), block)
+    freq = torch.bincount(draws, minlength=5).float() / n
+    assert freq[1] == 0 and freq[4] == 0 and torch.allclose(freq, torch.tensor([0.5, 0.0, 0.25, 0.25, 0.0]), atol=0.01)
 
 
 def test_first_token_frequencies_match_the_model(tok, model, prompts):
@@ -125,11 +243,12 @@ def test_first_token_frequencies_match_the_model(tok, model, prompts):
 # generate's semantics
 
 
-@pytest.mark.parametrize("bias", [0.0, 0.15])
-def test_greedy_equals_generate_token_for_token(tok, model, prompts, bias):
+@pytest.mark.parametrize("bias", [0.0, 0.15, "gqa"])
+def test_greedy_equals_generate_token_for_token(tok, model, gqa_model, prompts, bias):
     """Greedy decoding: the loop and generate give the same tokens, masks and `finished`, across length buckets
     (batch_size 4), duplicated prompts and, with an EOS bias, rows that finish at different steps."""
     params = SamplingParams(max_new_tokens=16, temperature=0.0)
+    model, bias = (gqa_model, 0.0) if bias == "gqa" else (model, bias)
     handle = _eos_bias(model, tok, bias)
     try:
         ref = HFEngine(model, tok, batch_size=4, decoder="generate").generate(prompts, params, num_samples=2)
@@ -206,8 +325,9 @@ def test_dropping_finished_rows_and_shared_prefix_change_nothing(tok, model, pro
             "all": {},
             "no drop": {"drop_finished": False},
             "no prefix": {"share_prefix": False},
-            "one group per length": {"group_cost": 0},
-            "one group": {"group_cost": 10**6},
+            "own forward (length groups)": {"lean_layers": False},
+            "own forward, one group per length": {"lean_layers": False, "group_cost": 0},
+            "own forward, one group": {"lean_layers": False, "group_cost": 10**6},
         }.items():
             torch.manual_seed(7)
             runs[name] = fast.decode(model, rows, params, eos, pad, record_logprobs=True, **kw)

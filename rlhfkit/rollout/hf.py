@@ -124,11 +124,12 @@ class HFEngine:
         saved_config, base.generation_config = base.generation_config, GenerationConfig()
         try:
             # the loop's linear layers run on weights reordered once for this call (see fast.prepacked_linears)
-            with fast.prepacked_linears(self.model) if loop else contextlib.nullcontext():
+            with fast.prepacked_linears(self.model) if loop else contextlib.nullcontext() as packed:
                 for start in range(0, len(order), self.batch_size):
                     idx = order[start : start + self.batch_size]
                     if loop:
-                        gen, _ = fast.decode(self.model, [rows[i] for i in idx], params, self.eos_ids, self.pad_id)
+                        batch = [rows[i] for i in idx]
+                        gen, _ = fast.decode(self.model, batch, params, self.eos_ids, self.pad_id, packed=packed)
                         pieces.append((idx, gen.cpu()))
                         continue
                     width = max(len(rows[i]) for i in idx)
