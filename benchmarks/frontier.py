@@ -200,23 +200,26 @@ def run(a: argparse.Namespace, out: Path, results: Path, rows: list[dict[str, An
     seeds = [int(s) for s in a.seeds.split(",")]
     methods = a.methods.split(",")
     record("reference", 0.0, seeds[0], lambda: evaluate(a.model, a.model, prompts, a, seeds[0]))
+    # every method's sweep point i before any method's point i + 1: a partial run still spans the methods
     for seed in seeds:
-        for method in methods:
-            if method == "best-of-n":
-                for n in BEST_OF:
-                    record(method, n, seed, functools.partial(best_of_n, n, prompts, a, seed))
-                continue
-            betas = [float(b) for b in a.betas.split(",")] if a.betas else BETAS[method]
-            for beta in betas:
-                run_dir = out / f"{method}-b{beta}-s{seed}"
-                job = functools.partial(train_and_eval, method, beta, seed, run_dir, a, train, prompts)
-                record(method, beta, seed, job)
+        for i in range(max(len(BEST_OF), *(len(BETAS[m]) for m in methods if m in BETAS))):
+            for method in methods:
+                if method == "best-of-n":
+                    if i < len(BEST_OF):
+                        record(method, BEST_OF[i], seed, functools.partial(best_of_n, BEST_OF[i], prompts, a, seed))
+                    continue
+                betas = [float(b) for b in a.betas.split(",")] if a.betas else BETAS[method]
+                if i < len(betas):
+                    run_dir = out / f"{method}-b{betas[i]}-s{seed}"
+                    job = functools.partial(train_and_eval, method, betas[i], seed, run_dir, a, train, prompts)
+                    record(method, betas[i], seed, job)
 
 
 def train_and_eval(
     method: str, beta: float, seed: int, run_dir: Path, a: argparse.Namespace, train: Path, prompts: list[Any]
 ) -> dict[str, Any]:
     out = run_dir.parent
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run killed before its row was recorded starts again
     if method == "dpo":
         pairs = out / f"pairs-s{seed}.jsonl"
         if not pairs.exists():
