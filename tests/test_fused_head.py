@@ -11,7 +11,7 @@ import torch
 
 from rlhfkit.config import DPOConfig, SFTConfig, load_config
 from rlhfkit.data import Encoded, collate_pairs, collate_sft, write_jsonl
-from rlhfkit.models import apply_lora, completion_logps
+from rlhfkit.models import apply_lora, completion_logps, head
 from rlhfkit.models.head import Packing, lm_head, next_token_stats, sequence_scores
 from rlhfkit.models.tiny import save_tiny, tiny_causal_lm, tiny_reward_model, tiny_tokenizer
 from rlhfkit.models.value import PolicyWithValue
@@ -104,8 +104,12 @@ def test_next_token_stats_fused_and_padding_free_equal_plain(tied):
         _assert_same_grads(grads, plain[3], atol=2e-5)
 
 
-def test_padding_free_rows_do_not_see_each_other():
-    """Each row's log-probs in the packed forward equal that row alone, whatever its neighbours are."""
+@pytest.mark.parametrize("one_row", [False, True])
+def test_padding_free_rows_do_not_see_each_other(one_row, monkeypatch):
+    """Each row's log-probs in the packed forward equal that row alone, whatever its neighbours are (rows packed into
+    rows of the batch's width, as for sdpa, or all into one row, as for flash attention)."""
+    if one_row:
+        monkeypatch.setattr(head, "_pack_width", lambda model, ids: None)
     tok = tiny_tokenizer()
     model = tiny_causal_lm(tok).eval()
     batch = _batch(tok, (8, 11, 6), seed=1)
@@ -125,6 +129,13 @@ def test_packing_handles_left_padding_and_rejects_holes():
     assert pk.position_ids.tolist() == [[0, 1, 2, 0, 1]] and pk.starts.tolist() == [True, False, False, True, False]
     assert pk.next_labels(torch.tensor([[9, 1, 2, 3], [4, 5, 9, 9]])).tolist() == [2, 3, -100, 5, -100]
     assert torch.equal(pk.unpack(pk.pack(torch.arange(8).view(2, 4))[0]), torch.tensor([[0, 1, 2, 3], [4, 5, 0, 0]]))
+    rows = Packing.of(torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]), width=4)
+    assert rows.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 1]]  # first fit, longest first
+    x = torch.arange(1, 17).view(4, 4)
+    assert rows.pack(x).tolist() == [[9, 10, 11, 12], [1, 2, 3, 13], [5, 6, 0, 0]]
+    assert torch.equal(
+        rows.unpack(rows.tokens(rows.pack(x))), x * torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1] * 4, [1, 0, 0, 0]])
+    )
     with pytest.raises(ValueError, match="contiguous"):
         Packing.of(torch.tensor([[1, 0, 1]]))
 

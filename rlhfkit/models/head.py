@@ -100,30 +100,62 @@ def _capture_output(module: nn.Module) -> Iterator[dict[str, Any]]:
 
 @dataclass
 class Packing:
-    """Rows' real tokens (attention_mask == 1) laid end to end in one row, and the way back.
+    """Rows' real tokens (attention_mask == 1) laid end to end, and the way back.
 
-    A row's tokens must be contiguous (right, left or both-sided padding are fine); position ids restart at 0 per row
-    (or are the caller's: a rollout's, or those of examples already packed into a row), and a sequence starts wherever
-    they are 0, so attention cannot cross sequences once transformers sees them.
+    `width=None` puts every row into ONE packed row (for varlen attention kernels: flash attention skips the
+    cross-row blocks); a width packs whole rows first-fit-decreasing into rows of at most `width` tokens (for sdpa /
+    eager, whose block-diagonal mask still spends FLOPs on the masked blocks: the attention cost then stays at most
+    the padded one while the rest of the model runs on real tokens only). A row's tokens must be contiguous (right,
+    left or both-sided padding); position ids restart at 0 per row (or are the caller's: a rollout's, or those of
+    examples already packed into a row), and a sequence starts wherever they are 0, so attention cannot cross
+    sequences once transformers sees them (attention_mask=None: it derives the mask from the position ids).
     """
 
     valid: Tensor  # (B, T) bool
-    position_ids: Tensor  # (1, N)
+    dest: tuple[Tensor, Tensor]  # (N,) packed row and column of each real token, in row-major order of `valid`
+    position_ids: Tensor  # (R, W) restarting at 0 per sequence; the tail padding of a packed row is its own sequence
     starts: Tensor  # (N,) bool: the first token of a sequence
 
     @classmethod
-    def of(cls, attention_mask: Tensor, position_ids: Tensor | None = None) -> Packing:
+    def of(cls, attention_mask: Tensor, position_ids: Tensor | None = None, width: int | None = None) -> Packing:
         valid = attention_mask.bool()
         pos = position_ids if position_ids is not None else attention_mask.long().cumsum(-1) - 1
-        flat = pos[valid]
         first = valid & ~torch.nn.functional.pad(valid, (1, 0))[:, :-1]  # a real token after a pad or at column 0
         if int(first.sum(-1).max()) > 1 or bool((pos[first] != 0).any()):
             raise ValueError("padding-free packing needs each row's real tokens contiguous, with positions from 0")
-        return cls(valid, flat[None], flat == 0)
+        lengths = valid.sum(-1).tolist()
+        cap = max(sum(lengths), 1) if width is None else max(width, *lengths)
+        bins: list[int] = []  # free room per packed row
+        where: list[tuple[int, int]] = [(0, 0)] * len(lengths)  # (packed row, first column) of each row
+        for b in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            k = next((j for j, room in enumerate(bins) if room >= lengths[b]), len(bins))
+            if k == len(bins):
+                bins.append(cap)
+            where[b] = (k, cap - bins[k])
+            bins[k] -= lengths[b]
+        w = max(cap - min(bins), 1)  # the fullest packed row
+        rows = torch.tensor([where[b][0] for b in range(len(lengths))], device=valid.device)
+        cols0 = torch.tensor([where[b][1] for b in range(len(lengths))], device=valid.device)
+        offset = valid.long().cumsum(-1) - 1  # index of each real token within its row
+        dest_row = rows[:, None].expand_as(valid)[valid]
+        dest_col = (cols0[:, None] + offset)[valid]
+        packed_pos = torch.zeros(len(bins), w, dtype=pos.dtype, device=valid.device)
+        filled = torch.zeros(len(bins), w, dtype=torch.bool, device=valid.device)
+        packed_pos[dest_row, dest_col] = pos[valid]
+        filled[dest_row, dest_col] = True
+        tail = (~filled).long().cumsum(-1) - 1  # tail padding: positions 0, 1, ... (its own sequence)
+        packed_pos = torch.where(filled, packed_pos, tail.clamp(min=0))
+        return cls(valid, (dest_row, dest_col), packed_pos, pos[valid] == 0)
 
-    def pack(self, x: Tensor) -> Tensor:
-        """(B, T, ...) -> (1, N, ...)"""
-        return x[self.valid][None]
+    def pack(self, x: Tensor, fill: int = 0) -> Tensor:
+        """(B, T, ...) -> (R, W, ...), `fill` on the packed rows' tail padding"""
+        out = x.new_full((*self.position_ids.shape, *x.shape[2:]), fill)
+        out[self.dest] = x[self.valid]
+        return out
+
+    def tokens(self, y: Tensor) -> Tensor:
+        """(R, W, ...) packed outputs -> (N, ...) one per real token, in row-major order of `valid`"""
+        return y[self.dest]
 
     def unpack(self, x: Tensor, fill: float = 0.0) -> Tensor:
         """(N, ...) -> (B, T, ...) with `fill` on padding."""
@@ -132,9 +164,15 @@ class Packing:
         return out
 
     def next_labels(self, labels: Tensor) -> Tensor:
-        """(N,) label of the NEXT packed token, -100 where the next token starts another row (or at the end)."""
+        """(N,) label of the NEXT real token, -100 where the next token starts another sequence (or at the end)."""
         nxt = torch.cat([labels[self.valid][1:], labels.new_full((1,), -100)])
         return nxt.masked_fill(torch.cat([self.starts[1:], self.starts.new_ones(1)]), -100)
+
+
+def _pack_width(model: nn.Module, input_ids: Tensor) -> int | None:
+    """One packed row for varlen (flash) attention; rows of the batch's width for sdpa / eager (see Packing)."""
+    impl = str(getattr(unwrap_model(model).config, "_attn_implementation", "") or "")
+    return None if "flash" in impl else input_ids.shape[1]
 
 
 def next_token_stats(
@@ -172,13 +210,13 @@ def next_token_stats(
     pick = torch.zeros_like(input_ids, dtype=torch.bool)
     pick[:, width - n - 1 : width - 1] = True
     if padding_free:
-        pk = Packing.of(attention_mask, position_ids)
+        pk = Packing.of(attention_mask, position_ids, _pack_width(model, input_ids))
         kwargs: dict[str, Any] = {
             "input_ids": pk.pack(input_ids),
             "attention_mask": None,
             "position_ids": pk.position_ids,
         }
-        sel = pk.pack(pick)[0]  # (N,) predicting positions among the packed tokens
+        sel = pick[pk.valid]  # (N,) the predicting positions among the real tokens
         target = pk.next_labels(labels)[sel]
     else:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
@@ -206,14 +244,14 @@ def next_token_stats(
             padding_free,
             chunk_size,
         )
-    h_pred = (h[0][sel] if padding_free else h[:, width - n - 1 : width - 1]) if h is not None else None
+    h_pred = (pk.tokens(h)[sel] if padding_free else h[:, width - n - 1 : width - 1]) if h is not None else None
     if head is not None:
         lp, ent = head_token_stats(
             h_pred, head.weight, target, head.bias, temperature, head.scale, head.softcap, chunk_size
         )
         ent = ent if entropy else None
     else:
-        logits = out.logits[0][sel][None] if padding_free else out.logits[:, -(n + 1) : -1]
+        logits = pk.tokens(out.logits)[sel][None] if padding_free else out.logits[:, -(n + 1) : -1]
         lp = token_logprobs(logits, target[None] if padding_free else target, temperature, chunk_size)
         ent = entropy_from_logits(logits, chunk_size, temperature) if entropy else None
         lp, ent = (lp[0], ent[0] if ent is not None else None) if padding_free else (lp, ent)
@@ -265,7 +303,7 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     padding_free packs the rows into one and reads the score head's output at each row's last token."""
     if not padding_free:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
-    pk = Packing.of(attention_mask)
+    pk = Packing.of(attention_mask, width=_pack_width(model, input_ids))
     base = unwrap_model(model)
     head = next(
         (getattr(base, k) for k in ("score", "classifier", "v_head") if isinstance(getattr(base, k, None), nn.Module)),
@@ -275,6 +313,6 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
         raise ValueError(f"{type(base).__name__} has no score head for padding-free scoring")
     with _capture_output(head) as box:
         model(input_ids=pk.pack(input_ids), attention_mask=None, position_ids=pk.position_ids, use_cache=False)
-    per_token = box["out"][0, :, 0].float()  # (N,)
+    per_token = pk.tokens(box["out"])[:, 0].float()  # (N,)
     last = torch.cat([pk.starts[1:], pk.starts.new_ones(1)])  # the token before the next row's start
     return per_token[last]
