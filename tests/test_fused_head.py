@@ -278,3 +278,25 @@ def test_dpo_steps_equal_fused_plain_and_padding_free(tiny_dir, tmp_path):
     assert _losses(tmp_path / "TrueFalse")[0] == pytest.approx(0.693147, abs=1e-5)
     _assert_same_run(tmp_path / "FalseFalse", tmp_path / "TrueFalse")
     _assert_same_run(tmp_path / "FalseFalse", tmp_path / "TrueTrue")
+
+
+def test_ddp_two_processes_with_the_fused_head_equal_one_plain(tmp_path):
+    """The fused head reads the decoder's output through a hook while DDP runs the model's own forward: two
+    processes (fused, padding-free) take the same update as one plain process with the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+
+    def launch(out: Path, nproc: int, batch: int, fused: bool, padding_free: bool) -> dict[str, torch.Tensor]:
+        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
+        cmd += ["tests/fused_ddp_worker.py", str(out), str(batch), str(int(fused)), str(int(padding_free))]
+        r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return torch.load(out / "final.pt", weights_only=True)
+
+    one = launch(tmp_path / "one", 1, 8, False, False)
+    two = launch(tmp_path / "two", 2, 4, True, True)
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
