@@ -292,9 +292,10 @@ class _HeadTokenStats(torch.autograd.Function):
         valid, index = _valid_and_index(labels, vocab)
         for i in range(0, n, chunk_size):
             s = slice(i, min(i + chunk_size, n))
+            # in place where possible: at most two (chunk, V) fp32 buffers alive at a time
             lp = torch.log_softmax(_head_logits(hidden[s], weight, bias, scale, softcap).div_(temperature), dim=-1)
             logp[s] = lp.gather(-1, index[s, None]).squeeze(-1)  # z[label] - logsumexp(z)
-            entropy[s] = -(lp.exp() * lp).sum(-1)
+            entropy[s] = -lp.exp().mul_(lp).sum(-1)
         logp.masked_fill_(~valid, 0.0)
         ctx.save_for_backward(hidden, weight, bias, index, valid, entropy)
         ctx.args = (temperature, scale, softcap, chunk_size)
@@ -315,14 +316,18 @@ class _HeadTokenStats(torch.autograd.Function):
         for i in range(0, hidden.shape[0], chunk_size):
             s = slice(i, min(i + chunk_size, hidden.shape[0]))
             z = _head_logits(hidden[s], weight, bias, scale, softcap)
-            lp = torch.log_softmax(z / temperature, dim=-1)
+            # d(c tanh(x / c)) / dx = 1 - tanh^2, with tanh = z / c after the cap
+            dcap = (z / softcap).square_().neg_().add_(1.0) if softcap is not None else None
+            lp = torch.log_softmax(z.div_(temperature), dim=-1)
+            del z
             p = lp.exp()
             # d log p_y / dz = onehot(y) - p;  dH / dz = -p (log p + H);  both through z / temperature
-            dz = p * (-g_logp[s, None] - g_entropy[s, None] * (lp + entropy[s, None]))
+            dz = lp.add_(entropy[s, None]).mul_(-g_entropy[s, None]).sub_(g_logp[s, None]).mul_(p)
+            del p
             dz.scatter_add_(-1, index[s, None], g_logp[s, None])
             dz.div_(temperature)
-            if softcap is not None:  # d(c tanh(x / c)) / dx = 1 - tanh^2
-                dz.mul_(1.0 - (z / softcap).square_())
+            if dcap is not None:
+                dz.mul_(dcap)
             if scale != 1.0:
                 dz.mul_(scale)
             dz_low = dz.to(weight.dtype)  # the head's own dtype, as autograd through nn.Linear would use
