@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -123,6 +125,7 @@ def main() -> None:
         bench, fused, pf = args.one[0], args.one[1] == "1", args.one[2] == "1"
         print(json.dumps(run_one(bench, fused, pf, args.steps, args.threads)), flush=True)
         return
+    load_at_start = os.getloadavg()[0]
     results = []
     for bench in args.benches.split(","):
         for fused, pf in VARIANTS:
@@ -141,13 +144,18 @@ def main() -> None:
         "cpu_model": next(
             (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
         ),
+        "logical_cpus": os.cpu_count(),
         "threads": args.threads,
+        "load_avg_1min_at_start": round(load_at_start, 2),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": MODEL, "machine": machine, "results": results}, indent=2) + "\n")
+    command = "flock /tmp/rlhfkit-cpu.lock python benchmarks/fused_head.py " + " ".join(sys.argv[1:])
+    report = {"command": command.strip(), "model": MODEL, "machine": machine, "results": results}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
