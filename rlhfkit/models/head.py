@@ -15,6 +15,7 @@ rows. Results are scattered back to the padded (B, T) layout, so callers do not 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -221,7 +222,9 @@ def next_token_stats(
     else:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         target = labels[:, width - n :]
-    if head is not None:
+    if not _takes_logits_to_keep(model):
+        pass  # older custom code: the model computes all its logits (correct, without the memory saving)
+    elif head is not None:
         kwargs["logits_to_keep"] = 1  # the model's own head on one position: (B, 1, V), for the exactness check
     elif not padding_free:
         kwargs["logits_to_keep"] = n + 1
@@ -264,6 +267,10 @@ def next_token_stats(
 
         return TokenStats(back(lp), back(ent) if ent is not None else None, back(h_pred) if hidden else None)
     return TokenStats(lp, ent, h_pred if hidden else None)
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(unwrap_model(model).forward).parameters
 
 
 @contextmanager
