@@ -300,3 +300,16 @@ def test_ddp_two_processes_with_the_fused_head_equal_one_plain(tmp_path):
     one = launch(tmp_path / "one", 1, 8, False, False)
     two = launch(tmp_path / "two", 2, 4, True, True)
     assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+
+
+def test_reward_model_steps_equal_padded_and_padding_free(tmp_path):
+    from rlhfkit.config import RMConfig
+    from rlhfkit.trainers.rm import train_rm
+
+    tiny = save_tiny(tmp_path / "rm_model", kind="reward")
+    data = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"Film {i}?", "chosen": "wonderful " * (1 + i % 3), "rejected": f"awful {i}"} for i in range(12)]
+    write_jsonl(data, rows)
+    for pf in (False, True):
+        train_rm(load_config(RMConfig, None, _overrides(tiny, tmp_path / f"rm{pf}", data, True, pf)))
+    _assert_same_run(tmp_path / "rmFalse", tmp_path / "rmTrue")
