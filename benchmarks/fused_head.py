@@ -4,8 +4,8 @@ padding-free, each variant in its own process (peak RSS is a per-process high-wa
     flock /tmp/rlhfkit-cpu.lock python benchmarks/fused_head.py [--steps 3] [--threads 2]
 
 Model: SmolLM2-135M-Instruct (the builtin, fp32, 49,152-token vocabulary). Data: random tokens with variable lengths,
-the same rows for every variant. SFT: 8 sequences of 96-448 tokens (loss on all but the first 32). DPO: 4 pairs, prompt
-64 + completions of 32-384 tokens, reference log-probs precomputed (before the timed steps, by the same path). A step
+the same rows for every variant. SFT: 8 sequences of 48-224 tokens (loss on all but the first 16). DPO: 4 pairs, prompt
+32 + completions of 16-192 tokens, reference log-probs precomputed (before the timed steps, by the same path). A step
 is the objective's loss over the whole batch, backward, gradient clipping and AdamW (what trainers/step.py does for
 one micro-batch). Step time: mean of the steps after the first. Writes benchmarks/results/fused_head.json.
 """
@@ -50,8 +50,8 @@ def peak_rss_mib() -> float:
 
 def sft_rows(vocab: int) -> list[Encoded]:
     g = torch.Generator().manual_seed(0)
-    lengths = torch.linspace(96, 448, 8).round().long()[torch.randperm(8, generator=g)].tolist()
-    return [Encoded(torch.randint(10, vocab, (n,), generator=g).tolist(), [0] * 32 + [1] * (n - 32)) for n in lengths]
+    lengths = torch.linspace(48, 224, 8).round().long()[torch.randperm(8, generator=g)].tolist()
+    return [Encoded(torch.randint(10, vocab, (n,), generator=g).tolist(), [0] * 16 + [1] * (n - 16)) for n in lengths]
 
 
 def dpo_rows(vocab: int) -> list[EncodedPair]:
@@ -60,8 +60,8 @@ def dpo_rows(vocab: int) -> list[EncodedPair]:
     def toks(n: int) -> list[int]:
         return torch.randint(10, vocab, (n,), generator=g).tolist()
 
-    lengths = [(384, 96), (32, 256), (192, 320), (128, 64)]  # (chosen, rejected) completion lengths
-    return [EncodedPair(toks(64), toks(c), toks(r), index=i) for i, (c, r) in enumerate(lengths)]
+    lengths = [(192, 48), (16, 128), (96, 160), (64, 32)]  # (chosen, rejected) completion lengths
+    return [EncodedPair(toks(32), toks(c), toks(r), index=i) for i, (c, r) in enumerate(lengths)]
 
 
 def run_one(bench: str, fused: bool, padding_free: bool, steps: int, threads: int) -> dict:
