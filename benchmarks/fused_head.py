@@ -31,6 +31,7 @@ from rlhfkit.config import PreferenceLossConfig  # noqa: E402
 from rlhfkit.data import EncodedPair  # noqa: E402
 from rlhfkit.data.templates import Encoded  # noqa: E402
 from rlhfkit.models import Reference, load_causal_lm  # noqa: E402
+from rlhfkit.ops import head_token_stats, token_logprobs  # noqa: E402
 from rlhfkit.trainers.dpo import DPOObjective, precompute_reference  # noqa: E402
 from rlhfkit.trainers.sft import SFTObjective  # noqa: E402
 
@@ -113,6 +114,30 @@ def run_one(bench: str, fused: bool, padding_free: bool, steps: int, threads: in
     }
 
 
+def run_head(fused: bool, rows: int, threads: int) -> dict:
+    """The head alone at the builtin's sizes (hidden 576, vocabulary 49,152): log-probs of `rows` tokens, forward and
+    backward, from random hidden states: what the fused path saves, without the rest of the model."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, 576, generator=g, requires_grad=True)
+    weight = (torch.randn(49152, 576, generator=g) * 0.02).requires_grad_()
+    labels = torch.randint(0, 49152, (rows,), generator=g)
+    base = rss_mib()
+    t = time.perf_counter()
+    if fused:
+        lp, _ = head_token_stats(hidden, weight, labels)
+    else:
+        lp = token_logprobs(hidden @ weight.t(), labels)
+    lp.sum().backward()
+    return {
+        "bench": "head",
+        "fused_head": fused,
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t, 3),
+        "peak_over_inputs_mib": round(peak_rss_mib() - base),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3, help="steps per variant (the first is not timed)")
@@ -120,7 +145,18 @@ def main() -> None:
     ap.add_argument("--benches", default="sft,dpo")
     ap.add_argument("--one", nargs=3, metavar=("BENCH", "FUSED", "PADDING_FREE"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--head-only", type=int, metavar="ROWS", help="only the head micro-benchmark (ROWS tokens)")
     args = ap.parse_args()
+    if args.head_only:
+        for fused in (False, True):
+            if args.one:
+                break
+            cmd = [sys.executable, __file__, "--head-only", str(args.head_only), "--threads", str(args.threads)]
+            out = subprocess.run(cmd + ["--one", "head", str(int(fused)), "0"], capture_output=True, text=True)
+            print(out.stdout.strip() or out.stderr[-2000:], flush=True)
+        if args.one:
+            print(json.dumps(run_head(args.one[1] == "1", args.head_only, args.threads)), flush=True)
+        return
     if args.one:
         bench, fused, pf = args.one[0], args.one[1] == "1", args.one[2] == "1"
         print(json.dumps(run_one(bench, fused, pf, args.steps, args.threads)), flush=True)
