@@ -1,10 +1,11 @@
 """Step time, throughput and peak memory of rlhfkit's DPO, SFT and reward-model training on the peer benchmark's shape.
 
-    python benchmarks/train_step.py [dpo|dpo-live|sft|rm|all]      (env: HIDDEN, LAYERS, STEPS like the peer script)
+    python benchmarks/train_step.py [dpo|dpo-live|sft|rm|dpo-plain|sft-plain|all]  (env: HIDDEN, LAYERS, STEPS as the peer)
 
 Same model and data shapes as the peer baseline script (random-init Llama: hidden 1024, 24 layers, vocab 32000, bf16;
 DPO/RM: 8 pairs of prompt 128 + completion 384 tokens; SFT: 16 x 512), so the two can run side by side in one job.
-Prints one JSON line per benchmark; steady-state = steps after the first 3.
+Prints one JSON line per benchmark; steady-state = steps after the first 3. DPO and SFT log-probs come from the fused
+head (model.fused_head, the default); the -plain variants use the model's own (B, T, V) logits instead.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _reset() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def bench_dpo(live: bool) -> dict:
+def bench_dpo(live: bool, fused: bool = True) -> dict:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config()).to(DTYPE).to(DEVICE)
     n = sum(p.numel() for p in model.parameters())
@@ -120,15 +121,16 @@ def bench_dpo(live: bool) -> dict:
     else:
         reference = Reference(model, model)
         t0 = time.perf_counter()
-        train_rows = precompute_reference(rows, reference, pad_id=0)
+        train_rows = precompute_reference(rows, reference, pad_id=0, fused=fused)
         pre_s = time.perf_counter() - t0
     timer = StepTimer()
-    objective = DPOObjective(0, loss_cfg, reference)
+    objective = DPOObjective(0, loss_cfg, reference, 8, fused)
     cfg = _train_cfg(8, 1e-6)
     run_loop(model, objective, train_rows, [], cfg, Path(cfg.output_dir), on_step=timer)
     s = timer.steady()
     return dict(
-        bench="rlhfkit_dpo_live" if live else "rlhfkit_dpo",
+        bench=("rlhfkit_dpo_live" if live else "rlhfkit_dpo") + ("" if fused else "_plain"),
+        fused_head=fused,
         params_m=round(n / 1e6),
         batch_pairs=8,
         seq=512,
@@ -140,7 +142,7 @@ def bench_dpo(live: bool) -> dict:
     )
 
 
-def bench_sft() -> dict:
+def bench_sft(fused: bool = True) -> dict:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config()).to(DTYPE).to(DEVICE)
     n = sum(p.numel() for p in model.parameters())
@@ -149,10 +151,11 @@ def bench_sft() -> dict:
     _reset()
     timer = StepTimer()
     cfg = _train_cfg(16, 1e-5)
-    run_loop(model, SFTObjective(0, True, "token-mean"), rows, [], cfg, Path(cfg.output_dir), on_step=timer)
+    run_loop(model, SFTObjective(0, True, "token-mean", 8, fused), rows, [], cfg, Path(cfg.output_dir), on_step=timer)
     s = timer.steady()
     return dict(
-        bench="rlhfkit_sft",
+        bench="rlhfkit_sft" + ("" if fused else "_plain"),
+        fused_head=fused,
         params_m=round(n / 1e6),
         batch=16,
         seq=512,
@@ -189,6 +192,8 @@ BENCHES = {
     "dpo-live": lambda: bench_dpo(True),
     "sft": bench_sft,
     "rm": bench_rm,
+    "dpo-plain": lambda: bench_dpo(False, fused=False),
+    "sft-plain": lambda: bench_sft(fused=False),
 }
 
 

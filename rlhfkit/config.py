@@ -127,6 +127,10 @@ class ModelConfig:
     """Keep only the first N transformer blocks of the checkpoint (a shallow, much faster model, e.g. a cheap reward model). None = all."""
     trainable_layers: int | None = None
     """Train only the top N transformer blocks (and the final norm and new heads); embeddings and lower blocks are frozen, so the backward pass stops early. None = train everything."""
+    fused_head: bool = True
+    """Compute token log-probs, entropy and the SFT loss from the last hidden states chunk by chunk (hidden @ W^T per chunk, recomputed in the backward), so no (batch, length, vocabulary) logits are ever held; same values to float tolerance. A model whose output head cannot be reproduced exactly (checked on the first forward) falls back to its own head with a warning."""
+    padding_free: bool = False
+    """Pack each micro-batch's rows into one row (position ids restart per row, attention cannot cross rows) for SFT, DPO, KTO, the reward model and the RL update, so no FLOP is spent on padding; same results to float tolerance."""
     disable_dropout: bool = True
     """Turn every dropout off, as RLHF peers do: the DPO loss at step 0 is exactly log 2 and PPO's first ratio exactly 1. false keeps the checkpoint's dropout."""
 

@@ -18,6 +18,7 @@ from torch import Tensor
 __all__ = [
     "KL_ESTIMATORS",
     "entropy_from_logits",
+    "head_token_stats",
     "kl_estimate",
     "masked_mean",
     "masked_sum",
@@ -249,6 +250,134 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = 1024, temperature: flo
     squeeze = logits.dim() == 2
     out = _EntropyFromLogits.apply(_as_3d(logits), float(temperature), int(chunk_size))
     return out.squeeze(0) if squeeze else out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the fused head: log-probs and entropy from hidden states, the (N, V) logits never held
+
+
+def _head_logits(h: Tensor, weight: Tensor, bias: Tensor | None, scale: float, softcap: float | None) -> Tensor:
+    """fp32 logits of one chunk as the model computes them: (h @ W^T + b) in the head's dtype, then * scale and the
+    soft-cap c * tanh(z / c) (Gemma 2) in fp32. Temperature is applied by the caller."""
+    z = torch.nn.functional.linear(h, weight, bias).float()
+    if scale != 1.0:
+        z = z * scale
+    if softcap is not None:
+        z = torch.tanh(z / softcap) * softcap
+    return z
+
+
+class _HeadTokenStats(torch.autograd.Function):
+    """log p(label) and entropy of softmax(head(h) / temperature) over rows of h, chunk by chunk.
+
+    Forward keeps only (N,) results; backward recomputes each chunk's logits and softmax and returns the gradients
+    w.r.t. h (N, H), W (V, H) and b (V,), the weight gradient accumulated in fp32 across chunks.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        hidden: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        labels: Tensor,
+        temperature: float,
+        scale: float,
+        softcap: float | None,
+        chunk_size: int,
+    ) -> tuple[Tensor, Tensor]:
+        n, vocab = hidden.shape[0], weight.shape[0]
+        logp = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        entropy = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        valid, index = _valid_and_index(labels, vocab)
+        for i in range(0, n, chunk_size):
+            s = slice(i, min(i + chunk_size, n))
+            # in place where possible: at most two (chunk, V) fp32 buffers alive at a time
+            lp = torch.log_softmax(_head_logits(hidden[s], weight, bias, scale, softcap).div_(temperature), dim=-1)
+            logp[s] = lp.gather(-1, index[s, None]).squeeze(-1)  # z[label] - logsumexp(z)
+            entropy[s] = -lp.exp().mul_(lp).sum(-1)
+        logp.masked_fill_(~valid, 0.0)
+        ctx.save_for_backward(hidden, weight, bias, index, valid, entropy)
+        ctx.args = (temperature, scale, softcap, chunk_size)
+        ctx.mark_non_differentiable(labels)
+        return logp, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_logp: Tensor, g_entropy: Tensor):  # type: ignore[override]
+        hidden, weight, bias, index, valid, entropy = ctx.saved_tensors
+        temperature, scale, softcap, chunk_size = ctx.args
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g_logp = g_logp.float() * valid  # ignored labels get no gradient
+        g_entropy = g_entropy.float()
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        for i in range(0, hidden.shape[0], chunk_size):
+            s = slice(i, min(i + chunk_size, hidden.shape[0]))
+            z = _head_logits(hidden[s], weight, bias, scale, softcap)
+            # d(c tanh(x / c)) / dx = 1 - tanh^2, with tanh = z / c after the cap
+            dcap = (z / softcap).square_().neg_().add_(1.0) if softcap is not None else None
+            lp = torch.log_softmax(z.div_(temperature), dim=-1)
+            del z
+            p = lp.exp()
+            # d log p_y / dz = onehot(y) - p;  dH / dz = -p (log p + H);  both through z / temperature
+            dz = lp.add_(entropy[s, None]).mul_(-g_entropy[s, None]).sub_(g_logp[s, None]).mul_(p)
+            del p
+            dz.scatter_add_(-1, index[s, None], g_logp[s, None])
+            dz.div_(temperature)
+            if dcap is not None:
+                dz.mul_(dcap)
+            if scale != 1.0:
+                dz.mul_(scale)
+            dz_low = dz.to(weight.dtype)  # the head's own dtype, as autograd through nn.Linear would use
+            if grad_h is not None:
+                grad_h[s] = dz_low @ weight
+            if grad_w is not None:
+                grad_w.addmm_(dz.t(), hidden[s].float())  # fp32 accumulation across chunks
+            if grad_b is not None:
+                grad_b += dz.sum(0)
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def head_token_stats(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    scale: float = 1.0,
+    softcap: float | None = None,
+    chunk_size: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """(log p(label), entropy) under softmax(head(hidden) / temperature), without ever holding the logits.
+
+    hidden (..., H) the last hidden states of the positions that predict `labels` (...,) (already aligned: hidden[t]
+    predicts labels[t]); weight (V, H) and bias (V,) the output head; head(h) = softcap(scale * (h W^T + b)) with
+    softcap(z) = c tanh(z / c) when c is given (Gemma 2). Labels outside [0, V) (e.g. -100) give log-prob 0 and no
+    gradient. Returns two fp32 tensors shaped like labels; both are differentiable w.r.t. hidden, weight and bias.
+    Rows are processed `chunk_size` at a time (peak extra memory ~3 x chunk_size x V fp32).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} do not line up")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    logp, entropy = _HeadTokenStats.apply(
+        flat_h, weight, bias, labels.reshape(-1).long(), float(temperature), float(scale), softcap, int(chunk_size)
+    )
+    return logp.view(labels.shape), entropy.view(labels.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

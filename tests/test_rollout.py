@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhfkit.models.tiny import tiny_causal_lm, tiny_tokenizer
-from rlhfkit.rollout import HFEngine, Rollout, SamplingParams, left_pad, response_logits, rollout_forward
+from rlhfkit.rollout import HFEngine, Rollout, SamplingParams, left_pad, response_logprobs, rollout_forward
 from rlhfkit.rollout.hf import _response_mask
 
 
@@ -109,11 +109,12 @@ def test_sampling_and_training_logprobs_agree_at_temperature(tok, model, tempera
         rmask.sum(-1) < gen.shape[1],
         torch.arange(len(prompts)),
     )
-    train_lp, _ = rollout_forward(lambda mb: (response_logits(model, mb), None), ro, params.logprob_temperature, 2)
+    t = params.logprob_temperature
+    train_lp, _ = rollout_forward(lambda mb: (response_logprobs(model, mb, t), None), ro, 2)
     valid = rmask.bool()
     assert torch.allclose(train_lp[valid], sampling_lp[valid], atol=1e-4)
     # the wrong temperature would not agree: the test can fail
-    wrong, _ = rollout_forward(lambda mb: (response_logits(model, mb), None), ro, 1.0, 2)
+    wrong, _ = rollout_forward(lambda mb: (response_logprobs(model, mb, 1.0), None), ro, 2)
     assert (wrong[valid] - sampling_lp[valid]).abs().max() > 1e-2
 
 

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from rlhfkit.ops import token_logprobs
 
-__all__ = ["sft_loss"]
+__all__ = ["sft_loss", "sft_nll"]
 
 
 def sft_loss(logits: Tensor, labels: Tensor, mask: Tensor | None = None, chunk_size: int = 1024) -> Tensor:
@@ -28,3 +28,11 @@ def sft_loss(logits: Tensor, labels: Tensor, mask: Tensor | None = None, chunk_s
     if mask is None:
         return nll
     return nll.masked_fill(mask == 0, 0.0)
+
+
+def sft_nll(token_logps: Tensor, mask: Tensor) -> Tensor:
+    """Token NLL -log p(label_t) from per-token log-probs already computed (e.g. by the fused head, which never forms
+    the logits): token_logps (B, T) and mask (B, T), 1 = train on this token. Returns (B, T) fp32, 0 where mask is 0."""
+    if mask.shape != token_logps.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match log-probs shape {tuple(token_logps.shape)}")
+    return (-token_logps.float()).masked_fill(mask == 0, 0.0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+
+from rlhfkit.models.head import next_token_stats
 
 
 def _score_head(model: nn.Module) -> nn.Module:
@@ -17,13 +20,21 @@ class PolicyWithValue(nn.Module):
     """critic="head": a linear value head on the policy's last hidden state (shares the trunk, cheapest);
     "separate": its own network, e.g. initialized from the reward model (InstructGPT); "none": policy only.
 
-    `forward` returns the logits and values for the last `n_response` tokens only: the logits of position t predict
-    token t+1, so the response tokens of a left-padded prompt + right-padded response row are predicted by the n_response
-    positions before the last (the head is not even applied to the prompt, which saves a (B, P, V) logits tensor).
+    `forward` returns log-probs, entropy and values of the response tokens only: position t predicts token t+1, so the
+    response tokens of a left-padded prompt + right-padded response row are predicted by the R positions before the
+    last (the head is not even applied to the prompt). `fused` and `padding_free` are `models.head.next_token_stats`'s.
     """
 
-    def __init__(self, policy: nn.Module, critic: str = "none", critic_model: nn.Module | None = None):
+    def __init__(
+        self,
+        policy: nn.Module,
+        critic: str = "none",
+        critic_model: nn.Module | None = None,
+        fused: bool = True,
+        padding_free: bool = False,
+    ):
         super().__init__()
+        self.fused, self.padding_free = fused, padding_free  # see models.head.next_token_stats
         if critic not in ("head", "separate", "none"):
             raise ValueError(f"critic must be head, separate or none, got {critic!r}")
         if (critic == "separate") != (critic_model is not None):
@@ -45,29 +56,41 @@ class PolicyWithValue(nn.Module):
         return self.critic_kind != "none"
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, n_response: int, values: bool = True
-    ) -> tuple[Tensor, Tensor | None]:
-        """(logits (B, R, V), values (B, R) float32 or None) for the R = n_response response tokens."""
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        response_ids: Tensor,
+        temperature: float = 1.0,
+        values: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(log-probs (B, R), entropy (B, R), values (B, R) float32 or None) of the R response tokens (the last R
+        columns of input_ids), under softmax(logits / temperature)."""
         want_hidden = values and self.critic_kind == "head"
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+        r = response_ids.shape[1]
+        stats = next_token_stats(
+            self.policy,
+            input_ids,
+            attention_mask,
+            r,
+            labels=torch.cat([input_ids[:, :-r], response_ids], 1),
             position_ids=position_ids,
-            logits_to_keep=n_response + 1,
-            output_hidden_states=want_hidden,
-            use_cache=False,
+            temperature=temperature,
+            entropy=True,
+            hidden=want_hidden,
+            fused=self.fused,
+            padding_free=self.padding_free,
         )
-        logits = out.logits[:, -(n_response + 1) : -1]
         v = None
-        if values and self.critic_kind == "head":
-            h = out.hidden_states[-1][:, -(n_response + 1) : -1]
-            v = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        if want_hidden:
+            v = self.value_head(stats.hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         elif values and self.critic_kind == "separate":
             h = self.critic.base_model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).last_hidden_state[:, -(n_response + 1) : -1]
+            ).last_hidden_state[:, -(r + 1) : -1]
             v = _score_head(self.critic)(h).squeeze(-1).float()
-        return logits, v
+        assert stats.entropy is not None
+        return stats.logprobs, stats.entropy, v
 
     def critic_parameters(self) -> list[nn.Parameter]:
         if self.critic_kind == "head":

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlhfkit.ops import token_logprobs
+from rlhfkit.models.head import next_token_stats
 from rlhfkit.rollout.hf import HFEngine
 from rlhfkit.rollout.types import Rollout, SamplingParams
 
@@ -44,18 +44,37 @@ def response_logits(model: torch.nn.Module, ro: Rollout) -> Tensor:
     return out.logits[:, -(n + 1) : -1]
 
 
+def response_logprobs(
+    model: torch.nn.Module, ro: Rollout, temperature: float, fused: bool = True, padding_free: bool = False
+) -> Tensor:
+    """(B, R) log-probs of the response tokens under softmax(logits / temperature) of a plain causal LM (the
+    reference), from hidden states chunk by chunk when `fused` (see models.head.next_token_stats)."""
+    r = ro.response_ids.shape[1]
+    return next_token_stats(
+        model,
+        ro.input_ids,
+        ro.attention_mask,
+        r,
+        labels=torch.cat([ro.input_ids[:, :-r], ro.response_ids], 1),
+        position_ids=ro.position_ids,
+        temperature=temperature,
+        fused=fused,
+        padding_free=padding_free,
+    ).logprobs
+
+
 @torch.no_grad()
 def rollout_forward(
-    fn: Callable[[Rollout], tuple[Tensor, Tensor | None]], ro: Rollout, temperature: float, micro: int
+    fn: Callable[[Rollout], tuple[Tensor, Tensor | None]], ro: Rollout, micro: int
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-token log-probs (B, R) (and values, when fn returns them) over micro-batches, 0 on padding."""
+    """fn(micro-batch) -> (log-probs (b, r), values (b, r) or None) over micro-batches of the rollout, each trimmed of
+    its padding columns; returns (B, R) tensors, 0 on padding."""
     lps, vals = [], []
+    width = ro.response_ids.shape[1]
     for i in range(0, len(ro), micro):
         mb = ro.select(range(i, min(i + micro, len(ro)))).trimmed()
-        logits, values = fn(mb)
-        width = ro.response_ids.shape[1]
-        lp = token_logprobs(logits, mb.response_ids, temperature=temperature) * mb.response_mask
-        lps.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
+        lp, values = fn(mb)
+        lps.append(torch.nn.functional.pad(lp * mb.response_mask, (0, width - lp.shape[1])))
         if values is not None:
             vals.append(torch.nn.functional.pad(values * mb.response_mask, (0, width - values.shape[1])))
     return torch.cat(lps), (torch.cat(vals) if vals else None)
@@ -66,12 +85,18 @@ ModelSource = torch.nn.Module | Callable[[], AbstractContextManager[torch.nn.Mod
 that keeps the model in memory only while it is used)."""
 
 
-def model_logprobs(model: ModelSource, ro: Rollout, temperature: float, micro: int) -> Tensor:
+def model_logprobs(
+    model: ModelSource, ro: Rollout, temperature: float, micro: int, fused: bool = True, padding_free: bool = False
+) -> Tensor:
     """(B, R) log-probs of the rollout's response tokens under `model`, 0 on padding."""
     if isinstance(model, torch.nn.Module):
-        return rollout_forward(lambda mb: (response_logits(model, mb), None), ro, temperature, micro)[0]
+        return rollout_forward(
+            lambda mb: (response_logprobs(model, mb, temperature, fused, padding_free), None), ro, micro
+        )[0]
     with model() as m:
-        return rollout_forward(lambda mb: (response_logits(m, mb), None), ro, temperature, micro)[0]
+        return rollout_forward(
+            lambda mb: (response_logprobs(m, mb, temperature, fused, padding_free), None), ro, micro
+        )[0]
 
 
 def sequence_kl(ro: Rollout, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:

@@ -34,9 +34,16 @@ class DPORow:
 
 class DPOObjective:
     def __init__(
-        self, pad_id: int, loss_cfg: PreferenceLossConfig, reference: Reference | None, eval_batch_size: int = 8
+        self,
+        pad_id: int,
+        loss_cfg: PreferenceLossConfig,
+        reference: Reference | None,
+        eval_batch_size: int = 8,
+        fused: bool = True,
+        padding_free: bool = False,
     ):
         self.pad_id, self.cfg, self.reference, self.eval_batch_size = pad_id, loss_cfg, reference, eval_batch_size
+        self.forward = {"fused": fused, "padding_free": padding_free}  # models.head.next_token_stats
         self.loss_fn = PREFERENCE_LOSSES[loss_cfg.name]
         self.live = loss_cfg.reference == "live" and loss_cfg.name not in REFERENCE_FREE
 
@@ -50,12 +57,12 @@ class DPOObjective:
         return float(batch["ref_chosen"].numel())
 
     def _losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        logps, counts = completion_logps(model, batch)
+        logps, counts = completion_logps(model, batch, **self.forward)
         b = logps.shape[0] // 2
         ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
         if self.live:
             with torch.no_grad(), self.reference() as ref_model:
-                ref_logps, _ = completion_logps(ref_model, batch)
+                ref_logps, _ = completion_logps(ref_model, batch, **self.forward)
             ref_c, ref_r = ref_logps[:b], ref_logps[b:]
         c = self.cfg
         if c.ties != "drop":  # Chen et al. 2024: tie rows under the tie model, the others as DPO's chosen-over-rejected
@@ -117,6 +124,8 @@ def precompute_reference(
     pad_id: int,
     batch_size: int = 8,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    fused: bool = True,
+    padding_free: bool = False,
 ) -> list[DPORow]:
     """One pass of the reference over every pair (under the training precision's autocast); logps stored on the rows."""
     out: list[DPORow] = []
@@ -127,7 +136,7 @@ def precompute_reference(
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
             batch = {k: v.to(device) for k, v in collate_pair_batch(chunk, pad_id).items()}
-            logps, _ = completion_logps(ref_model, batch)
+            logps, _ = completion_logps(ref_model, batch, fused, padding_free)
             b = len(chunk)
             out.extend(DPORow(p, float(c), float(r)) for p, c, r in zip(chunk, logps[:b], logps[b:]))
         ref_model.train(was_training)
@@ -169,10 +178,11 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if cfg.loss.name in REFERENCE_FREE or cfg.loss.reference == "live":
         train_rows, eval_rows = [DPORow(p) for p in train_pairs], [DPORow(p) for p in eval_pairs]
     else:
-        train_rows = precompute_reference(train_pairs, reference, pad, autocast=accelerator.autocast)
-        eval_rows = precompute_reference(eval_pairs, reference, pad, autocast=accelerator.autocast)
+        fwd = {"autocast": accelerator.autocast, "fused": cfg.model.fused_head, "padding_free": cfg.model.padding_free}
+        train_rows = precompute_reference(train_pairs, reference, pad, **fwd)
+        eval_rows = precompute_reference(eval_pairs, reference, pad, **fwd)
     # 5. the loop
-    objective = DPOObjective(pad, cfg.loss, reference)
+    objective = DPOObjective(pad, cfg.loss, reference, 8, cfg.model.fused_head, cfg.model.padding_free)
     result = run_loop(
         model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
     )

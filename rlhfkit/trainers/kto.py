@@ -24,8 +24,17 @@ from rlhfkit.trainers.loop import eval_batches, make_accelerator, run_loop
 
 
 class KTOObjective:
-    def __init__(self, pad_id: int, loss_cfg: KTOLossConfig, reference: Reference, eval_batch_size: int = 8):
+    def __init__(
+        self,
+        pad_id: int,
+        loss_cfg: KTOLossConfig,
+        reference: Reference,
+        eval_batch_size: int = 8,
+        fused: bool = True,
+        padding_free: bool = False,
+    ):
         self.pad_id, self.cfg, self.reference, self.eval_batch_size = pad_id, loss_cfg, reference, eval_batch_size
+        self.forward = {"fused": fused, "padding_free": padding_free}  # models.head.next_token_stats
 
     def collate(self, rows: Sequence[UnpairedRow]) -> dict[str, torch.Tensor]:
         n = len(rows)
@@ -40,9 +49,9 @@ class KTOObjective:
 
     def _losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
         b = batch["label"].numel()
-        logps, _ = completion_logps(model, batch)  # (2B,)
+        logps, _ = completion_logps(model, batch, **self.forward)  # (2B,)
         with torch.no_grad(), self.reference() as ref_model:
-            ref_logps, _ = completion_logps(ref_model, batch)
+            ref_logps, _ = completion_logps(ref_model, batch, **self.forward)
         z0 = kto_reference_point(logps[b:].detach(), ref_logps[b:])
         if torch.distributed.is_available() and torch.distributed.is_initialized():  # one z0 for all processes
             torch.distributed.all_reduce(z0)
@@ -99,7 +108,8 @@ def train_kto(cfg: KTOConfig) -> dict[str, Any]:
     desirable = sum(r.label for r in train_rows)
     notes.append(f"labels: {desirable} desirable, {len(train_rows) - desirable} undesirable")
     # 4. the loop
-    objective = KTOObjective(tokenizer.pad_token_id, cfg.loss, reference)
+    m = cfg.model
+    objective = KTOObjective(tokenizer.pad_token_id, cfg.loss, reference, 8, m.fused_head, m.padding_free)
     result = run_loop(
         model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
     )

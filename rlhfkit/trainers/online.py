@@ -37,7 +37,7 @@ from rlhfkit.losses.policy import ppo_clip_loss
 from rlhfkit.losses.value import clipped_value_loss, explained_variance
 from rlhfkit.models import load_reward_model
 from rlhfkit.models.value import PolicyWithValue
-from rlhfkit.ops import entropy_from_logits, masked_mean, token_logprobs
+from rlhfkit.ops import masked_mean
 from rlhfkit.rollout import Rollout, rollout_forward
 from rlhfkit.trainers import rl_common
 from rlhfkit.trainers.loop import Session
@@ -106,8 +106,8 @@ def policy_gradient_loss(module: Any, mb: Rollout, ctx: UpdateContext) -> tuple[
     stats)."""
     a, mask = ctx.algo, mb.response_mask
     valid = mask.bool()
-    logits, values = module(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids.shape[1])
-    logp = token_logprobs(logits, mb.response_ids, temperature=ctx.temperature)  # (B, R)
+    # (B, R) each; from hidden states chunk by chunk unless model.fused_head=false
+    logp, entropy, values = module(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids, ctx.temperature)
     old = logp.detach() if ctx.reuse_old else mb.logprobs
     per_token, stats = ppo_clip_loss(logp, old, mb.advantages, mask, a.clip, a.clip_high, a.dual_clip)  # (B, R)
     stats["pg_loss"] = masked_mean(per_token.detach(), mask)
@@ -118,12 +118,8 @@ def policy_gradient_loss(module: Any, mb: Rollout, ctx: UpdateContext) -> tuple[
         kl = kl_loss_term(torch.where(valid, logp, 0.0), mb.ref_logprobs, ctx.kl_estimator, ctx.log_ratio_clip)
         per_token = per_token + mb.kl_coef.unsqueeze(1) * torch.where(valid, kl, 0.0)
     if a.entropy_coef > 0:
-        entropy = entropy_from_logits(logits, temperature=ctx.temperature)
         per_token = per_token - a.entropy_coef * entropy
-        stats["entropy"] = masked_mean(entropy.detach(), mask)
-    else:
-        with torch.no_grad():
-            stats["entropy"] = masked_mean(entropy_from_logits(logits.detach(), temperature=ctx.temperature), mask)
+    stats["entropy"] = masked_mean(entropy.detach(), mask)
     if values is not None:
         old_values = values.detach() if ctx.reuse_old else mb.values
         v_loss = clipped_value_loss(values, old_values, mb.returns, mask, a.value_clip)  # (B, R)
@@ -156,7 +152,9 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         raise ConfigError(f"algo.name={a.name!r} is not a policy-gradient algorithm ({', '.join(ADVANTAGES)})")
     run = rl_common.setup_online(cfg, a.name)
     device, acc = run.device, run.accelerator
-    module = PolicyWithValue(run.policy, a.critic if a.name == "ppo" else "none", _build_critic(cfg, device))
+    critic = a.critic if a.name == "ppo" else "none"
+    m = cfg.model
+    module = PolicyWithValue(run.policy, critic, _build_critic(cfg, device), m.fused_head, m.padding_free)
     module = module.to(device)
 
     # optimizer over policy and critic (the critic may have its own learning rate); one update per mini-batch
@@ -191,10 +189,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         if not reuse_old:
             with acc.autocast():  # the same precision as the update's forward, so the first ratio is 1
                 ro.logprobs, ro.values = rollout_forward(
-                    lambda mb: unwrapped(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids.shape[1]),
-                    ro,
-                    run.temperature,
-                    micro_size,
+                    lambda mb: _logprobs_and_values(unwrapped, mb, run.temperature), ro, micro_size
                 )
         ro.ref_logprobs = rl_common.reference_logprobs(run, ro, micro_size)
         run.timings["forward"] = time.perf_counter() - t
@@ -271,6 +266,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             session.checkpoint(done, rl_common.checkpoint_state(run))
     bar.close()
     return rl_common.finish_online(run, session, start, t0, last, before, micro_size)
+
+
+def _logprobs_and_values(module: PolicyWithValue, mb: Rollout, temperature: float) -> tuple[Tensor, Tensor | None]:
+    logp, _, values = module(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids, temperature)
+    return logp, values
 
 
 def _loss_and_stats(model: Any, b: Rollout, ctx: UpdateContext) -> tuple[Tensor, dict[str, Tensor]]:

@@ -27,7 +27,6 @@ from torch import Tensor
 from rlhfkit.config import RLConfig, to_dict
 from rlhfkit.losses import PREFERENCE_LOSSES
 from rlhfkit.models.value import PolicyWithValue
-from rlhfkit.ops import token_logprobs
 from rlhfkit.rollout import Rollout, rollout_forward
 from rlhfkit.trainers import rl_common
 from rlhfkit.trainers.loop import Session
@@ -35,8 +34,8 @@ from rlhfkit.trainers.loop import Session
 
 def online_dpo_loss(module: Any, mb: Rollout, beta: float, temperature: float) -> tuple[Tensor, dict[str, Tensor]]:
     """Rows come as (chosen, rejected) neighbours -> (loss summed over pairs, stats)."""
-    logits, _ = module(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids.shape[1], values=False)
-    logp = token_logprobs(logits, mb.response_ids, temperature=temperature) * mb.response_mask
+    logp, _, _ = module(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids, temperature, values=False)
+    logp = logp * mb.response_mask
     seq, ref = logp.sum(-1), (mb.ref_logprobs * mb.response_mask).sum(-1)
     losses, r_c, r_r = PREFERENCE_LOSSES["dpo"](seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta=beta)
     stats = {"dpo/accuracy": (r_c > r_r).float().mean().detach(), "dpo/margin": (r_c - r_r).mean().detach()}
@@ -48,7 +47,8 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
     a, tc = cfg.algo, cfg.train
     run = rl_common.setup_online(cfg, a.name)
     acc, device = run.accelerator, run.device
-    module = PolicyWithValue(run.policy, "none").to(device)
+    module = PolicyWithValue(run.policy, "none", fused=cfg.model.fused_head, padding_free=cfg.model.padding_free)
+    module = module.to(device)
     mini_pairs = max((a.mini_batch_size or tc.batch_size * a.num_samples) // 2, 1)
     micro_pairs = max((tc.micro_batch_size or 2 * mini_pairs) // 2, 1)
     # at most one pair per prompt: the scheduler's length counts the optimizer steps that can happen
@@ -78,11 +78,10 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
         with acc.autocast(), torch.no_grad():
             logp = rollout_forward(
                 lambda mb: (
-                    unwrapped(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids.shape[1])[0],
+                    unwrapped(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids, run.temperature)[0],
                     None,
                 ),
                 ro,
-                run.temperature,
                 micro,
             )[0]
         train_ro.ref_logprobs = ro.ref_logprobs[torch.as_tensor(pairs[: 2 * n_pairs], dtype=torch.long)]

@@ -37,7 +37,7 @@ from rlhfkit.rollout import (
     SamplingParams,
     encode_prompts,
     make_engine,
-    response_logits,
+    response_logprobs,
     rollout_forward,
     sample_with_kl,
     sampling_params,
@@ -162,12 +162,14 @@ def collect(run: OnlineRun, step: int) -> tuple[Rollout, Tensor, Scores]:
 def reference_logprobs(run: OnlineRun, ro: Rollout, micro: int) -> Tensor:
     """Step 3: log pi_ref (B, R) of the sampled tokens, under the same autocast as the update's forward."""
 
+    m = run.cfg.model
+
     def fn(mb: Rollout) -> tuple[Tensor, None]:
         with run.reference() as ref_model:
-            return response_logits(ref_model, mb), None
+            return response_logprobs(ref_model, mb, run.temperature, m.fused_head, m.padding_free), None
 
     with run.accelerator.autocast():
-        return rollout_forward(fn, ro, run.temperature, micro)[0]
+        return rollout_forward(fn, ro, micro)[0]
 
 
 @torch.no_grad()

@@ -30,14 +30,18 @@ from rlhfkit.eval.metrics import (
     per_group_accuracy,
 )
 from rlhfkit.losses.reward import reward_loss
+from rlhfkit.models.head import sequence_scores
 from rlhfkit.rewards.sources import ENCODING_FILE
 from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
 
-def pair_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_chosen (B,), r_rejected (B,)) from one forward over the batch's distinct sequences."""
-    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+def pair_scores(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], padding_free: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen (B,), r_rejected (B,)) from one forward over the batch's distinct sequences (packed into one row
+    when padding_free)."""
+    scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"], padding_free)
     return scores[batch["chosen_index"]], scores[batch["rejected_index"]]
 
 
@@ -51,8 +55,10 @@ class RewardObjective:
         eval_batch_size: int = 8,
         gap_rows: Sequence = (),
         ties: bool = True,
+        padding_free: bool = False,
     ):
         self.pad_id, self.cfg, self.eval_batch_size, self.ties = pad_id, loss_cfg, eval_batch_size, ties
+        self.padding_free = padding_free
         self.gap_rows = list(gap_rows)  # a training sample scored at evaluation for the train-held-out gap
 
     def collate(self, rows: Sequence[PairRow]) -> dict[str, torch.Tensor]:
@@ -62,7 +68,7 @@ class RewardObjective:
         return float(batch["tie"].numel())  # sequence-mean over pairs
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        r_c, r_r = pair_scores(model, batch)
+        r_c, r_r = pair_scores(model, batch, self.padding_free)
         c = self.cfg
         per_pair = reward_loss(
             r_c,
@@ -83,7 +89,7 @@ class RewardObjective:
         device = next(model.parameters()).device
         chosen, rejected = [], []
         for batch in eval_batches(self, rows, device, self.eval_batch_size):
-            r_c, r_r = pair_scores(model, batch)
+            r_c, r_r = pair_scores(model, batch, self.padding_free)
             chosen.append(r_c.cpu().numpy())
             rejected.append(r_r.cpu().numpy())
         return np.concatenate(chosen), np.concatenate(rejected)
@@ -157,7 +163,9 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         train_rows = group_by_prompt(train_pairs, keys)
         notes.append(f"group_pairs: {len(train_pairs)} pairs of {len(train_rows)} prompts, a prompt per row")
     # 3. the loop
-    objective = RewardObjective(tokenizer.pad_token_id, cfg.loss, gap_rows=gap, ties=ties)
+    objective = RewardObjective(
+        tokenizer.pad_token_id, cfg.loss, gap_rows=gap, ties=ties, padding_free=cfg.model.padding_free
+    )
     result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
     # 4. save (Hugging Face sequence-classification format) and summarize
     if not result.is_main:

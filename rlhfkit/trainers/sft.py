@@ -12,7 +12,8 @@ import torch
 from rlhfkit.config import SFTConfig, to_dict
 from rlhfkit.data import ChatFormatter, collate_sft, encode_all, load_train_eval, pack_sequences
 from rlhfkit.losses.aggregation import aggregate_sum_and_count
-from rlhfkit.losses.sft import sft_loss
+from rlhfkit.losses.sft import sft_nll
+from rlhfkit.models.head import next_token_stats
 from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.loop import eval_batches, run_loop
 
@@ -33,26 +34,43 @@ def packed_attention_mask(position_ids: torch.Tensor, attention_mask: torch.Tens
 class SFTObjective:
     """Token NLL of the labels (-100 = no loss), aggregated token-mean or sequence-mean with a global normalizer."""
 
-    def __init__(self, pad_id: int, completion_only: bool, aggregation: str, eval_batch_size: int = 8):
+    def __init__(
+        self,
+        pad_id: int,
+        completion_only: bool,
+        aggregation: str,
+        eval_batch_size: int = 8,
+        fused: bool = True,
+        padding_free: bool = False,
+    ):
         self.pad_id, self.completion_only, self.aggregation = pad_id, completion_only, aggregation
-        self.eval_batch_size = eval_batch_size
+        self.eval_batch_size, self.fused, self.padding_free = eval_batch_size, fused, padding_free
 
     def collate(self, rows: Sequence[Any]) -> dict[str, torch.Tensor]:
         batch = collate_sft(list(rows), pad_id=self.pad_id)
         if not self.completion_only:
             batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            if "position_ids" in batch:  # the first token of a packed example is not predicted from the one before
+                batch["labels"] = batch["labels"].masked_fill(batch["position_ids"] == 0, -100)
         return batch
 
     def _token_nll(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if "position_ids" in batch:  # packed rows: each example attends to itself only
-            dtype = next(model.parameters()).dtype
-            mask = packed_attention_mask(batch["position_ids"], batch["attention_mask"], dtype)
-            logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]).logits
-        else:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        mask = (labels != -100).float()  # (B, T-1): predict token t+1 from position t
-        return sft_loss(logits[:, :-1], labels, mask), mask
+        ids, attention, positions = batch["input_ids"], batch["attention_mask"], batch.get("position_ids")
+        if positions is not None and not self.padding_free:  # packed rows: each example attends to itself only
+            attention = packed_attention_mask(positions, attention, next(model.parameters()).dtype)
+        # token log-probs of labels 1..T-1 (-100: 0), from hidden states chunk by chunk unless model.fused_head=false
+        stats = next_token_stats(
+            model,
+            ids,
+            attention,
+            ids.shape[1] - 1,
+            labels=batch["labels"],
+            position_ids=positions,
+            fused=self.fused,
+            padding_free=self.padding_free,
+        )
+        mask = (batch["labels"][:, 1:] != -100).float()  # (B, T-1): predict token t+1 from position t
+        return sft_nll(stats.logprobs, mask), mask
 
     def count(self, batch: dict[str, torch.Tensor]) -> float:
         mask = batch["labels"][:, 1:] != -100
@@ -94,7 +112,10 @@ def train_sft(cfg: SFTConfig) -> dict[str, Any]:
         train_rows = pack_sequences(train_rows, cfg.data.max_length)
         notes.append(f"packing: {before} examples into {len(train_rows)} sequences")
     # 3. the loop
-    objective = SFTObjective(tokenizer.pad_token_id, cfg.loss.completion_only, cfg.loss.aggregation)
+    m = cfg.model
+    objective = SFTObjective(
+        tokenizer.pad_token_id, cfg.loss.completion_only, cfg.loss.aggregation, 8, m.fused_head, m.padding_free
+    )
     result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
     # 4. save the model in Hugging Face format and summarize
     if not result.is_main:
