@@ -8,7 +8,7 @@ import sys
 
 from rlhfkit.commands import COMMANDS, trainer
 from rlhfkit.config import ConfigError, keys_help, load_config
-from rlhfkit.errors import QuantizationUnavailableError, TrainingDiverged
+from rlhfkit.errors import CollectiveTimeout, QuantizationUnavailableError, TrainingDiverged
 
 # modules that add their own subcommands: each has `register(subparsers)`, and every parser it adds sets
 # `handler=fn(args) -> int` with set_defaults; errors they raise get the same one-line treatment as the trainers'
@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"rlhfkit {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
+    except CollectiveTimeout as e:
+        print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
+        return 4
     except (ConfigError, OSError, ImportError, UnicodeError, QuantizationUnavailableError) as e:
         # missing / unreadable files, bad encodings, a missing optional package: one line, no traceback
         print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)

@@ -7,3 +7,7 @@ class TrainingDiverged(RuntimeError):
 
 class QuantizationUnavailableError(RuntimeError):
     """4-bit loading was asked for but bitsandbytes or CUDA is missing; the message says which."""
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective (all-reduce, all-gather) timed out or lost a peer; the message names the rank and the step."""

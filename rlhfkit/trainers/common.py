@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from accelerate import PartialState
 
 import rlhfkit
 from rlhfkit.config import to_dict
@@ -24,15 +23,12 @@ from rlhfkit.models import (
     save_model,
 )
 from rlhfkit.seeding import set_seed
-
-
-def is_main_process() -> bool:
-    """True in the process that writes a run's files (the only one without accelerate launch)."""
-    return PartialState().is_main_process
+from rlhfkit.trainers.distributed import start_processes
 
 
 def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:
-    if not is_main_process():
+    # joins the run's processes as the accelerator will (a bare PartialState() here settled on no distribution)
+    if not start_processes(cfg.train).is_main_process:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump({"command": command, **to_dict(cfg)}, sort_keys=False))
@@ -75,11 +71,13 @@ def finish_run(
     eval_extra: dict[str, float] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Save the model in Hugging Face format (LoRA merged) and write / print the run's summary."""
-    save_model(model, tokenizer, out_dir / "model", merge_lora=True)
+    """Save the model in Hugging Face format (LoRA merged; under FSDP the gathered weights) and write / print the
+    run's summary."""
+    save_model(model, tokenizer, out_dir / "model", merge_lora=True, state_dict=result.model_state)
     summary = {
         "model": str(out_dir / "model"),
         **extra,
+        "distributed": result.distributed,
         "train_rows": train_rows,
         "eval_rows": eval_rows,
         "steps": result.steps,
