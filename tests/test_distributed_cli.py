@@ -79,7 +79,9 @@ def _train_rows(out: Path) -> list[dict]:
     return [r for r in rows if "train/loss" in r]
 
 
-def _assert_same_run(a: Path, b: Path, tol: float) -> None:
+def _assert_same_run(a: Path, b: Path, tol: float, weight_tol: float = 1e-5) -> None:
+    """Losses and gradient norms to `tol`; final weights to `weight_tol` (Adam divides by sqrt(v): on near-zero
+    gradients a float32 rounding difference of the all-reduce moves a weight by up to ~lr * 1e-3)."""
     ra, rb = _train_rows(a), _train_rows(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, STEPS + 1))  # one writer: no duplicates
     for x, y in zip(ra, rb):
@@ -87,7 +89,7 @@ def _assert_same_run(a: Path, b: Path, tol: float) -> None:
         assert abs(x["train/grad_norm"] - y["train/grad_norm"]) <= tol, (x, y)
     wa, wb = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
     assert wa.keys() == wb.keys()
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= tol
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= weight_tol
 
 
 def _distributed(out: Path) -> dict:
