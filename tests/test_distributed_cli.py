@@ -120,7 +120,7 @@ def test_cli_accelerate_launch_ddp_config_two_processes_equal_one(work, baseline
     """accelerate launch with the shipped DDP config (on a machine without CUDA: CPU processes over gloo)."""
     out = work / "acc-sft"
     _run(
-        _accelerate("--config_file", str(ROOT / "configs/accelerate/ddp.yaml"), "--mixed_precision", "no"),
+        _accelerate("--config_file", str(ROOT / "configs/accelerate/ddp.yaml")),
         _args(work, "sft", out, 2),
     )
     assert _distributed(out) == {"processes": 2, "type": "MULTI_CPU"}
@@ -157,7 +157,7 @@ def test_accelerate_launch_fsdp2_config(work, baselines):
     """The shipped FSDP2 config through accelerate's launcher (FSDP_* settings from the file)."""
     out = work / "acc-fsdp-sft"
     _run(
-        _accelerate("--config_file", str(ROOT / "configs/accelerate/fsdp2.yaml"), "--mixed_precision", "no"),
+        _accelerate("--config_file", str(ROOT / "configs/accelerate/fsdp2.yaml")),
         _args(work, "sft", out, 2),
     )
     assert _distributed(out) == {"processes": 2, "type": "FSDP", "fsdp_version": 2}

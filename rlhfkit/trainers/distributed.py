@@ -80,6 +80,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     if plugin is not None and acc.distributed_type == DistributedType.MULTI_CPU:
         # accelerate selects FSDP on accelerators only; fully_shard runs on CPU with gloo, so take the same path there
         acc.state.fsdp_plugin = plugin
+        if acc.mixed_precision != "no":
+            plugin.set_mixed_precision(acc.mixed_precision)
         acc.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     if acc.distributed_type == DistributedType.DEEPSPEED:
         # DeepSpeed's engine steps inside backward and clips itself; the one optimizer step (step.py) does both, and
