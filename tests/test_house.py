@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "rlhfkit"
-INFRA = {"loop", "step", "common", "checkpoint", "rl_common", "distributed"}  # what trainers share; not trainers themselves
+INFRA = {
+    "loop",
+    "step",
+    "common",
+    "checkpoint",
+    "rl_common",
+    "distributed",
+}  # what trainers share; not trainers themselves
 
 
 def _module(path: Path) -> str:
