@@ -79,9 +79,10 @@ def _train_rows(out: Path) -> list[dict]:
     return [r for r in rows if "train/loss" in r]
 
 
-def _assert_same_run(a: Path, b: Path, tol: float, weight_tol: float = 1e-5) -> None:
-    """Losses and gradient norms to `tol`; final weights to `weight_tol` (Adam divides by sqrt(v): on near-zero
-    gradients a float32 rounding difference of the all-reduce moves a weight by up to ~lr * 1e-3)."""
+def _assert_same_run(a: Path, b: Path, tol: float) -> None:
+    """Losses and gradient norms to `tol`; final weights to 1e-6 except a few elements (Adam divides by sqrt(v): where
+    a gradient is as small as its eps, 1e-8, the float32 rounding of the all-reduce moves the weight by up to ~lr/20;
+    measured: all elements within 4e-8 for SFT and DPO, one embedding element of 32,960 at 3.5e-5 for the RM)."""
     ra, rb = _train_rows(a), _train_rows(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(1, STEPS + 1))  # one writer: no duplicates
     for x, y in zip(ra, rb):
@@ -89,22 +90,32 @@ def _assert_same_run(a: Path, b: Path, tol: float, weight_tol: float = 1e-5) -> 
         assert abs(x["train/grad_norm"] - y["train/grad_norm"]) <= tol, (x, y)
     wa, wb = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
     assert wa.keys() == wb.keys()
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= weight_tol
+    diff = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
+    assert float(diff.max()) <= 1e-4 and int((diff > 1e-6).sum()) <= max(1, diff.numel() // 10_000)
 
 
 def _distributed(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())["distributed"]
 
 
+class _Baselines(dict):
+    """1 process, global batch 4, per command: run on first use."""
+
+    def __init__(self, work: Path):
+        super().__init__()
+        self.work = work
+
+    def __missing__(self, command: str) -> Path:
+        out = self.work / f"one-{command}"
+        _run(ONE, _args(self.work, command, out, 4))
+        assert _distributed(out) == {"processes": 1, "type": "NO"}
+        self[command] = out
+        return out
+
+
 @pytest.fixture(scope="module")
 def baselines(work) -> dict[str, Path]:
-    """1 process, global batch 4, for each command."""
-    outs = {}
-    for command in ("sft", "dpo", "rm"):
-        outs[command] = work / f"one-{command}"
-        _run(ONE, _args(work, command, outs[command], 4))
-        assert _distributed(outs[command]) == {"processes": 1, "type": "NO"}
-    return outs
+    return _Baselines(work)
 
 
 def test_cli_data_parallel_two_processes_equal_one(work, baselines):
