@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rlhfkit.commands import COMMAND_ALIASES, COMMANDS, canonical, trainer
 from rlhfkit.config import ConfigError, keys_help, load_config, parse_overrides
-from rlhfkit.errors import QuantizationUnavailableError, TrainingDiverged
+from rlhfkit.errors import CollectiveTimeout, QuantizationUnavailableError, TrainingDiverged
 from rlhfkit.rundir import RECORD_FILE, check_run_dir, default_output_dir, first_process, saved_run, write_record
 
 # modules that add their own subcommands: each has `register(subparsers)`, and every parser it adds sets
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"rlhfkit {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
+    except CollectiveTimeout as e:
+        print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
+        return 4
     except (ConfigError, OSError, ImportError, UnicodeError, QuantizationUnavailableError) as e:
         # missing / unreadable files, bad encodings, a missing optional package: one line, no traceback
         print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)

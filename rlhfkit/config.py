@@ -244,6 +244,13 @@ class TrainConfig:
     """Extra metric sinks: tensorboard, mlflow, wandb (metrics.jsonl is always written)."""
     progress: bool = True
     """Show a progress bar."""
+    fsdp: bool = False
+    """Shard the model, gradients and optimizer state over the processes with FSDP2 (`fully_shard`, one unit per
+    transformer block) through accelerate; also on under `accelerate launch --config_file configs/accelerate/fsdp2.yaml`.
+    Checkpoints and the final model hold the full (gathered) weights."""
+    collective_timeout: float = 1800.0
+    """Seconds a collective (all-reduce, all-gather) may wait for the other processes before the run stops with an
+    error naming the rank and the step (a hung process instead of a silent hang)."""
 
     @property
     def micro(self) -> int:
@@ -267,6 +274,7 @@ class TrainConfig:
                 f"report_to={sink} needs the {package} package, which is not installed: pip install {package} "
                 "(or pip install 'rlhfkit[tracking]' for every sink)",
             )
+        require(self.collective_timeout > 0, "collective_timeout must be > 0 seconds")
 
     def validate_accumulation(self) -> None:
         """Offline trainers: micro-batches must tile the batch (online RL checks its mini-batches instead)."""

@@ -15,3 +15,7 @@ class TooFewRowsError(ValueError):
     def __init__(self, rows: int, global_batch: int, key: str = "train.batch_size", what: str = "training rows"):
         self.rows, self.global_batch, self.key, self.what = rows, global_batch, key, what
         super().__init__(f"only {rows} {what} for a global batch of {global_batch}: lower {key} or add data")
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective (all-reduce, all-gather) timed out or lost a peer; the message names the rank and the step."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "rlhfkit"
-INFRA = {"loop", "step", "common", "checkpoint", "rl_common"}  # what trainers share; not trainers themselves
+# what trainers share; not trainers themselves
+INFRA = {"loop", "step", "common", "checkpoint", "rl_common", "distributed"}
 
 
 def _module(path: Path) -> str:

@@ -637,8 +637,10 @@ def save_model(
     tokenizer: PreTrainedTokenizerBase | None,
     out_dir: str | os.PathLike[str],
     merge_lora: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save in safetensors with the tokenizer; returns the directory.
+    """Save in safetensors with the tokenizer; returns the directory. `state_dict`: the weights to write instead of the
+    model's own (a sharded model's gathered full weights).
 
     A PEFT model is saved as its adapter (small; load_causal_lm/load_reward_model re-attach it to the base) unless
     merge_lora, which folds the adapters into a copy of the base weights and saves a plain checkpoint that loads
@@ -648,7 +650,9 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel) and merge_lora:
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out)  # safetensors: the only format transformers 5 writes, and peft's default
+    model.save_pretrained(
+        out, state_dict=state_dict
+    )  # safetensors: the only format transformers 5 writes, and peft's default
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out

@@ -1,6 +1,8 @@
 """Checkpoints: written atomically (a temp directory swapped into place), trainable weights as safetensors, optimizer,
 scheduler and loss-scaler state loaded with `torch.load(weights_only=True)`, one RNG state per process; resume checks
-that the run is the same one, and a fresh run refuses a directory that holds another run's checkpoints."""
+that the run is the same one, and a fresh run refuses a directory that holds another run's checkpoints. Under FSDP the
+weights and optimizer state are gathered to full tensors first (the same files as one process writes), and sharded
+again on resume."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from rlhfkit.seeding import rng_state, set_rng_state
-
-
-def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+from rlhfkit.trainers.distributed import (
+    load_optimizer,
+    load_trainable,
+    optimizer_state,
+    trainable_names,
+    trainable_state,
+)
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
@@ -28,8 +33,8 @@ def _checkpoints(out_dir: Path) -> list[Path]:
 
 def save_checkpoint(
     path: Path,
-    model: torch.nn.Module,
-    optimizer: Any,
+    weights: dict[str, torch.Tensor],
+    optim_state: dict[str, Any],
     scheduler: Any,
     step: int,
     extra: dict[str, Any],
@@ -39,9 +44,8 @@ def save_checkpoint(
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {n: p.detach().to("cpu").contiguous().clone() for n, p in _trainable(model).items()}
     save_file(weights, str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optim_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -58,21 +62,19 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, rank: int = 0, scaler: Any = None
+    path: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any = None
 ) -> dict[str, Any]:
     weights = load_file(str(path / "trainable.safetensors"))
-    params = _trainable(model)
-    missing = set(params) - set(weights)
+    missing = set(trainable_names(accelerator.unwrap_model(model))) - set(weights)
     if missing:
         raise ValueError(f"{path}: checkpoint lacks trainable weights {sorted(missing)[:3]}… (was the model changed?)")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    load_trainable(accelerator, model, weights)
+    optim = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    load_optimizer(accelerator, model, optimizer, optim)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if scaler is not None and (path / "scaler.pt").exists():
         scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-    rng = path / f"rng-{rank}.json"
+    rng = path / f"rng-{accelerator.process_index}.json"
     set_rng_state(json.loads((rng if rng.exists() else path / "rng-0.json").read_text()))
     return json.loads((path / "trainer_state.json").read_text())
 
@@ -109,8 +111,7 @@ def resume_or_refuse(
             f"{out_dir} holds checkpoints of an earlier run ({existing.name}): pass --resume to continue it, "
             "or choose another output directory"
         )
-    rank = accelerator.process_index
-    state = load_checkpoint(existing, accelerator.unwrap_model(model), optimizer, scheduler, rank, scaler)
+    state = load_checkpoint(existing, accelerator, model, optimizer, scheduler, scaler)
     _check_same_run(existing, state, identity)
     if accelerator.is_main_process:
         _truncate_metrics(out_dir / "metrics.jsonl", state["step"])
@@ -130,9 +131,10 @@ def write_checkpoint(
     scaler: Any = None,
 ) -> None:
     """The main process saves (and keeps the newest `keep` step checkpoints; None: prune nothing); every other process
-    adds its own random state, so each restores its own stream on resume."""
+    adds its own random state, so each restores its own stream on resume. Every process gathers (FSDP) first."""
+    weights, optim = trainable_state(accelerator, model), optimizer_state(accelerator, model, optimizer)
     if accelerator.is_main_process:
-        save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, step, extra, scaler)
+        save_checkpoint(path, weights, optim, scheduler, step, extra, scaler)
         if keep is not None:
             _prune(path.parent.parent, keep)
     accelerator.wait_for_everyone()

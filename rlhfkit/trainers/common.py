@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from accelerate import PartialState
 
 import rlhfkit
 from rlhfkit.config import TrainConfig, to_dict
@@ -27,16 +26,12 @@ from rlhfkit.models import (
 )
 from rlhfkit.rundir import check_run_dir
 from rlhfkit.seeding import set_seed
-
-
-def is_main_process() -> bool:
-    """True in the process that writes a run's files (the only one without accelerate launch)."""
-    return PartialState().is_main_process
+from rlhfkit.trainers.distributed import start_processes
 
 
 def check_rows(n_rows: int, train: TrainConfig, what: str = "training rows") -> None:
     """Before any model is loaded: at least one global batch (train.batch_size x processes) of rows to train on."""
-    global_batch = train.batch_size * PartialState().num_processes
+    global_batch = train.batch_size * start_processes(train).num_processes  # as the accelerator will see them
     if n_rows < global_batch:
         raise TooFewRowsError(n_rows, global_batch, what=what)
 
@@ -49,7 +44,8 @@ def check_models(model_cfg: Any, reference: str | None = None) -> None:
 
 
 def write_run_files(out_dir: Path, cfg: Any, command: str) -> None:
-    if not is_main_process():
+    # joins the run's processes as the accelerator will (a bare PartialState() here settled on no distribution)
+    if not start_processes(cfg.train).is_main_process:
         return
     for note in check_run_dir(out_dir, cfg, command):  # refuses before anything is written (rundir.py)
         print(note)
@@ -94,11 +90,13 @@ def finish_run(
     eval_extra: dict[str, float] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Save the model in Hugging Face format (LoRA merged) and write / print the run's summary."""
-    save_model(model, tokenizer, out_dir / "model", merge_lora=True)
+    """Save the model in Hugging Face format (LoRA merged; under FSDP the gathered weights) and write / print the
+    run's summary."""
+    save_model(model, tokenizer, out_dir / "model", merge_lora=True, state_dict=result.model_state)
     summary = {
         "model": str(out_dir / "model"),
         **extra,
+        "distributed": result.distributed,
         "train_rows": train_rows,
         "eval_rows": eval_rows,
         "steps": result.steps,

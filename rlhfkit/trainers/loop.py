@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +34,13 @@ from rlhfkit.errors import TooFewRowsError, TrainingDiverged
 from rlhfkit.seeding import set_seed
 from rlhfkit.tracking import MetricsLogger
 from rlhfkit.trainers.checkpoint import latest_checkpoint, resume_or_refuse, write_checkpoint
+from rlhfkit.trainers.distributed import (
+    collective_guard,
+    distributed_info,
+    full_model_state,
+    is_sharded,
+    make_accelerator,
+)
 from rlhfkit.trainers.step import OptimizerStep
 
 
@@ -62,6 +69,10 @@ class LoopResult:
     """Whether this process should write the run's outputs."""
     world_size: int = 1
     """Processes that trained together."""
+    distributed: dict[str, Any] = field(default_factory=dict)
+    """How they trained together (processes, accelerate's distributed type), for the summary."""
+    model_state: dict[str, torch.Tensor] | None = None
+    """Under FSDP, the gathered full weights on the main process (the model itself holds only shards); else None."""
 
 
 class DataOrder:
@@ -94,11 +105,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """The accelerator a trainer shares with the loop, so that models it prepares itself land on the same device."""
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-
-
 class Session:
     """One training run's state around its optimizer steps: see the module docstring.
 
@@ -122,19 +128,29 @@ class Session:
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         self.identity = identity
-        self.model = self.accelerator.prepare(model)  # on its device (and wrapped for DDP) before the optimizer
+        sharded = is_sharded(self.accelerator)
+        if sharded and hasattr(model, "peft_config"):
+            raise ValueError(
+                "train.fsdp: LoRA under FSDP2 is not supported yet; train LoRA with DDP (without train.fsdp)"
+            )
+        if not sharded:
+            self.model = self.accelerator.prepare(model)  # on its device (and wrapped for DDP) before the optimizer
         groups = [g for g in param_groups if g["params"]]
-        self.params = [p for g in groups for p in g["params"]]
-        if not self.params:
+        if not groups:
             raise ValueError("the model has no trainable parameters")
         for g in groups:
             g.setdefault("lr", cfg.lr)
-        fused = self.accelerator.device.type == "cuda"  # one kernel for all parameters instead of many small ones
+        # fused: one kernel for all parameters instead of many small ones (its parameters must be on the GPU already)
+        fused = self.accelerator.device.type == "cuda" and not sharded
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, fused=fused)
         self.scheduler = get_scheduler(
             cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * n_updates), num_training_steps=n_updates
         )
-        self.optimizer = self.accelerator.prepare(optimizer)
+        if sharded:  # FSDP2 replaces the parameters by sharded ones: model and optimizer are prepared together
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        else:
+            self.optimizer = self.accelerator.prepare(optimizer)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.step = OptimizerStep(
             self.accelerator, self.model, self.optimizer, self.scheduler, self.params, cfg.max_grad_norm
         )
@@ -240,13 +256,14 @@ def run_loop(
         tokens_seen += sum(int(b["attention_mask"].sum()) for b in batches if "attention_mask" in b)
 
         # 2. the optimizer step
-        result = s.step(
-            batches,
-            [objective.count(b) for b in batches],
-            [len(m) for m in micro],
-            lambda b: objective.loss(model, b),
-            lambda what, value, step=step, rows=rows_idx: s.diverged(step, what, value, rows),
-        )
+        with collective_guard(rank, step + 1, cfg.collective_timeout):
+            result = s.step(
+                batches,
+                [objective.count(b) for b in batches],
+                [len(m) for m in micro],
+                lambda b: objective.loss(model, b),
+                lambda what, value, step=step, rows=rows_idx: s.diverged(step, what, value, rows),
+            )
 
         # 3. log, evaluate, checkpoint
         done = step + 1
@@ -271,11 +288,13 @@ def run_loop(
         bar.update(1)
     bar.close()
 
-    if eval_rows:
-        evals = _evaluate(objective, accelerator, model, eval_rows)
-        s.log(n_steps, "eval", evals)
-    if n_steps > start:
-        s.checkpoint(n_steps)
+    with collective_guard(rank, n_steps, cfg.collective_timeout):
+        if eval_rows:
+            evals = _evaluate(objective, accelerator, model, eval_rows)
+            s.log(n_steps, "eval", evals)
+        if n_steps > start:
+            s.checkpoint(n_steps)
+        model_state = full_model_state(accelerator, model)
     seconds = time.perf_counter() - t0
     s.close()
     return LoopResult(
@@ -286,6 +305,8 @@ def run_loop(
         tokens_per_second=tokens_seen * world / max(seconds, 1e-9),
         is_main=accelerator.is_main_process,
         world_size=world,
+        distributed=distributed_info(accelerator),
+        model_state=model_state,
     )
 
 

@@ -43,6 +43,7 @@ from rlhfkit.rollout import (
     sampling_params,
 )
 from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
+from rlhfkit.trainers.distributed import distributed_info, is_sharded
 from rlhfkit.trainers.loop import DataOrder, LoopResult, Session, make_accelerator
 
 
@@ -97,6 +98,8 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     write_run_files(out, cfg, command)
     policy, tokenizer = load_for_training(cfg.model, "causal", tc.seed)
     accelerator = make_accelerator(tc)
+    if is_sharded(accelerator):
+        raise ValueError("train.fsdp: the online trainers do not shard yet; run them with DDP (without train.fsdp)")
     device = accelerator.device
     reference = build_reference(policy, cfg.model, cfg.reference, True, device)
     reward = build_reward(replace(cfg.reward, normalize=False, clip=None), device=str(device), dtype=cfg.model.dtype)
@@ -257,7 +260,10 @@ def finish_online(
     if not session.is_main:
         return {}
     a = run.cfg.algo
-    result = LoopResult(run.n_steps, seconds, last, evals, run.gen_tokens / max(seconds, 1e-9), True, session.world)
+    tok_s = run.gen_tokens / max(seconds, 1e-9)
+    result = LoopResult(
+        run.n_steps, seconds, last, evals, tok_s, True, session.world, distributed_info(run.accelerator)
+    )
     extra = {f"before/{k}": v for k, v in before.items()}
     return finish_run(
         run.out,

@@ -104,7 +104,8 @@ class OptimizerStep:
             raise diverged("loss", bad_value)
         # 4. the true norm (clipping with an infinite bound measures without changing anything)
         bound = self.max_grad_norm if self.max_grad_norm > 0 else math.inf
-        grad_norm = float(acc.clip_grad_norm_(self.params, bound))
+        norm = acc.clip_grad_norm_(self.params, bound)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a replicated DTensor
         # 5. fp16 overflow skip, or divergence
         scaler = acc.scaler
         if not math.isfinite(grad_norm):

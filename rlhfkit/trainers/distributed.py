@@ -1,0 +1,181 @@
+"""How the processes of one run train together, through accelerate (DDP, FSDP2; DeepSpeed by accelerate's own config).
+
+- `start_processes(cfg)` joins the run's processes, once per process, exactly as the accelerator will (CPU unless CUDA
+  is there, the collective timeout). Whatever asks "am I the main process?" before the accelerator exists goes through
+  it: a bare `PartialState()` would settle accelerate on "no distribution" for the whole process, and every process of
+  `accelerate launch --cpu` or `torchrun` would then train alone and write the same output directory.
+- `make_accelerator(cfg)`: the run's accelerator; FSDP2 (`fully_shard` per transformer block) when `train.fsdp` is on
+  or `accelerate launch --config_file fsdp2.yaml` asks for it. accelerate picks FSDP on accelerators only; on CPU the
+  same accelerate path runs over gloo (that is how the CPU tests prove it).
+- Under FSDP the weights and the optimizer state live in shards: `trainable_state` / `optimizer_state` gather the full
+  state (a collective: every process calls them; rank 0 gets the tensors), `load_trainable` / `load_optimizer` shard
+  a full state back. Without sharding they are the plain `named_parameters` / `state_dict`.
+- `collective_guard(rank, step, timeout)`: a collective that timed out (a hung or dead peer) becomes a
+  `CollectiveTimeout` naming this rank and the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from rlhfkit.config import TrainConfig
+from rlhfkit.errors import CollectiveTimeout
+
+
+def _on_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+def _process_group_kwargs(cfg: TrainConfig) -> InitProcessGroupKwargs:
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.collective_timeout))
+
+
+def start_processes(cfg: TrainConfig) -> PartialState:
+    """This process's place in the run (joining the process group on first call), as the accelerator will see it."""
+    return PartialState(cpu=_on_cpu(), **_process_group_kwargs(cfg).to_kwargs())
+
+
+def _fsdp_plugin(cfg: TrainConfig) -> FullyShardedDataParallelPlugin | None:
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # accelerate launch --config_file fsdp2.yaml
+        plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* settings
+        if plugin.fsdp_version != 2:
+            raise ValueError("rlhfkit shards with FSDP2: set fsdp_version: 2 in the accelerate config")
+        return plugin
+    if not cfg.fsdp:
+        return None
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",  # one unit per block of the model's `_no_split_modules`
+        state_dict_type="FULL_STATE_DICT",
+        reshard_after_forward=True,
+        cpu_ram_efficient_loading=False,
+    )
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The accelerator a trainer shares with the loop, so that models it prepares itself land on the same device."""
+    start_processes(cfg)
+    plugin = _fsdp_plugin(cfg)
+    acc = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        cpu=_on_cpu(),
+        kwargs_handlers=[_process_group_kwargs(cfg)],
+        fsdp_plugin=plugin,
+    )
+    if plugin is not None and acc.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate selects FSDP on accelerators only; fully_shard runs on CPU with gloo, so take the same path there
+        acc.state.fsdp_plugin = plugin
+        if acc.mixed_precision != "no":
+            plugin.set_mixed_precision(acc.mixed_precision)
+        acc.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed's engine steps inside backward and clips itself; the one optimizer step (step.py) does both, and
+        # the two are not yet reconciled nor tested: refuse rather than train differently from one process
+        raise ValueError(
+            "DeepSpeed is not supported by rlhfkit's training loop yet: use FSDP2 (configs/accelerate/fsdp2.yaml)"
+        )
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and acc.num_processes == 1 and acc.is_main_process:
+        acc.print(
+            "note: `accelerate launch --cpu` starts one process unless given --mpirun_hostfile; for data parallelism "
+            "on CPU use `accelerate launch --multi_gpu --num_processes N` (gloo without CUDA) or torchrun"
+        )
+    return acc
+
+
+def is_sharded(acc: Accelerator) -> bool:
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def distributed_info(acc: Accelerator) -> dict[str, Any]:
+    """What the run's summary records: how many processes trained together, and how."""
+    info: dict[str, Any] = {"processes": acc.num_processes, "type": acc.distributed_type.value}
+    if is_sharded(acc):
+        info["fsdp_version"] = acc.state.fsdp_plugin.fsdp_version
+    return info
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets the whole state on CPU, others {}
+
+
+def trainable_names(model: torch.nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def trainable_state(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full trainable weights on CPU. Under FSDP a collective (every process calls it; only rank 0 gets tensors)."""
+    model = acc.unwrap_model(model)
+    names = trainable_names(model)
+    if is_sharded(acc):
+        full = get_model_state_dict(model, options=_FULL)
+        return {n: full[n].contiguous() for n in names if n in full}
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().to("cpu").contiguous().clone() for n in names}
+
+
+def full_model_state(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Under FSDP, the whole model's gathered weights on rank 0 (a collective; other ranks get {}); else None (the
+    model itself holds them)."""
+    if not is_sharded(acc):
+        return None
+    return get_model_state_dict(acc.unwrap_model(model), options=_FULL)
+
+
+def load_trainable(acc: Accelerator, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy full trainable weights into the model (sharding them under FSDP)."""
+    model = acc.unwrap_model(model)
+    if is_sharded(acc):
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in trainable_names(model):
+            params[name].copy_(weights[name].to(params[name].device, params[name].dtype))
+
+
+def optimizer_state(acc: Accelerator, model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    """The optimizer's full state (keyed by parameter name under FSDP: a collective, rank 0 gets it)."""
+    if is_sharded(acc):
+        return get_optimizer_state_dict(acc.unwrap_model(model), _inner(optimizer), options=_FULL)
+    return optimizer.state_dict()
+
+
+def load_optimizer(acc: Accelerator, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+    if is_sharded(acc):
+        opts = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(acc.unwrap_model(model), _inner(optimizer), state, options=opts)
+    else:
+        optimizer.load_state_dict(state)
+
+
+def _inner(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+
+
+@contextlib.contextmanager
+def collective_guard(rank: int, step: int, timeout: float) -> Iterator[None]:
+    """Turn a collective that timed out or lost its peers into an error naming this rank and the step."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.distributed.DistBackendError and gloo's timeouts are RuntimeErrors
+        text = str(e)
+        if not (isinstance(e, torch.distributed.DistError) or "gloo" in text.lower() or "timed out" in text.lower()):
+            raise
+        raise CollectiveTimeout(
+            f"rank {rank}, step {step}: a collective with the other processes failed or did not finish within "
+            f"train.collective_timeout={timeout:g}s (a process hung or died; see its log): {text.splitlines()[0]}"
+        ) from e
