@@ -117,8 +117,6 @@ OTHER = [c for c in README + BENCHMARKS if c.argv[0] != "rlhfkit"]
 
 # Commands that cannot run as written here; each gets the stand-in check named.
 NOT_RUNNABLE = {
-    "accelerate launch -m rlhfkit.cli dpo ...": "literal `...` for the arguments and several processes: "
-    "`accelerate launch --help` and `rlhfkit dpo --help` are run instead",
     'rlhfkit sample data.train=prompts.jsonl num_samples=8 format=sft "reward.sources=[...]" -o rft.jsonl': "literal "
     "`[...]` placeholder: run with the previous line's source `[{kind: model, path: runs/rm/model}]` in its place",
     "rlhfkit status runs/demo": "needs a `rlhfkit demo` run (about 10 minutes): `rlhfkit status --help` instead",
@@ -138,9 +136,9 @@ WORDS = (
 
 
 def _sentence(i: int, k: int = 6) -> str:
-    """Varied text (the README's YAML example turns near-duplicate removal on): k seeded words per row."""
+    """Varied text (the README's YAML example turns near-duplicate removal on): k seeded made-up words per row."""
     rng = random.Random(i)
-    return " ".join(rng.choice(WORDS) for _ in range(k)) + f" number {i}."
+    return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5)) for _ in range(k)) + "."
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
@@ -476,6 +474,8 @@ def _train_step_bench(name: str) -> bool:
 
 
 def test_readme_benchmark_scripts_accept_their_documented_arguments():
+    from rlhfkit.commands import COMMANDS
+
     calls, other = [], []
     for c in OTHER:
         call = _script_call(c)
@@ -518,6 +518,14 @@ def test_readme_benchmark_scripts_accept_their_documented_arguments():
                 script = argv[argv.index("&&") + 2]
                 check = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
                 assert check.returncode == 0, check.stderr
+        elif argv[0] == "mkdir" and "cp" in argv:  # copying the peer script next to a device job
+            assert argv[argv.index("cp") + 1] == "../shared/bench/peer_trl.py", c.text
+        elif argv[0] in ("accelerate", "torchrun"):  # several processes / machines: the parts are checked here
+            # (tests/test_launch_configs.py parses each config; tests/test_distributed_cli.py runs 2 CPU processes)
+            if "--config_file" in argv:
+                assert (ROOT / argv[argv.index("--config_file") + 1]).is_file(), c.text
+            assert argv[argv.index("-m") + 1] == "rlhfkit.cli", c.text
+            assert argv[argv.index("-m") + 2] in COMMANDS, c.text
         elif c.key in NOT_RUNNABLE:
             continue  # checked by test_readme_placeholder_commands_have_stand_ins
         else:
