@@ -186,7 +186,11 @@ def prepare_workspace(ws: Path) -> dict[str, str]:
         "model: {name_or_path: smollm2-135m-instruct}\ndata: {train: sft.jsonl}\n"
         "train: {output_dir: runs/sft, batch_size: 4}\n"
     )
-    (ws / "dpo.yaml").write_text(readme_yaml("loss") + "\n")  # the example of "A YAML config has one section per part"
+    # the example of "A YAML config has one section per part", in its own folder with its own prefs.jsonl (its paths
+    # are relative to the file; the annotate walkthrough rewrites the workspace's prefs.jsonl)
+    (ws / "example").mkdir()
+    (ws / "example/dpo.yaml").write_text(readme_yaml("loss") + "\n")
+    _jsonl(ws / "example/prefs.jsonl", _prefs(48))
     (ws / "pipeline.yaml").write_text(readme_yaml("rounds") + "\n")  # the `rlhfkit run pipeline.yaml` example
     # annotation walkthrough: sampled responses (what `rlhfkit sample` writes) and gold items
     _jsonl(ws / "samples.jsonl", [{"prompt": p["prompt"], "responses": ["yes.", "no."]} for p in prompts[:6]])
@@ -411,7 +415,7 @@ def test_readme_placeholder_commands_have_stand_ins(workspace: Workspace):
 
 def test_readme_yaml_example_trains(workspace: Workspace):
     """The README's YAML config (one section per part) is a valid `rlhfkit dpo` config and trains as written."""
-    res = workspace.run(_rlhfkit(["rlhfkit", "dpo", "--config", "dpo.yaml", "-o", "runs/dpo_yaml"]))
+    res = workspace.run(_rlhfkit(["rlhfkit", "dpo", "--config", "example/dpo.yaml", "-o", "runs/dpo_yaml"]))
     assert res.returncode == 0, _show(res)
     assert (workspace.path / "runs/dpo_yaml/model/config.json").exists()
 
@@ -424,8 +428,8 @@ def test_readme_yaml_example_is_a_valid_config(workspace: Workspace):
     from rlhfkit.config import load_config
     from rlhfkit.pipeline.config import load_pipeline
 
-    example = yaml.safe_load((workspace.path / "dpo.yaml").read_text())
-    cfg = load_config(COMMANDS["dpo"].config, str(workspace.path / "dpo.yaml"), [])
+    example = yaml.safe_load((workspace.path / "example/dpo.yaml").read_text())
+    cfg = load_config(COMMANDS["dpo"].config, str(workspace.path / "example/dpo.yaml"), [])
     assert cfg.loss.name == example["loss"]["name"] and cfg.train.max_steps == example["train"]["max_steps"]
     pipe = load_pipeline(workspace.path / "pipeline.yaml", [])
     assert pipe.rounds == yaml.safe_load((workspace.path / "pipeline.yaml").read_text())["rounds"]
