@@ -285,6 +285,13 @@ def require_admin(request: Request) -> None:
 Rater = Annotated[RaterInfo, Depends(current_rater)]
 
 
+def _plain_error(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handler(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handler
+
+
 def create_app(
     store: Store, admin_token: str | None = None, max_body: int = MAX_BODY, max_admin_body: int = MAX_ADMIN_BODY
 ) -> FastAPI:
@@ -318,21 +325,9 @@ def create_app(
     async def _unprocessable(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_errors(exc)}, status_code=422)
 
-    @app.exception_handler(IncompleteError)
-    async def _incomplete(_request: Request, exc: IncompleteError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(ForbiddenError)
-    async def _forbidden(_request: Request, exc: ForbiddenError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=403)
-
-    @app.exception_handler(ValueError)
-    async def _invalid(_request: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    # the store's errors, one status each: their message is the answer
+    for error, status in ((IncompleteError, 409), (NotFoundError, 404), (ForbiddenError, 403), (ValueError, 422)):
+        app.add_exception_handler(error, _plain_error(status))
 
     # ------------------------------------------------------------ page
 
