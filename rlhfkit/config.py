@@ -767,7 +767,9 @@ class SampleConfig:
     """Output rows: samples ({"prompt", "responses", "scores"}), sft (the best response: rejection-sampling
     fine-tuning data) or prefs (best vs worst as a preference pair)."""
     output: str = "samples.jsonl"
-    """Output JSONL file."""
+    """Output JSONL file (an existing file is refused unless overwrite=true)."""
+    overwrite: bool = False
+    """Replace an existing output file."""
     seed: int = 0
     """Sampling seed."""
 

@@ -25,6 +25,9 @@ from rlhfkit.seeding import set_seed
 def sample(cfg: SampleConfig) -> dict[str, Any]:
     if not cfg.data.train:
         raise FileNotFoundError("data.train is empty: give a prompt file, e.g. data.train=prompts.jsonl")
+    out = Path(cfg.output)
+    if out.exists() and not cfg.overwrite:  # checked before anything is loaded: earlier samples are never lost
+        raise FileExistsError(f"{out} already exists: choose another -o, or replace it with overwrite=true")
     # the prompts, validated before the model is loaded
     examples = load_examples(
         resolve_data_path(cfg.data.train), "prompt", errors="skip" if cfg.data.skip_invalid else "raise"
@@ -70,9 +73,10 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
             rows.append({"prompt": prompt, "response": texts[best], "score": s[best], "n": n})
         else:
             rows.append({"prompt": prompt, "responses": texts, "scores": s})
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out, rows)
+    # written beside the target and renamed, so an interrupted write never leaves a half file under the final name
+    tmp = out.with_name(f".partial-{out.name}")  # same suffix: .gz stays gzip
+    write_jsonl(tmp, rows)
+    tmp.replace(out)
     n_tokens = int(ro.response_mask.sum())
     summary: dict[str, Any] = {
         "output": str(out),

@@ -314,12 +314,28 @@ def test_cli_sample_best_of_n_and_rejection_sampling_sft(setup, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(x) for x in (tmp_path / "all.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(len(x["responses"]) == 4 and len(x["scores"]) == 4 for x in rows)
+    before = (tmp_path / "all.jsonl").read_bytes()
+    r = _cli("sample", *base, "num_samples=2", "-o", str(tmp_path / "all.jsonl"), cwd=ROOT)  # never overwritten
+    assert r.returncode == 2 and "all.jsonl already exists" in r.stderr and "overwrite=true" in r.stderr, r.stderr
+    assert "Loading" not in r.stderr and (tmp_path / "all.jsonl").read_bytes() == before
     r = _cli("sample", *base, "--best-of", "4", reward, "-o", str(tmp_path / "best.jsonl"), cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     best = [json.loads(x) for x in (tmp_path / "best.jsonl").read_text().splitlines()]
     # the same seed draws the same 4 samples: best-of-N keeps the maximum of each prompt's scores
     assert [b["score"] for b in best] == pytest.approx([max(x["scores"]) for x in rows])
     r = _cli("sample", *base, "num_samples=4", "format=sft", reward, "-o", str(tmp_path / "rft.jsonl"), cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli(  # overwrite=true replaces the file
+        "sample",
+        *base,
+        "num_samples=4",
+        "format=sft",
+        reward,
+        "-o",
+        str(tmp_path / "rft.jsonl"),
+        "overwrite=true",
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     sft = _cli(
         "sft",

@@ -144,6 +144,7 @@ class Pipeline:
                     sampling=c.sampling,
                     num_samples=c.num_samples,
                     output=str(d / "samples.jsonl"),
+                    overwrite=True,  # the stage owns its directory; a rerun after a kill replaces its own output
                     seed=stage_seed(self.cfg.seed, r, "sample"),
                 )
             )
