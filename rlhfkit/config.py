@@ -594,6 +594,11 @@ class AlgoConfig:
     """Upper clip range when it differs from clip (DAPO clip-higher)."""
     dual_clip: float | None = None
     """Dual-clip bound c > 1 for negative advantages (Ye et al. 2020)."""
+    tis_cap: float | None = None
+    """Truncated importance sampling (Yao et al. 2025): weight each token's policy-gradient term by min(pi_old /
+    pi_rollout, tis_cap), pi_rollout the engine's own sampling log-prob; corrects for the rollout engine's kernels
+    differing from the training forward's. None: off (rlhfkit's engines match the training forward to ~1e-5 on CPU
+    fp32; docs/benchmarks.md); peers use 2 behind vLLM-style engines, bf16 or compiled decoding."""
     target_kl: float | None = None
     """Stop the remaining epochs of a rollout once the approximate KL to the rollout policy exceeds this."""
     entropy_coef: float = 0.0
@@ -642,6 +647,14 @@ class AlgoConfig:
             value = getattr(self, key)
             require(value is None or value > 0, f"{key} must be > 0 (or unset), got {value}")
         require(self.dual_clip is None or self.dual_clip > 1, "dual_clip must be > 1 (Ye et al. 2020)")
+        require(
+            self.tis_cap is None or self.tis_cap >= 1,
+            f"tis_cap must be >= 1 (a cap below 1 would shrink even exact tokens' weight 1), got {self.tis_cap}",
+        )
+        require(
+            self.tis_cap is None or self.name != "online-dpo",
+            "tis_cap weights a policy gradient: algo.name=online-dpo has none (unset algo.tis_cap)",
+        )
         require(self.vf_coef >= 0 and self.entropy_coef >= 0, "vf_coef and entropy_coef must be >= 0")
 
 

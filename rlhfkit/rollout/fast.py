@@ -561,8 +561,10 @@ def decode(
     """Continue every prompt (token ids, no padding) of one batch, as generate() would.
 
     Returns (tokens (B, N) long, pad_id after a row's first EOS; N = steps until every row finished or max_new_tokens)
-    and, with record_logprobs, (B, N) float32 log-probs of the sampled tokens under the distribution they were drawn
-    from (after min_new_tokens / temperature / top-k / top-p; temperature 0: log_softmax of the raw logits), 0 after EOS.
+    and, with record_logprobs, (B, N) float32 rollout log-probs of the sampled tokens, 0 after EOS: log softmax of the
+    model's logits / params.logprob_temperature (temperature 0: 1), the quantity training log-probs compute. They are
+    the sampling distribution's own log-probs unless top-k / top-p / min_new_tokens truncate it: truncation is left
+    out, as training leaves it out, so that rollout and training log-probs differ by float rounding only.
     Sampling draws from torch's global generator: one uniform per row (of the batch) per step.
     lean_layers: Llama-architecture models run through `lean_forward` / `lean_prefill` (False: always the model's own
     forward). packed: what `prepacked_linears(model)` yielded, if decoding inside it (the lean forward's fused products).
@@ -654,6 +656,9 @@ def decode(
     steps = 0
     for t in range(N):
         scores = logits.float()
+        # the untruncated log-probs when processors change the scores (the default sampler reuses its own weights)
+        truncated = bool(warpers) or t < params.min_new_tokens or not sampling
+        plain = scores.double() / params.logprob_temperature if logps is not None and truncated else None
         if t < params.min_new_tokens:
             scores[:, eos] = -float("inf")
         if sampling:
@@ -669,11 +674,11 @@ def decode(
             new = scores.argmax(dim=-1)
         live = ~done
         tokens[alive[live], t] = new[live]
-        if logps is not None:  # log softmax at the drawn token: log(weight / total), or of the raw scores (greedy)
-            if sampling:
+        if logps is not None:  # log softmax at the drawn token: log(weight / total), or of the untruncated scores
+            if plain is None:
                 lp = weights.gather(1, new[:, None]).squeeze(1).double().log() - total.log()
             else:
-                lp = scores.gather(1, new[:, None]).squeeze(1).double() - torch.logsumexp(scores.double(), -1)
+                lp = plain.gather(1, new[:, None]).squeeze(1) - torch.logsumexp(plain, -1)
             logps[alive[live], t] = lp.float()[live]
         done |= torch.isin(new, eos)
         steps = t + 1

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rlhfkit.rollout import fast
 from rlhfkit.rollout.types import Rollout, SamplingParams
@@ -43,6 +43,40 @@ def _response_mask(generated: torch.Tensor, eos_ids: Sequence[int]) -> torch.Ten
     return (before == 0).float()
 
 
+class RolloutLogprobs(LogitsProcessor):
+    """generate()'s rollout log-probs: log softmax(raw logits / temperature) of each sampled token, as the decoding
+    loop records them (rollout/fast.py `decode`), O(B x V) memory (not generate's (B, N, V) output_logits).
+
+    A custom processor runs after generate's own ones, whose min_new_tokens processor would hide the EOS logit, so this
+    one applies min_new_tokens itself (EOS -> -inf while fewer than `min_new_tokens` tokens were generated) after
+    recording; the sampled token of step t is read from input_ids at step t + 1 (and from the output after the last).
+    """
+
+    def __init__(self, prompt_width: int, temperature: float, min_new_tokens: int, eos_ids: Sequence[int]):
+        self.prompt_width, self.temperature, self.min_new_tokens = prompt_width, temperature, min_new_tokens
+        self.eos_ids = list(eos_ids)
+        self.pending: torch.Tensor | None = None  # (B, V) log-probs of the last step, waiting for its token
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.pending = torch.log_softmax(scores.float() / self.temperature, -1)  # fp32, as training's
+        if input_ids.shape[1] - self.prompt_width < self.min_new_tokens:
+            scores = scores.clone()
+            scores[:, self.eos_ids] = -float("inf")
+        return scores
+
+    def finish(self, generated: torch.Tensor) -> torch.Tensor:
+        """(B, N) float32 log-probs, given the (B, N) generated tokens."""
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(1, generated[:, -1:]).squeeze(1))
+            self.pending = None
+        if len(self.steps) != generated.shape[1]:
+            raise RuntimeError(f"RolloutLogprobs saw {len(self.steps)} steps for {generated.shape[1]} tokens")
+        return torch.stack(self.steps, 1).float()
+
+
 class HFEngine:
     """Samples from the policy module itself (no weight copy): `load_weights` is a no-op.
 
@@ -54,6 +88,10 @@ class HFEngine:
     length-grouped prefill, an in-place KV buffer, finished rows dropped, inverse-CDF sampling; 2.5x+ generate on a
     CPU) or "auto": the loop on CPU unless static_cache, generate otherwise. Models whose cache is not one plain
     key/value pair per layer (sliding window, linear attention) always use generate.
+
+    Both decoders return each sampled token's rollout log-prob (`Rollout.rollout_logprobs`): log softmax(logits / T)
+    of the logits the engine computed, at the temperature of the training log-probs and before top-k / top-p, so that
+    it differs from the training forward's by the engines' numerics only (the rollout-trainer mismatch).
     """
 
     def __init__(
@@ -94,7 +132,7 @@ class HFEngine:
             top_k=params.top_k if sample else None,
             top_p=params.top_p if sample else None,
             max_new_tokens=params.max_new_tokens,
-            min_new_tokens=params.min_new_tokens,
+            min_new_tokens=0,  # applied by RolloutLogprobs, after it records the EOS logit
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             bos_token_id=getattr(self.tokenizer, "bos_token_id", None),
@@ -115,7 +153,7 @@ class HFEngine:
         loop = self.uses_loop()
         # length buckets: sorting by prompt length keeps left padding (wasted prefill and cache) small
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        pieces: list[tuple[list[int], torch.Tensor]] = []
+        pieces: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []  # (rows, tokens, rollout log-probs)
         was_training = self.model.training
         self.model.eval()
         # generate() fills every unset field (min_p, suppress_tokens, bad_words_ids, ...) from the checkpoint's own
@@ -129,25 +167,33 @@ class HFEngine:
                     idx = order[start : start + self.batch_size]
                     if loop:
                         batch = [rows[i] for i in idx]
-                        gen, _ = fast.decode(self.model, batch, params, self.eos_ids, self.pad_id, packed=packed)
-                        pieces.append((idx, gen.cpu()))
+                        gen, lp = fast.decode(
+                            self.model, batch, params, self.eos_ids, self.pad_id, record_logprobs=True, packed=packed
+                        )
+                        pieces.append((idx, gen.cpu(), lp.cpu()))
                         continue
                     width = max(len(rows[i]) for i in idx)
                     if self.static_cache:
                         width = -(-width // self.pad_to_multiple) * self.pad_to_multiple
                     ids, mask = left_pad([rows[i] for i in idx], self.pad_id, width)
+                    record = RolloutLogprobs(width, params.logprob_temperature, params.min_new_tokens, self.eos_ids)
                     out = self.model.generate(
-                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        generation_config=gen_cfg,
+                        logits_processor=LogitsProcessorList([record]),
                     )
-                    pieces.append((idx, out[:, width:].cpu()))
+                    pieces.append((idx, out[:, width:].cpu(), record.finish(out[:, width:]).cpu()))
         finally:
             base.generation_config = saved_config
             self.model.train(was_training)
 
-        width_r = max(gen.shape[1] for _, gen in pieces)
+        width_r = max(gen.shape[1] for _, gen, _ in pieces)
         response_ids = torch.full((len(rows), width_r), self.pad_id, dtype=torch.long)
-        for idx, gen in pieces:
+        rollout_lp = torch.zeros((len(rows), width_r), dtype=torch.float32)
+        for idx, gen, lp in pieces:
             response_ids[idx, : gen.shape[1]] = gen
+            rollout_lp[idx, : lp.shape[1]] = lp
         prompt_ids, prompt_mask = left_pad(rows, self.pad_id)  # one width for all rows, in the original order
         resp_mask = _response_mask(response_ids, self.eos_ids)
         response_ids = torch.where(resp_mask.bool(), response_ids, self.pad_id)
@@ -164,4 +210,5 @@ class HFEngine:
             finished=finished,
             group=group,
             texts=texts,
+            rollout_logprobs=rollout_lp * resp_mask,
         )

@@ -41,7 +41,11 @@ class Rollout:
     finished: Tensor  # (B,) bool, the response ended with EOS (False: cut at max_new_tokens)
     group: Tensor  # (B,) long, index of the prompt each row answers
     texts: list[str] = field(default_factory=list)  # B decoded responses, special tokens removed
-    logprobs: Tensor | None = None  # (B, R) float32 log pi_old(a_t | s_t) at the sampling temperature
+    rollout_logprobs: Tensor | None = None  # (B, R) float32 log pi_rollout(a_t | s_t): the engine's own log-probs,
+    # softmax(logits / T) at the training temperature before top-k / top-p (what training computes, by other kernels)
+    logprobs: Tensor | None = (
+        None  # (B, R) float32 log pi_old(a_t | s_t) at the sampling temperature (training forward)
+    )
     ref_logprobs: Tensor | None = None  # (B, R) float32 log pi_ref(a_t | s_t), same temperature
     values: Tensor | None = None  # (B, R) float32 critic V(s_t) before token t
     scores: Tensor | None = None  # (B,) float32 sequence reward (after normalization and penalties)

@@ -33,7 +33,7 @@ from rlhfkit.advantages import whiten_advantages as _whiten
 from rlhfkit.config import AlgoConfig, ConfigError, RLConfig, to_dict
 from rlhfkit.kl import kl_loss_term, per_token_kl_penalty, shape_rewards
 from rlhfkit.losses import aggregate_sum_and_count
-from rlhfkit.losses.policy import ppo_clip_loss
+from rlhfkit.losses.policy import ppo_clip_loss, rollout_mismatch_stats
 from rlhfkit.losses.value import clipped_value_loss, explained_variance
 from rlhfkit.models import load_reward_model
 from rlhfkit.models.value import PolicyWithValue
@@ -109,7 +109,12 @@ def policy_gradient_loss(module: Any, mb: Rollout, ctx: UpdateContext) -> tuple[
     # (B, R) each; from hidden states chunk by chunk unless model.fused_head=false
     logp, entropy, values = module(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids, ctx.temperature)
     old = logp.detach() if ctx.reuse_old else mb.logprobs
-    per_token, stats = ppo_clip_loss(logp, old, mb.advantages, mask, a.clip, a.clip_high, a.dual_clip)  # (B, R)
+    lp_rollout = mb.rollout_logprobs  # TIS (Yao et al. 2025) weights by min(pi_old / pi_rollout, cap) when a.tis_cap
+    per_token, stats = ppo_clip_loss(
+        logp, old, mb.advantages, mask, a.clip, a.clip_high, a.dual_clip, lp_rollout, a.tis_cap
+    )  # (B, R)
+    if ctx.reuse_old and lp_rollout is not None:  # no rollout forward: the mismatch is measured here
+        stats |= rollout_mismatch_stats(old, lp_rollout, mask, a.tis_cap)
     stats["pg_loss"] = masked_mean(per_token.detach(), mask)
     stats["policy_kl"] = ((logp.detach() - mb.ref_logprobs) * mask).sum(-1).mean()  # k1 per sequence, for logs
     if ctx.kl_in_loss and bool(
@@ -193,6 +198,11 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
                 )
         ro.ref_logprobs = rl_common.reference_logprobs(run, ro, micro_size)
         run.timings["forward"] = time.perf_counter() - t
+        mismatch: dict[
+            str, Tensor
+        ] = {}  # engine vs training log-probs of the same tokens (in the update's stats when reuse_old)
+        if ro.logprobs is not None and ro.rollout_logprobs is not None:
+            mismatch = rollout_mismatch_stats(ro.logprobs, ro.rollout_logprobs, ro.response_mask, a.tis_cap)
 
         # 4. per-token KL and token rewards
         mask = ro.response_mask
@@ -253,6 +263,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             "updates": n_updates_now,
             "stopped_early": float(stopped_early),
             **{k: v / max(n_updates_now, 1) for k, v in stat_sums.items()},
+            **{k: float(v) for k, v in mismatch.items()},
         }
         if ro.returns is not None and ro.values is not None:
             last["explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))

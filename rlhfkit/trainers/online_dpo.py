@@ -26,6 +26,7 @@ from torch import Tensor
 
 from rlhfkit.config import RLConfig, to_dict
 from rlhfkit.losses import PREFERENCE_LOSSES
+from rlhfkit.losses.policy import rollout_mismatch_stats
 from rlhfkit.models.value import PolicyWithValue
 from rlhfkit.rollout import Rollout, rollout_forward
 from rlhfkit.trainers import rl_common
@@ -110,6 +111,8 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
         # 6. logs, evaluation, checkpoint
         seq_kl = ((logp - ro.ref_logprobs) * ro.response_mask).sum(-1)
         kl_mean = acc.reduce(seq_kl.mean().float(), "mean").item()
+        lp_rollout = ro.rollout_logprobs  # the engine's log-probs vs the training forward's (logged only)
+        mismatch = rollout_mismatch_stats(logp, lp_rollout, ro.response_mask) if lp_rollout is not None else {}
         done = step + 1
         last = rl_common.base_metrics(run, ro, raw, scored, kl_mean, t0) | {
             "pairs": float(n_pairs),
@@ -118,6 +121,7 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
             "grad_norm": grad_norm,
             "updates": n_now,
             **{k: v / max(n_now, 1) for k, v in stat_sums.items()},
+            **{k: float(v) for k, v in mismatch.items()},
         }
         if done % tc.log_every == 0 or done == run.n_steps:
             session.log(done, "train", last)
