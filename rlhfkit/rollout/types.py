@@ -110,7 +110,8 @@ class Engine(Protocol):
     """A generation backend. `generate` samples from the CURRENT weights of the policy it serves."""
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, num_samples: int = 1) -> Rollout:
-        """Sample `num_samples` responses per prompt (token ids, no padding); rows of one prompt are consecutive."""
+        """Sample `num_samples` responses per prompt (token ids, no padding); rows of one prompt are consecutive.
+        An engine that knows its sampling log-probs fills `rollout_logprobs` (needed by `algo.tis_cap`)."""
 
     def load_weights(self, model: torch.nn.Module) -> None:
         """Refresh the engine's copy of the weights (a no-op for engines that share the training module)."""
