@@ -14,11 +14,13 @@ matplotlib's mathtext never parses them.
     training_curves: {curve name: [{step, score | reward, gold?, kl, response_length | length, ...}]}
     eval_curves: {curve name: [{step, score, gold, kl, length?}]}
     reward_model: [{round, accuracy, auc, ece, train_accuracy, gap, pairs}]
+    reward_model_groups: [{round, attribute, group, raters, accuracy, pairs}]   held-out accuracy per rater group
     calibration: {name: {confidence | mean_predicted | centers | bin_centers, accuracy | fraction_positive | observed,
                   counts}}          (rlhfkit.eval.metrics.calibration_curve_bins output, as lists or as is)
     win_rates: [{round, policy, baseline, judge, wins, ties, losses, rate, ci_low, ci_high}]
     ratings: [{name, elo, bt, bt_ci_low?, bt_ci_high?, games, win_rate?}]
     policies: [{round, name, score, gold, kl, length, distinct_1, distinct_2}]
+    kl_per_domain: [{round, name, domain, kl}]   KL to the reference per prompt domain
     overopt: [{round, sqrt_kl, proxy, gold}]
     examples: [{prompt, before, after, gold_before, gold_after}]
     safety: {str: float}
@@ -549,8 +551,9 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
             out.append(s)
 
     rm = _rows(data, "reward_model")
+    rm_groups = _rows(data, "reward_model_groups")
     calibration = _mapping(data, "calibration")
-    if rm or calibration:
+    if rm or calibration or rm_groups:
         s = section("reward-model", "Reward model")
         if rm:
             cols = [
@@ -563,6 +566,16 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
                 _Column("gap", "train - held-out gap", ".3f"),
             ]
             s.table(_table(rm, cols))
+        if rm_groups:  # the rater-demographics audit: does the reward model agree with every group alike?
+            cols = [
+                _Column("round", "round", "d"),
+                _Column("attribute", "rater attribute"),
+                _Column("group", "group"),
+                _Column("raters", "raters", "d"),
+                _Column("pairs", "held-out pairs", "d"),
+                _Column("accuracy", "accuracy", ".3f"),
+            ]
+            s.table(_table(rm_groups, cols))
         if calibration:
             s.figure(lambda: _calibration_png(calibration), "reward-model calibration")
             rows = []
@@ -638,6 +651,18 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
             _Column("distinct_2", "distinct-2", ".3f"),
         ]
         s.table(_table(policies, cols))
+        out.append(s)
+
+    kl_domains = _rows(data, "kl_per_domain")
+    if kl_domains:
+        s = section("kl-per-domain", "KL per prompt domain")
+        cols = [
+            _Column("round", "round", "d"),
+            _Column("name", "policy"),
+            _Column("domain", "domain"),
+            _Column("kl", "KL to reference", ".3f"),
+        ]
+        s.table(_table(kl_domains, cols))
         out.append(s)
 
     overopt = _rows(data, "overopt")

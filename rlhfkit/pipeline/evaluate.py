@@ -27,6 +27,7 @@ from rlhfkit.eval.metrics import (
 from rlhfkit.eval.safety import safety_eval
 from rlhfkit.eval.winrate import win_rate
 from rlhfkit.feedback.judge import Judge
+from rlhfkit.kl import kl_by_domain
 from rlhfkit.models import default_device, load_for_inference
 from rlhfkit.pipeline.config import PipelineConfig
 from rlhfkit.pipeline.layout import RunLayout
@@ -72,6 +73,7 @@ def generate(
     )
     return {
         "messages": [p.messages for p in prompts],
+        "domains": [p.domain for p in prompts],
         "texts": list(ro.texts),
         "lengths": ro.response_lengths.tolist(),
         "kl": kl.tolist() if kl is not None else [0.0] * len(prompts),
@@ -148,11 +150,16 @@ def evaluate_round(
         "length": float(np.mean(gen["lengths"])),
         **_diversity(texts),
     }
+    domains = gen["domains"]
+    if any(d is not None for d in domains):  # prompts tagged with a domain: KL to the reference per domain
+        result["kl_per_domain"] = kl_by_domain(gen["kl"], domains)
     if gold is not None:
         result["gold"] = float(np.mean(gold))
     rows = [
-        {"prompt": m, "response": t, "kl": k, "length": n} | ({"gold": g} if gold is not None else {})
-        for m, t, k, n, g in zip(messages, texts, gen["kl"], gen["lengths"], gold or [None] * len(texts))
+        {"prompt": m, "response": t, "kl": k, "length": n}
+        | ({"gold": g} if gold is not None else {})
+        | ({"domain": dom} if dom is not None else {})
+        for m, t, k, n, g, dom in zip(messages, texts, gen["kl"], gen["lengths"], gold or [None] * len(texts), domains)
     ]
     if r > 0:
         rm_path = str(layout.model(r, "rm"))

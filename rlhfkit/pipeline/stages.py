@@ -16,6 +16,7 @@ from typing import Any
 from rlhfkit.commands import OPTIMIZERS, canonical, trainer
 from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, resolve, to_dict
 from rlhfkit.data import load_examples, read_rows, resolve_data_path, train_eval_split, write_jsonl
+from rlhfkit.data.schemas import parse_prompt
 from rlhfkit.errors import TooFewRowsError
 from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without, optimize_reward
 from rlhfkit.pipeline.layout import RunLayout
@@ -36,6 +37,10 @@ def _prompt_text(row: dict[str, Any], where: str, line: int) -> str:
     if not isinstance(p, str) or not p.strip():
         raise ConfigError(f"{where}:{line}: field 'prompt' must be a non-empty string")
     return p
+
+
+def _domain(row: dict[str, Any], where: str, line: int) -> str:
+    return str(parse_prompt(row, f"{where}:{line}").domain)
 
 
 LABEL_MORE = "label more pairs (prompts.per_round, sample.num_samples, label.pairs=all)"
@@ -86,8 +91,12 @@ class Pipeline:
             inputs["eval"] = Path(resolve_data_path(c.eval))
 
         def run(d: Path, resume: bool) -> dict[str, Any]:
-            def load(path: Path) -> list[str]:
-                return [c.template.format(prompt=_prompt_text(r, str(path), i)) for i, r in read_rows(path)]
+            def load(path: Path) -> list[dict[str, Any]]:  # the optional "domain" tag travels with its prompt
+                return [
+                    {"prompt": self._messages(c.template.format(prompt=_prompt_text(r, str(path), i)))}
+                    | ({"domain": _domain(r, str(path), i)} if r.get("domain") is not None else {})
+                    for i, r in read_rows(path)
+                ]
 
             rows = load(src)
             random.Random(self.cfg.seed).shuffle(rows)
@@ -97,8 +106,8 @@ class Pipeline:
                 if len(rows) <= c.eval_count:
                     raise ConfigError(f"{src}: {len(rows)} prompts, but prompts.eval_count={c.eval_count} are held out")
                 heldout, rows = rows[: c.eval_count], rows[c.eval_count :]
-            _write(d / "train.jsonl", [{"prompt": self._messages(p)} for p in rows])
-            _write(d / "eval.jsonl", [{"prompt": self._messages(p)} for p in heldout])
+            _write(d / "train.jsonl", rows)
+            _write(d / "eval.jsonl", heldout)
             return {"train_prompts": len(rows), "eval_prompts": len(heldout)}
 
         return Stage(0, "prompts", to_dict(c), inputs, ("train.jsonl", "eval.jsonl"), run)

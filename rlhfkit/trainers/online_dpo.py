@@ -110,6 +110,8 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
         # 6. logs, evaluation, checkpoint
         seq_kl = ((logp - ro.ref_logprobs) * ro.response_mask).sum(-1)
         kl_mean = acc.reduce(seq_kl.mean().float(), "mean").item()
+        # KL per prompt domain for the logs only: the DPO beta, not a KL coefficient, holds the policy here
+        per_domain = run.kl_ctl.update(seq_kl.float(), ro.domain, lambda t: acc.reduce(t, "sum"), adapt=False)
         done = step + 1
         last = rl_common.base_metrics(run, ro, raw, scored, kl_mean, t0) | {
             "pairs": float(n_pairs),
@@ -118,6 +120,7 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
             "grad_norm": grad_norm,
             "updates": n_now,
             **{k: v / max(n_now, 1) for k, v in stat_sums.items()},
+            **per_domain,
         }
         if done % tc.log_every == 0 or done == run.n_steps:
             session.log(done, "train", last)
