@@ -15,6 +15,8 @@ matplotlib's mathtext never parses them.
     eval_curves: {curve name: [{step, score, gold, kl, length?}]}
     reward_model: [{round, accuracy, auc, ece, train_accuracy, gap, pairs}]
     reward_model_groups: [{round, attribute, group, raters, accuracy, pairs}]   held-out accuracy per rater group
+    rater_groups: [{round, attribute, group, raters, labels, share_0, share_1, share_tie, within_agreement}]
+    rater_cross: [{round, attribute, groups, pair_agreement, n_pairs, majority_agreement, n_items}]
     calibration: {name: {confidence | mean_predicted | centers | bin_centers, accuracy | fraction_positive | observed,
                   counts}}          (rlhfkit.eval.metrics.calibration_curve_bins output, as lists or as is)
     win_rates: [{round, policy, baseline, judge, wins, ties, losses, rate, ci_low, ci_high}]
@@ -585,6 +587,35 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
                         rows.append([str(name), x, y, int(n) if math.isfinite(n) else None])
             if rows:
                 s.table(_Table(["calibration", "mean predicted", "observed", "count"], rows, ["", ".3f", ".3f", "d"]))
+        out.append(s)
+
+    groups, cross = _rows(data, "rater_groups"), _rows(data, "rater_cross")
+    if groups or cross:
+        s = section("rater-groups", "Rater groups (label audit)")
+        if groups:
+            cols = [
+                _Column("round", "round", "d"),
+                _Column("attribute", "attribute"),
+                _Column("group", "group"),
+                _Column("raters", "raters", "d"),
+                _Column("labels", "labels", "d"),
+                _Column("share_0", "A chosen", ".3f"),
+                _Column("share_1", "B chosen", ".3f"),
+                _Column("share_tie", "tie", ".3f"),
+                _Column("within_agreement", "agreement within", ".3f"),
+            ]
+            s.table(_table(groups, cols))
+        if cross:
+            cols = [
+                _Column("round", "round", "d"),
+                _Column("attribute", "attribute"),
+                _Column("groups", "groups"),
+                _Column("pair_agreement", "label-pair agreement", ".3f"),
+                _Column("n_pairs", "label pairs", "d"),
+                _Column("majority_agreement", "majorities agree", ".3f"),
+                _Column("n_items", "items", "d"),
+            ]
+            s.table(_table(cross, cols))
         out.append(s)
 
     wins = _rows(data, "win_rates")

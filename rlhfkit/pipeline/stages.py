@@ -8,6 +8,7 @@ round r:  sample (K responses per prompt from the newest policy) -> label (simul
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, resol
 from rlhfkit.data import load_examples, read_rows, resolve_data_path, train_eval_split, write_jsonl
 from rlhfkit.data.schemas import parse_prompt
 from rlhfkit.errors import TooFewRowsError
-from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without, optimize_reward
+from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without, optimize_reward, rater_attributes
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.pipeline.runner import Stage, stage_seed
 
@@ -173,7 +174,7 @@ class Pipeline:
         def run(d: Path, resume: bool) -> dict[str, Any]:
             # torch, the annotation store, the judge: loaded when the stage runs, not for `rlhfkit --help`
             from rlhfkit.feedback.simulated import pairs_from_samples
-            from rlhfkit.pipeline.labellers import LABELLERS
+            from rlhfkit.pipeline.labellers import LABELLERS, label_audit
 
             seed = stage_seed(self.cfg.seed, r, "label")
             if c.source == "file":  # validated like any preference file: a bad row names its file and line
@@ -182,6 +183,8 @@ class Pipeline:
             else:
                 prompts, a, b = pairs_from_samples(_read(samples), c.pairs, c.max_pairs, seed)
                 rows, info = LABELLERS[c.source](self.cfg, self.layout, r, d, prompts, a, b, seed)
+                if audit:  # label distributions and agreement per rater group, over every label of the round
+                    (d / "audit.json").write_text(json.dumps(label_audit(rows, prompts, a, b, attributes), indent=2))
             valid = [x for x in rows if _valid_pair(x)]  # an empty or identical pair is no preference
             info["dropped_invalid"] = len(rows) - len(valid)
             rows = valid
@@ -192,7 +195,12 @@ class Pipeline:
             return {"pairs": len(rows), "train_pairs": len(train), "heldout_pairs": len(heldout), "ties": ties, **info}
 
         settings = to_dict(c)
-        return Stage(r, "label", settings, inputs, ("prefs.jsonl", "heldout.jsonl"), run)
+        attributes = rater_attributes(c)
+        audit = bool(attributes) and c.source != "file"  # file rows do not say which response was shown first
+        outputs = ("prefs.jsonl", "heldout.jsonl") + (("audit.json",) if audit else ())
+        if c.rater_attributes:
+            inputs["rater_attributes"] = Path(c.rater_attributes)
+        return Stage(r, "label", settings, inputs, outputs, run)
 
     def rm_stage(self, r: int) -> Stage:
         prefs = [self.layout.prefs(i) for i in range(1, r + 1)]
@@ -272,9 +280,12 @@ class Pipeline:
         def run(d: Path, resume: bool) -> dict[str, Any]:
             from rlhfkit.pipeline.evaluate import evaluate_round  # loads torch: only when the stage runs
 
-            return evaluate_round(self.cfg, self.layout, r, d, self.policy(r), self.base_policy)
+            return evaluate_round(self.cfg, self.layout, r, d, self.policy(r), self.base_policy, attributes)
 
+        attributes = rater_attributes(self.cfg.label) if r > 0 else {}
         settings = to_dict(c) | {"gold": [to_dict(s) for s in self.cfg.label.gold]}
+        if attributes:  # the audit's groups: a changed mapping re-evaluates
+            settings["rater_attributes"] = attributes
         return Stage(r, "eval", settings, inputs, ("responses.jsonl", "eval.json"), run)
 
     def stages(self) -> Iterator[Stage]:
