@@ -231,3 +231,67 @@ def test_cli_add_rater_with_attributes_and_quality_per_group(tmp_path, capsys):
     assert annotate_cli.main(["quality", "--campaign", "c1", "--db", db, "--json"]) == 0
     groups = json.loads(capsys.readouterr().out)["groups"]["region"]["groups"]
     assert set(groups) == {"EU", "US"} and groups["US"]["labels"] == 4  # c moved to US
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the pipeline: domain-tagged prompts (KL per domain) and simulated rater groups (the audit), one round on a tiny model
+
+
+def test_pipeline_reports_kl_per_domain_and_rater_groups(tmp_path):
+    import yaml
+
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.models.tiny import save_tiny
+    from rlhfkit.pipeline import load_pipeline, run_pipeline
+    from rlhfkit.pipeline.report import write_run_report
+
+    save_tiny(tmp_path / "tiny", "causal")
+    rows = [{"prompt": f"the film number {i} was", "domain": "safety" if i % 2 else "chat"} for i in range(30)]
+    write_jsonl(tmp_path / "prompts.jsonl", rows)
+    gold = [{"kind": "callable", "path": "tests.toy:letter_reward"}]
+    d = {
+        "output": str(tmp_path / "run"),
+        "model": str(tmp_path / "tiny"),
+        "rounds": 1,
+        "prompts": {"train": str(tmp_path / "prompts.jsonl"), "eval_count": 8, "per_round": 8},
+        "sample": {"num_samples": 3, "sampling": {"max_new_tokens": 6, "batch_size": 16}},
+        "label": {
+            "gold": gold,
+            "pairs": "all",
+            "heldout_fraction": 0.5,
+            "raters": [
+                {"name": "g1", "temperature": 0.01, "attributes": {"region": "EU"}},
+                {"name": "g2", "temperature": 0.01, "attributes": {"region": "EU"}},
+                {"name": "v1", "temperature": 0.01, "length_bias": 1.0, "attributes": {"region": "US"}},
+            ],
+        },
+        "rm": {"train": {"max_steps": 2, "batch_size": 4}, "data": {"max_length": 64, "max_prompt_length": 32}},
+        "optimize": {
+            "algorithm": "rloo",
+            "train": {"max_steps": 2, "batch_size": 4},
+            "sampling": {"max_new_tokens": 6},
+            "kl": {"per_domain": {"safety": 0.5, "chat": 0.01}},
+            "eval_samples": 4,
+        },
+        "eval": {"sampling": {"max_new_tokens": 6, "batch_size": 16}, "examples": 1},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(d))
+    run_pipeline(load_pipeline(tmp_path / "p.yaml"), "p.yaml", report=False)
+    run = tmp_path / "run"
+    assert {json.loads(x).get("domain") for x in open(run / "round-0/prompts/train.jsonl")} == {"safety", "chat"}
+    for r in (0, 1):
+        ev = json.loads((run / f"round-{r}/eval/eval.json").read_text())
+        responses = [json.loads(x) for x in open(run / f"round-{r}/eval/responses.jsonl")]
+        for dom in ("safety", "chat"):
+            kls = [x["kl"] for x in responses if x["domain"] == dom]
+            assert ev["kl_per_domain"][dom] == pytest.approx(sum(kls) / len(kls))
+    audit = json.loads((run / "round-1/label/audit.json").read_text())["region"]
+    assert audit["groups"]["EU"]["raters"] == 2 and audit["groups"]["US"]["raters"] == 1
+    assert audit["groups"]["EU"]["within_agreement"] is not None and audit["cross"]["EU|US"]["n_items"] > 0
+    groups = ev["reward_model"]["groups"]["region"]
+    assert set(groups) == {"EU", "US"} and groups["EU"]["pairs"] > 0
+    metrics = [json.loads(x) for x in open(run / "round-1/optimize/metrics.jsonl")]
+    assert any("train/kl_coef/safety" in m and m["train/kl_coef/safety"] == 0.5 for m in metrics)
+    _, md = write_run_report(run)
+    text = Path(md).read_text()
+    assert "KL per prompt domain" in text and "Rater groups (label audit)" in text and "rater attribute" in text
