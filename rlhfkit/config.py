@@ -563,11 +563,33 @@ class KLConfig:
     log_ratio_clip: float | None = 10.0
     """Clamp log pi - log ref to [-c, c] before the estimator (k3 overflows on tokens the reference finds far likelier;
     OpenRLHF uses 10). None disables."""
+    per_domain: dict[str, float] = field(default_factory=dict)
+    """(Initial) KL coefficient per prompt domain (the prompt rows' "domain" field), e.g. {safety: 0.2, chit-chat:
+    0.02}: each listed domain gets its own controller (adaptive ones track their KL separately); other domains and
+    untagged prompts use coef. Every listed domain must occur in the training prompts."""
+    per_domain_target: dict[str, float] = field(default_factory=dict)
+    """Adaptive controller: target KL per domain of per_domain (domains not listed here use target)."""
 
     def validate(self) -> None:
         require(
             self.coef >= 0 and (self.controller != "adaptive" or self.coef > 0),
             "coef must be >= 0 (and > 0 for the adaptive controller)",
+        )
+        for name, c in self.per_domain.items():
+            require(
+                c >= 0 and (self.controller != "adaptive" or c > 0),
+                f"per_domain.{name} must be >= 0 (and > 0 for the adaptive controller), got {c}",
+            )
+        for name, t in self.per_domain_target.items():
+            require(t > 0, f"per_domain_target.{name} must be > 0, got {t}")
+            require(
+                name in self.per_domain,
+                f"per_domain_target.{name}: {name!r} has no coefficient in per_domain "
+                f"({', '.join(sorted(self.per_domain)) or 'empty'}); add per_domain.{name}",
+            )
+        require(
+            not self.per_domain_target or self.controller == "adaptive",
+            "per_domain_target needs controller=adaptive (a fixed controller has no target)",
         )
         require(
             self.placement != "loss" or self.estimator != "k1",
@@ -858,6 +880,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: key {key!r} must be a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2:  # dict[str, float]: each value checked as its type, the error naming key.name
+            return {str(k): _coerce(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):

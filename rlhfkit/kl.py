@@ -6,7 +6,7 @@ adapted so that KL(pi || rho) tracks a target. Pure, torch only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -17,10 +17,13 @@ from rlhfkit.ops import KL_ESTIMATORS, kl_estimate
 __all__ = [
     "LOSS_KL_ESTIMATORS",
     "AdaptiveKLController",
+    "DomainKL",
     "FixedKLController",
     "KLController",
     "kl_loss_term",
     "last_valid_index",
+    "check_domains",
+    "kl_by_domain",
     "make_kl_controller",
     "per_token_kl_penalty",
     "shape_rewards",
@@ -121,6 +124,162 @@ def make_kl_controller(
     if kind not in KL_CONTROLLERS:
         raise ValueError(f"unknown KL controller {kind!r}; choose one of {sorted(KL_CONTROLLERS)}")
     return KL_CONTROLLERS[kind](coef, target, horizon)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-domain KL ("higher penalties for safety-critical domains"): one controller per listed prompt domain
+
+UNTAGGED = "untagged"
+"""The metric name of prompts without a "domain" field."""
+
+
+def check_domains(per_domain: Mapping[str, float], data_domains: Sequence[str | None], source: str) -> list[str]:
+    """Check kl.per_domain against the domains of the training prompts (before any model loads); returns notes.
+
+    A listed domain that no prompt carries is an error (a misspelt "saftey" would quietly leave the safety prompts at
+    kl.coef); data domains without an entry use kl.coef, which the notes say."""
+    present = sorted({d for d in data_domains if d is not None})
+    if not per_domain:
+        return []
+    if not present:
+        raise ValueError(f'kl.per_domain is set but no prompt of {source} has a "domain" field')
+    missing = sorted(set(per_domain) - set(present))
+    if missing:
+        raise ValueError(
+            f"kl.per_domain lists domain(s) {', '.join(map(repr, missing))} that no prompt of {source} carries "
+            f"(its domains: {', '.join(present)})"
+        )
+    rest = [d for d in present if d not in per_domain] + ([UNTAGGED] if None in data_domains else [])
+    return [f"domains without a kl.per_domain entry use kl.coef: {', '.join(rest)}"] if rest else []
+
+
+def kl_by_domain(seq_kl: Sequence[float] | Tensor, domains: Sequence[str | None]) -> dict[str, float]:
+    """Mean per-sequence KL of each domain (None: UNTAGGED), names sorted: {domain: mean}."""
+    values = seq_kl.tolist() if isinstance(seq_kl, Tensor) else list(seq_kl)
+    if len(values) != len(domains):
+        raise ValueError(f"{len(values)} KL values but {len(domains)} domains")
+    groups: dict[str, list[float]] = {}
+    for v, d in zip(values, domains):
+        groups.setdefault(UNTAGGED if d is None else d, []).append(float(v))
+    return {name: sum(vs) / len(vs) for name, vs in sorted(groups.items())}
+
+
+class DomainKL:
+    """The KL coefficients of a run: one controller per domain of ``per_domain`` (fixed or adaptive, each tracking its
+    own domain's KL with its own target), and the default controller (kl.coef, kl.target) for every other domain and
+    untagged prompts. Without ``per_domain`` it is exactly one controller, as before.
+
+    ``names``: every domain the run reports on (listed ones, the data's, and UNTAGGED when a prompt has no tag); a
+    rollout row carries its domain as an index into ``names`` (``index``), so coefficients and per-domain means are
+    tensor gathers and one all-reduce.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        coef: float,
+        target: float | None,
+        horizon: float | None,
+        per_domain: Mapping[str, float] | None = None,
+        per_domain_target: Mapping[str, float] | None = None,
+        data_domains: Sequence[str | None] = (),
+    ) -> None:
+        per_domain, targets = dict(per_domain or {}), dict(per_domain_target or {})
+        self.default = make_kl_controller(kind, coef, target, horizon)
+        self.controllers: dict[str, KLController] = {
+            d: make_kl_controller(kind, c, targets.get(d, target), horizon) for d, c in sorted(per_domain.items())
+        }
+        tagged = sorted({d for d in data_domains if d is not None} | set(per_domain))
+        self.names: list[str] = tagged + ([UNTAGGED] if None in data_domains or not tagged else [])
+        self._slot = {name: i for i, name in enumerate(self.names)}
+
+    @property
+    def value(self) -> float:
+        """The default controller's coefficient (kl.coef's)."""
+        return self.default.value
+
+    @property
+    def tagged(self) -> bool:
+        """Whether the run reports per domain (some prompt has a domain, or per_domain is set)."""
+        return self.names != [UNTAGGED]
+
+    def controller(self, name: str) -> KLController:
+        return self.controllers.get(name, self.default)
+
+    def index(self, domains: Sequence[str | None]) -> Tensor:
+        """(B,) long: each row's domain as an index into ``names`` (None: UNTAGGED; an unseen name is an error)."""
+        try:
+            return torch.tensor([self._slot[UNTAGGED if d is None else d] for d in domains], dtype=torch.long)
+        except KeyError as e:
+            raise ValueError(f"domain {e.args[0]!r} is not among the run's domains ({', '.join(self.names)})") from None
+
+    def coefs(self, index: Tensor) -> Tensor:
+        """(B,) float32 KL coefficient of each row: its domain's controller's value."""
+        values = torch.tensor([self.controller(n).value for n in self.names], dtype=torch.float32)
+        return values.to(index.device)[index]
+
+    def domain_means(
+        self, seq_kl: Tensor, index: Tensor, all_reduce: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-domain (sum of seq_kl, count) over every process: two (D,) float64 tensors, D = len(names)."""
+        d = len(self.names)
+        sums = torch.zeros(d, dtype=torch.float64, device=seq_kl.device).index_add_(0, index, seq_kl.double())
+        counts = torch.bincount(index, minlength=d).to(torch.float64)
+        both = torch.stack([sums, counts])  # (2, D): one collective
+        if all_reduce is not None:
+            both = all_reduce(both)
+        return both[0], both[1]
+
+    def update(
+        self, seq_kl: Tensor, index: Tensor, all_reduce: Callable[[Tensor], Tensor] | None = None, adapt: bool = True
+    ) -> dict[str, float]:
+        """Step 7 of a rollout: each controller adapts to the mean per-sequence KL of ITS sequences over every process,
+        with n_steps = how many there were (Ziegler et al. 2019 §2.2, per domain); domains sharing the default
+        controller are pooled. Returns {"kl/<domain>", "kl_coef/<domain>"} for the logs (coefficients as used for
+        this batch, before the update) when the run is tagged, else {}; adapt=False only measures (no kl_coef)."""
+        sums, counts = self.domain_means(seq_kl, index, all_reduce)
+        out: dict[str, float] = {}
+        if self.tagged:
+            for i, name in enumerate(self.names):
+                if counts[i] > 0:
+                    out[f"kl/{name}"] = float(sums[i] / counts[i])
+                if adapt:
+                    out[f"kl_coef/{name}"] = self.controller(name).value
+        if adapt:
+            pooled: dict[int, list[float]] = {}
+            for i, name in enumerate(self.names):
+                ctl = self.controller(name)
+                acc = pooled.setdefault(id(ctl), [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + float(sums[i]), acc[1] + float(counts[i])
+            for ctl in [self.default, *self.controllers.values()]:
+                total, n = pooled.get(id(ctl), [0.0, 0.0])
+                if n > 0:
+                    ctl.update(total / n, int(n))
+        return out
+
+    def report(self, seq_kl: Sequence[float] | Tensor, domains: Sequence[str | None]) -> dict[str, float]:
+        """{"kl/<domain>": mean} of held-out samples when the run is tagged, else {}."""
+        return {f"kl/{d}": v for d, v in kl_by_domain(seq_kl, domains).items()} if self.tagged else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """For a checkpoint: the default controller as ``kl_controller`` (as before per-domain KL existed) and the
+        per-domain ones under ``kl_domains``."""
+        return {
+            "kl_controller": self.default.state_dict(),
+            "kl_domains": {name: ctl.state_dict() for name, ctl in self.controllers.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.default.load_state_dict(state["kl_controller"])
+        saved = state.get("kl_domains") or {}
+        missing = sorted(set(self.controllers) - set(saved))
+        if missing:
+            raise KeyError(f"the checkpoint has no KL controller for domain(s) {missing} (saved: {sorted(saved)})")
+        for name, ctl in self.controllers.items():
+            ctl.load_state_dict(saved[name])
+
+    def __repr__(self) -> str:
+        return f"DomainKL(default={self.default!r}, per_domain={self.controllers!r})"
 
 
 def per_token_kl_penalty(

@@ -84,13 +84,18 @@ class PreferenceExample:
 
 @dataclass(frozen=True)
 class PromptExample:
-    """A prompt for sampling / online RL."""
+    """A prompt for sampling / online RL; ``domain`` is an optional tag (e.g. "safety") that per-domain KL
+    coefficients (``kl.per_domain``) and per-domain evaluation read."""
 
     prompt: tuple[Message, ...]
     source: str = ""
+    domain: str | None = None
 
     def to_row(self) -> dict[str, Any]:
-        return {"prompt": _prompt_to_row(self.prompt)}
+        row: dict[str, Any] = {"prompt": _prompt_to_row(self.prompt)}
+        if self.domain is not None:
+            row["domain"] = self.domain
+        return row
 
 
 @dataclass(frozen=True)
@@ -150,17 +155,19 @@ def parse_preference(row: Any, where: str = "", source: str = "") -> list[Prefer
 
 
 def parse_prompt(row: Any, where: str = "", source: str = "") -> PromptExample:
-    """``{"prompt": str | messages}``; a ``messages`` row gives the context before its final assistant turn."""
+    """``{"prompt": str | messages, "domain": str (optional)}``; a ``messages`` row gives the context before its final
+    assistant turn."""
     row = _as_row(row, where)
+    domain = _parse_domain(row.get("domain"), where)
     if _present(row, "prompt"):
-        return PromptExample(_parse_prompt(row["prompt"], "prompt", where), source)
+        return PromptExample(_parse_prompt(row["prompt"], "prompt", where), source, domain)
     if _present(row, "messages"):
         messages = _parse_messages(row["messages"], "messages", where)
         if messages[-1]["role"] == "assistant":
             messages = messages[:-1]
         if not messages:
             raise DataError(where, 'field "messages" has no prompt before the assistant turn')
-        return PromptExample(messages, source)
+        return PromptExample(messages, source, domain)
     raise DataError(where, 'field "prompt" is missing')
 
 
@@ -258,6 +265,19 @@ def _parse_prompt(value: Any, field: str, where: str) -> tuple[Message, ...]:
     if isinstance(value, (list, tuple)):
         return _parse_messages(value, field, where)
     raise DataError(where, f'field "{field}" must be a string or a list of messages, got {_describe(value)}')
+
+
+def _parse_domain(value: Any, where: str) -> str | None:
+    """An optional domain tag: a non-empty string without surrounding spaces (it becomes a metric name)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DataError(where, f'field "domain" must be a string, got {_describe(value)}')
+    if not value.strip() or value != value.strip() or "/" in value:
+        raise DataError(
+            where, f'field "domain" must be a non-empty name without surrounding spaces or "/", got {value!r}'
+        )
+    return value
 
 
 def _prompt_to_row(prompt: tuple[Message, ...]) -> str | list[Message]:

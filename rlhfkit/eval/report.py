@@ -14,11 +14,15 @@ matplotlib's mathtext never parses them.
     training_curves: {curve name: [{step, score | reward, gold?, kl, response_length | length, ...}]}
     eval_curves: {curve name: [{step, score, gold, kl, length?}]}
     reward_model: [{round, accuracy, auc, ece, train_accuracy, gap, pairs}]
+    reward_model_groups: [{round, attribute, group, raters, accuracy, pairs}]   held-out accuracy per rater group
+    rater_groups: [{round, attribute, group, raters, labels, share_0, share_1, share_tie, within_agreement}]
+    rater_cross: [{round, attribute, groups, pair_agreement, n_pairs, majority_agreement, n_items}]
     calibration: {name: {confidence | mean_predicted | centers | bin_centers, accuracy | fraction_positive | observed,
                   counts}}          (rlhfkit.eval.metrics.calibration_curve_bins output, as lists or as is)
     win_rates: [{round, policy, baseline, judge, wins, ties, losses, rate, ci_low, ci_high}]
     ratings: [{name, elo, bt, bt_ci_low?, bt_ci_high?, games, win_rate?}]
     policies: [{round, name, score, gold, kl, length, distinct_1, distinct_2}]
+    kl_per_domain: [{round, name, domain, kl}]   KL to the reference per prompt domain
     overopt: [{round, sqrt_kl, proxy, gold}]
     examples: [{prompt, before, after, gold_before, gold_after}]
     safety: {str: float}
@@ -549,8 +553,9 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
             out.append(s)
 
     rm = _rows(data, "reward_model")
+    rm_groups = _rows(data, "reward_model_groups")
     calibration = _mapping(data, "calibration")
-    if rm or calibration:
+    if rm or calibration or rm_groups:
         s = section("reward-model", "Reward model")
         if rm:
             cols = [
@@ -563,6 +568,16 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
                 _Column("gap", "train - held-out gap", ".3f"),
             ]
             s.table(_table(rm, cols))
+        if rm_groups:  # the rater-demographics audit: does the reward model agree with every group alike?
+            cols = [
+                _Column("round", "round", "d"),
+                _Column("attribute", "rater attribute"),
+                _Column("group", "group"),
+                _Column("raters", "raters", "d"),
+                _Column("pairs", "held-out pairs", "d"),
+                _Column("accuracy", "accuracy", ".3f"),
+            ]
+            s.table(_table(rm_groups, cols))
         if calibration:
             s.figure(lambda: _calibration_png(calibration), "reward-model calibration")
             rows = []
@@ -572,6 +587,35 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
                         rows.append([str(name), x, y, int(n) if math.isfinite(n) else None])
             if rows:
                 s.table(_Table(["calibration", "mean predicted", "observed", "count"], rows, ["", ".3f", ".3f", "d"]))
+        out.append(s)
+
+    groups, cross = _rows(data, "rater_groups"), _rows(data, "rater_cross")
+    if groups or cross:
+        s = section("rater-groups", "Rater groups (label audit)")
+        if groups:
+            cols = [
+                _Column("round", "round", "d"),
+                _Column("attribute", "attribute"),
+                _Column("group", "group"),
+                _Column("raters", "raters", "d"),
+                _Column("labels", "labels", "d"),
+                _Column("share_0", "A chosen", ".3f"),
+                _Column("share_1", "B chosen", ".3f"),
+                _Column("share_tie", "tie", ".3f"),
+                _Column("within_agreement", "agreement within", ".3f"),
+            ]
+            s.table(_table(groups, cols))
+        if cross:
+            cols = [
+                _Column("round", "round", "d"),
+                _Column("attribute", "attribute"),
+                _Column("groups", "groups"),
+                _Column("pair_agreement", "label-pair agreement", ".3f"),
+                _Column("n_pairs", "label pairs", "d"),
+                _Column("majority_agreement", "majorities agree", ".3f"),
+                _Column("n_items", "items", "d"),
+            ]
+            s.table(_table(cross, cols))
         out.append(s)
 
     wins = _rows(data, "win_rates")
@@ -638,6 +682,18 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
             _Column("distinct_2", "distinct-2", ".3f"),
         ]
         s.table(_table(policies, cols))
+        out.append(s)
+
+    kl_domains = _rows(data, "kl_per_domain")
+    if kl_domains:
+        s = section("kl-per-domain", "KL per prompt domain")
+        cols = [
+            _Column("round", "round", "d"),
+            _Column("name", "policy"),
+            _Column("domain", "domain"),
+            _Column("kl", "KL to reference", ".3f"),
+        ]
+        s.table(_table(kl_domains, cols))
         out.append(s)
 
     overopt = _rows(data, "overopt")

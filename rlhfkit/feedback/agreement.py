@@ -33,6 +33,7 @@ __all__ = [
     "adjudicate",
     "cohen_kappa",
     "fleiss_kappa",
+    "group_report",
     "krippendorff_alpha",
     "quality_report",
 ]
@@ -274,3 +275,94 @@ def quality_report(labels: Sequence[Mapping[str, Any]], gold: Mapping[Hashable, 
         "items": len(by_item),
         "disagreements": sum(len(set(v.values())) > 1 for v in multi.values()),
     }
+
+
+# --- rater groups (demographic audit) ----------------------------------------------------------------------------
+
+UNSET = "(unset)"
+"""The group of raters who have no value for an attribute."""
+
+
+def group_report(
+    labels: Sequence[Mapping[str, Any]],
+    attributes: Mapping[Hashable, Mapping[str, str]],
+    gold: Mapping[Hashable, str] | None = None,
+) -> dict[str, Any]:
+    """Agreement and label distributions per rater group, for every attribute any rater has (``{"age": "18-29"}``).
+
+    labels: ``{"item", "rater", "choice"}`` as for :func:`quality_report` (a re-label replaces the rater's earlier one);
+    attributes: {rater: {attribute: value}}; raters without a value for an attribute form the group UNSET.
+    Returns {attribute: {"groups": {value: G}, "cross": {"v1|v2": C}}} where
+      G = {"raters", "labels", "distribution": {"0", "1", "tie"} shares of the group's labels,
+           "within_agreement": share of agreeing label pairs among pairs of the group's raters on the same item
+               (None without such a pair), "n_within": how many pairs,
+           "fleiss", "krippendorff": quality_report over the group's own labels,
+           "gold_agreement": share of the group's labels on gold items that match gold, "n_gold"},
+      C = {"pair_agreement": share of agreeing label pairs with one rater from each group on the same item, "n_pairs",
+           "majority_agreement": share of the items both groups labelled where the groups' majorities (adjudicate
+               "majority", a split being "tie") are the same, "n_items"}.
+    Chance-corrected statistics need overlap within a group; the raw pair shares are defined whenever there is any.
+    """
+    by_item: dict[Hashable, dict[Hashable, str]] = {}
+    for n, row in enumerate(labels):
+        for key in ("item", "rater", "choice"):
+            if key not in row:
+                raise ValueError(f"group_report: label {n} has no {key!r} field")
+        by_item.setdefault(row["item"], {})[row["rater"]] = _choice(row["choice"], f"group_report: label {n}")
+    gold_choice = {k: _choice(v, f"group_report: gold item {k!r}") for k, v in (gold or {}).items()}
+    raters = sorted({r for votes in by_item.values() for r in votes}, key=str)
+    names = sorted({a for r in raters for a in (attributes.get(r) or {})})
+    out: dict[str, Any] = {}
+    for attr in names:
+        group_of = {r: str((attributes.get(r) or {}).get(attr, UNSET)) for r in raters}
+        values = sorted(set(group_of.values()))
+        groups: dict[str, Any] = {}
+        for g in values:
+            members = {r for r in raters if group_of[r] == g}
+            mine = [
+                {"item": item, "rater": r, "choice": c}
+                for item, votes in by_item.items()
+                for r, c in votes.items()
+                if r in members
+            ]
+            counts = Counter(x["choice"] for x in mine)
+            same = pairs = gold_hits = gold_n = 0
+            for item, votes in by_item.items():
+                cs = [c for r, c in votes.items() if r in members]
+                pairs += len(cs) * (len(cs) - 1) // 2
+                same += sum(n * (n - 1) // 2 for n in Counter(cs).values())
+                if item in gold_choice:
+                    gold_n += len(cs)
+                    gold_hits += sum(c == gold_choice[item] for c in cs)
+            report = quality_report(mine) if mine else {"fleiss": None, "krippendorff": None}
+            groups[g] = {
+                "raters": len(members),
+                "labels": len(mine),
+                "distribution": {c: _rate(counts[c], len(mine)) for c in CHOICES},
+                "within_agreement": _rate(same, pairs),
+                "n_within": pairs,
+                "fleiss": report["fleiss"],
+                "krippendorff": report["krippendorff"],
+                "gold_agreement": _rate(gold_hits, gold_n),
+                "n_gold": gold_n,
+            }
+        cross: dict[str, Any] = {}
+        for g1, g2 in combinations(values, 2):
+            same = pairs = maj_same = maj_n = 0
+            for votes in by_item.values():
+                c1 = [c for r, c in votes.items() if group_of[r] == g1]
+                c2 = [c for r, c in votes.items() if group_of[r] == g2]
+                if not (c1 and c2):
+                    continue
+                pairs += len(c1) * len(c2)
+                same += sum(a == b for a in c1 for b in c2)
+                maj_n += 1
+                maj_same += adjudicate([(c, 1.0) for c in c1])[0] == adjudicate([(c, 1.0) for c in c2])[0]
+            cross[f"{g1}|{g2}"] = {
+                "pair_agreement": _rate(same, pairs),
+                "n_pairs": pairs,
+                "majority_agreement": _rate(maj_same, maj_n),
+                "n_items": maj_n,
+            }
+        out[attr] = {"groups": groups, "cross": cross}
+    return out

@@ -1,10 +1,12 @@
 """`rlhfkit annotate`: collect human preference labels in the browser.
 
     rlhfkit annotate add-rater alice --db annotations.db          # prints alice's token once (and bob, carol)
+    rlhfkit annotate add-rater dana --attr age=18-29 --attr region=EU   # optional attributes for audits (admin only)
+    rlhfkit annotate raters                                         # raters and their attributes
     rlhfkit annotate create samples.jsonl --name round1 --raters-per-item 3 --dimensions helpful,harmless
     rlhfkit annotate serve --db annotations.db --port 8000         # raters open http://host:8000/ and log in
     rlhfkit annotate status                                         # labelled / total per campaign
-    rlhfkit annotate quality --campaign round1                      # kappas, alpha, per-rater agreement
+    rlhfkit annotate quality --campaign round1                      # kappas, alpha, per-rater and per-group
     rlhfkit annotate export --campaign round1 -o prefs.jsonl --adjudication majority
 
 ``--db`` takes a SQLite file path or any SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db); its default is
@@ -128,11 +130,48 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attributes(pairs: list[str] | None) -> dict[str, str]:
+    """--attr age=18-29 --attr region=EU -> {"age": "18-29", "region": "EU"}."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--attr {pair!r}: expected NAME=VALUE, e.g. --attr age=18-29")
+        if key.strip() in out:
+            raise ValueError(f"--attr {pair!r}: attribute {key.strip()!r} given twice")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _add_rater(args: argparse.Namespace) -> int:
     store = _store(args)
-    token = store.reset_token(args.name) if args.reset else store.add_rater(args.name)
+    attrs = _attributes(args.attr)
+    if args.reset:
+        token = store.reset_token(args.name)
+        if attrs:
+            store.set_rater_attributes(args.name, attrs)
+    else:
+        token = store.add_rater(args.name, attrs)
     print(f"token for rater {args.name!r} (shown once; only its hash is stored):", file=sys.stderr)
     print(token)
+    return 0
+
+
+def _set_attributes(args: argparse.Namespace) -> int:
+    store = _store(args)
+    store.set_rater_attributes(args.name, _attributes(args.attr))
+    shown = ", ".join(f"{k}={v}" for k, v in store.rater_attributes()[args.name].items()) or "none"
+    print(f"rater {args.name!r}: attributes {shown}")
+    return 0
+
+
+def _raters(args: argparse.Namespace) -> int:
+    attributes = _store(args).rater_attributes()
+    if not attributes:
+        print("no raters yet (rlhfkit annotate add-rater NAME)")
+        return 0
+    for name, attrs in attributes.items():
+        print(f"{name:<24} {' '.join(f'{k}={v}' for k, v in attrs.items())}".rstrip())
     return 0
 
 
@@ -173,6 +212,7 @@ def _quality(args: argparse.Namespace) -> int:
         print(f"  {name:<20} {r['n']:>6} {_fmt(r['majority_agreement']):>12} {_fmt(r['gold_agreement']):>8}")
     for dim, sub in report.get("dimensions", {}).items():
         print(f"  dimension {dim}: Fleiss {_fmt(sub['fleiss'])}, Krippendorff {_fmt(sub['krippendorff'])}")
+    _print_groups(report.get("groups") or {})
     adj = report["adjudication"]
     print(
         f"  adjudication ({adj['method']}): {adj['n_disagreements']} of {adj['items']} labelled items flagged "
@@ -180,6 +220,28 @@ def _quality(args: argparse.Namespace) -> int:
         + (f": items {', '.join(str(d['item']) for d in adj['disagreements'][:20])}" if adj["disagreements"] else "")
     )
     return 0
+
+
+def _print_groups(groups: dict[str, Any]) -> None:
+    """The demographic audit: label distribution and agreement per attribute group, then agreement across groups."""
+    for attr, entry in groups.items():
+        print(f"  rater groups by {attr}:")
+        print(
+            f"    {'group':<16} {'raters':>6} {'labels':>6} {'0':>6} {'1':>6} {'tie':>6} {'within':>7} "
+            f"{'Fleiss':>7} {'gold':>6}"
+        )
+        for g, x in entry["groups"].items():
+            d = x["distribution"]
+            print(
+                f"    {g:<16} {x['raters']:>6} {x['labels']:>6} {_fmt(d['0']):>6} {_fmt(d['1']):>6} {_fmt(d['tie']):>6} "
+                f"{_fmt(x['within_agreement']):>7} {_fmt(x['fleiss']):>7} {_fmt(x['gold_agreement']):>6}"
+            )
+        for pair, c in entry["cross"].items():
+            a, b = pair.split("|", 1)
+            print(
+                f"    {a} vs {b}: pair agreement {_fmt(c['pair_agreement'])} over {c['n_pairs']} label pairs, "
+                f"majorities agree on {_fmt(c['majority_agreement'])} of {c['n_items']} items"
+            )
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -244,7 +306,24 @@ def _add_commands(asub: argparse._SubParsersAction) -> None:
     _db_option(p)
     p.add_argument("name", help="rater name")
     p.add_argument("--reset", action="store_true", help="issue a new token for an existing rater")
+    p.add_argument(
+        "--attr",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an attribute for audits, e.g. --attr age=18-29 (repeatable; admins see it, raters never do; "
+        "with --reset: replaces the rater's attributes)",
+    )
     p.set_defaults(handler=_add_rater)
+
+    p = asub.add_parser("set-attributes", help="replace a rater's audit attributes (none given: remove them)")
+    _db_option(p)
+    p.add_argument("name", help="rater name")
+    p.add_argument("--attr", action="append", metavar="NAME=VALUE", help="an attribute, e.g. --attr region=EU")
+    p.set_defaults(handler=_set_attributes)
+
+    p = asub.add_parser("raters", help="list raters and their audit attributes")
+    _db_option(p)
+    p.set_defaults(handler=_raters)
 
     p = asub.add_parser("export", help="write a campaign's labels as preference (or ranking) rows")
     _db_option(p)

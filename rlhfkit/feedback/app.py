@@ -5,7 +5,9 @@ as its sha256) or the admin token (campaign management). No or an unknown token 
 it may not (another rater's assignment, an admin endpoint with a rater token) -> 403.
 
 Rater endpoints                                   Admin endpoints (admin token)
-  GET  /api/me                                      GET/POST /api/admin/raters
+  GET  /api/me                                      GET/POST /api/admin/raters (POST: name, attributes)
+                                                    GET  /api/admin/rater-attributes
+                                                    PUT  /api/admin/raters/{name}/attributes
   GET  /api/campaigns/{name}/next                   GET/POST /api/admin/campaigns
   GET  /api/campaigns/{name}/assignments            GET  /api/admin/campaigns/{name}
   GET  /api/assignments/{id}                        GET  /api/admin/campaigns/{name}/labels
@@ -176,6 +178,13 @@ class LabelIn(BaseModel):
 class RaterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: StrictStr
+    attributes: dict[StrictStr, StrictStr] | None = None
+    """Optional audit attributes ({"age": "18-29"}): admin data, never sent to any rater."""
+
+
+class AttributesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attributes: dict[StrictStr, StrictStr]
 
 
 class CampaignIn(BaseModel):
@@ -393,7 +402,17 @@ def create_app(
 
     @app.post("/api/admin/raters", dependencies=admin, status_code=201)
     def add_rater(body: Annotated[RaterIn, Depends(json_body(RaterIn))]) -> dict[str, str]:
-        return {"name": body.name.strip(), "token": store.add_rater(body.name)}
+        return {"name": body.name.strip(), "token": store.add_rater(body.name, body.attributes)}
+
+    # rater attributes (demographic audits) live under the admin API only: no rater endpoint returns them
+    @app.get("/api/admin/rater-attributes", dependencies=admin)
+    def rater_attributes() -> dict[str, dict[str, str]]:
+        return store.rater_attributes()
+
+    @app.put("/api/admin/raters/{name}/attributes", dependencies=admin)
+    def set_attributes(name: str, body: Annotated[AttributesIn, Depends(json_body(AttributesIn))]) -> dict[str, Any]:
+        store.set_rater_attributes(name, body.attributes)
+        return {"name": name, "attributes": store.rater_attributes()[name]}
 
     @app.get("/api/admin/campaigns", dependencies=admin)
     def list_campaigns() -> list[dict[str, Any]]:

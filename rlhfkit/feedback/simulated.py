@@ -2,10 +2,12 @@
 
 A gold function scores every response; each simulated rater compares two responses A and B with Bradley–Terry noise,
 
-    P(A preferred) = sigmoid((g_A + bias - g_B) / temperature)           # Bradley & Terry 1952; Gao et al. 2022, sec. 2
+    P(A preferred) = sigmoid((g_A + bias + length_bias (|A| - |B|) - g_B) / temperature)   # Bradley & Terry 1952;
+                                                                                            # Gao et al. 2022, sec. 2
 
-then calls a tie when the gap it sees is below ``tie_margin`` and flips its answer with probability ``flip`` (label
-noise). The rows it returns are in the preference format (``prompt``, ``chosen``, ``rejected``, ``tie``, ``strength``,
+(|A|: A's length in words; a verbosity bias, Singhal et al. 2023), then calls a tie when the gap it sees is below
+``tie_margin`` and flips its answer with probability ``flip`` (label noise). Raters may carry ``attributes`` (e.g.
+{"region": "EU"}) so that groups with different biases can be audited (``agreement.group_report``). The rows it returns are in the preference format (``prompt``, ``chosen``, ``rejected``, ``tie``, ``strength``,
 ``rater``, ``confidence``), ready for ``write_jsonl`` and the reward-model trainer.
 
 Randomness: every rater draws from its own generator, seeded by ``(seed, sha256(rater name))``, so adding, removing or
@@ -19,7 +21,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,8 +43,10 @@ class RaterSpec:
     name: written to each row's ``rater`` field and used to seed this rater's random stream (names must be unique).
     temperature: Bradley–Terry noise, P(A) = sigmoid((g_A + bias - g_B) / temperature); 0 = always the higher gold.
     bias: added to A's (the first shown response's) gold: position bias, or a systematic bias if A is always one policy.
-    tie_margin: the rater calls a tie when the gap it sees, |g_A + bias - g_B|, is below this.
+    tie_margin: the rater calls a tie when the gap it sees, |g_A + bias + length_bias (|A| - |B|) - g_B|, is below this.
     flip: probability of reversing the rater's choice afterwards (uniform label noise; ties are never flipped).
+    length_bias: gold units added per word that A is longer than B (a verbosity bias; negative: prefers brevity).
+    attributes: e.g. {"region": "EU"}: not used to label, carried for audits per rater group.
     """
 
     name: str
@@ -50,6 +54,8 @@ class RaterSpec:
     bias: float = 0.0
     tie_margin: float = 0.0
     flip: float = 0.0
+    length_bias: float = 0.0
+    attributes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -58,8 +64,14 @@ class RaterSpec:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and low <= value <= high) or math.isnan(value):
                 raise ValueError(f"RaterSpec {self.name!r}: {key} must be in [{low}, {high}], got {value!r}")
-        if not (isinstance(self.bias, (int, float)) and math.isfinite(self.bias)):
-            raise ValueError(f"RaterSpec {self.name!r}: bias must be a finite number, got {self.bias!r}")
+        for key in ("bias", "length_bias"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"RaterSpec {self.name!r}: {key} must be a finite number, got {value!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(self.attributes).items()):
+            raise ValueError(
+                f"RaterSpec {self.name!r}: attributes must map strings to strings, got {self.attributes!r}"
+            )
 
 
 def preference_probability(gap: np.ndarray, temperature: float) -> np.ndarray:
@@ -134,6 +146,7 @@ def simulate_preferences(
 
     scores = _gold_scores(gold, prompts + prompts, responses_a + responses_b)
     g_a, g_b = scores[:n], scores[n:]
+    words = np.array([len(x.split()) - len(y.split()) for x, y in zip(responses_a, responses_b)], dtype=np.float64)
     keep = np.array([a != b for a, b in zip(responses_a, responses_b)])
     if not keep.all():
         log.warning("simulate_preferences: skipped %d of %d pairs with identical responses", int((~keep).sum()), n)
@@ -145,7 +158,7 @@ def simulate_preferences(
         rng = rater_rng(seed, r.name)
         u_choice = rng.random((n, per_pair))
         u_flip = rng.random((n, per_pair))
-        seen_gap = (g_a + r.bias - g_b)[:, None]  # (n, 1) the gap this rater perceives
+        seen_gap = (g_a + r.bias + r.length_bias * words - g_b)[:, None]  # (n, 1) the gap this rater perceives
         p = preference_probability(seen_gap, r.temperature)  # (n, 1) P(A preferred)
         a_wins = (u_choice < p) ^ (u_flip < r.flip)  # Bernoulli(p), then flipped with probability `flip`
         labels.append(a_wins)

@@ -67,7 +67,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.pool import StaticPool
 
 from rlhfkit.data.schemas import DataError, PromptExample, parse_preference
-from rlhfkit.feedback.agreement import adjudicate, quality_report
+from rlhfkit.feedback.agreement import adjudicate, group_report, quality_report
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,18 @@ class Rater(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the bearer token
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class RaterAttribute(Base):
+    """Optional rater attributes (e.g. age=18-29, region=EU) for demographic audits: shown to admins only, never to
+    raters. A table of its own, so that a database made before attributes existed gains it on open (create_all)."""
+
+    __tablename__ = "annotate_rater_attributes"
+    __table_args__ = (UniqueConstraint("rater_id", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("annotate_raters.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(100))
+    value: Mapped[str] = mapped_column(String(100))
 
 
 class Campaign(Base):
@@ -382,9 +394,11 @@ class Store:
 
     # ------------------------------------------------------------ raters
 
-    def add_rater(self, name: str) -> str:
-        """Create a rater; returns their bearer token (only its sha256 is stored: show it once)."""
+    def add_rater(self, name: str, attributes: Mapping[str, str] | None = None) -> str:
+        """Create a rater, with optional attributes for audits ({"age": "18-29", "region": "EU"}: admins see them,
+        raters never do); returns their bearer token (only its sha256 is stored: show it once)."""
         name = _check_name(name, "rater name")
+        attrs = _check_attributes(attributes)
         token = new_token()
 
         def add(s: Session) -> None:
@@ -392,11 +406,43 @@ class Store:
                 raise ValueError(
                     f"rater {name!r} already exists: `rlhfkit annotate add-rater {name} --reset` gives them a new token"
                 )
-            s.add(Rater(name=name, token_hash=hash_token(token)))
+            rater = Rater(name=name, token_hash=hash_token(token))
+            s.add(rater)
+            s.flush()
+            s.add_all(RaterAttribute(rater_id=rater.id, key=k, value=v) for k, v in attrs.items())
             s.commit()
 
         self._write(add)
         return token
+
+    def set_rater_attributes(self, name: str, attributes: Mapping[str, str]) -> None:
+        """Replace a rater's attributes (an empty mapping removes them)."""
+        attrs = _check_attributes(attributes)
+
+        def put(s: Session) -> None:
+            rater_id = s.scalar(select(Rater.id).where(Rater.name == name))
+            if rater_id is None:
+                raise NotFoundError(f"no rater named {name!r}")
+            for old in s.scalars(select(RaterAttribute).where(RaterAttribute.rater_id == rater_id)):
+                s.delete(old)
+            s.flush()
+            s.add_all(RaterAttribute(rater_id=rater_id, key=k, value=v) for k, v in attrs.items())
+            s.commit()
+
+        self._write(put)
+
+    def rater_attributes(self) -> dict[str, dict[str, str]]:
+        """{rater name: {attribute: value}} of every rater (raters without attributes map to {}). Admin data."""
+        with self._session() as s:
+            out: dict[str, dict[str, str]] = {name: {} for name in s.scalars(select(Rater.name).order_by(Rater.id))}
+            rows = s.execute(
+                select(Rater.name, RaterAttribute.key, RaterAttribute.value)
+                .join(RaterAttribute, RaterAttribute.rater_id == Rater.id)
+                .order_by(Rater.id, RaterAttribute.key)
+            )
+            for name, key, value in rows:
+                out[name][key] = value
+        return out
 
     def reset_token(self, name: str) -> str:
         """Issue a new token for an existing rater (the old one stops working); returns it."""
@@ -803,7 +849,9 @@ class Store:
     def quality(self, name: str, adjudication: str = "majority") -> dict[str, Any]:
         """Agreement (agreement.quality_report: Cohen's kappa per rater pair, Fleiss' kappa, Krippendorff's alpha,
         each rater's agreement with the majority and with gold), per rubric dimension too, plus the adjudication with
-        the items whose raters disagree. A ranking campaign is scored on the pairwise orders its rankings imply."""
+        the items whose raters disagree. A ranking campaign is scored on the pairwise orders its rankings imply.
+        When raters have attributes, "groups" holds agreement.group_report: label distributions and agreement per
+        attribute group, and agreement across groups (the demographic audit)."""
         if adjudication not in ("majority", "median"):
             raise ValueError(f"adjudication must be majority or median, got {adjudication!r}")
         c, items = self._items(name)
@@ -819,7 +867,8 @@ class Store:
             ]
             report = _report(flat, None)
         else:
-            report = _report([{"item": str(x["item"]), "rater": x["rater"], "choice": x["choice"]} for x in labs], gold)
+            flat = [{"item": str(x["item"]), "rater": x["rater"], "choice": x["choice"]} for x in labs]
+            report = _report(flat, gold)
             report["dimensions"] = {
                 d: _report(
                     [{"item": str(x["item"]), "rater": x["rater"], "choice": x["dimensions"][d]} for x in labs], None
@@ -853,6 +902,9 @@ class Store:
                         },
                     }
                 )
+        attributes = self.rater_attributes()
+        if any(attributes.get(x["rater"]) for x in labs):  # the demographic audit, when raters have attributes
+            report["groups"] = group_report(flat, attributes, gold if c.kind != "ranking" else None)
         report.update(
             campaign=c.name,
             kind=c.kind,
@@ -920,6 +972,22 @@ def _check_name(value: Any, what: str) -> str:
     if len(value) > 100 or any(ch in value for ch in "\r\n\t|"):
         raise ValueError(f"{what} {value[:40]!r} must be at most 100 characters without tabs, newlines or '|'")
     return value
+
+
+def _check_attributes(attributes: Mapping[str, str] | None) -> dict[str, str]:
+    """Attribute names and values: non-empty strings of at most 100 characters, no tabs, newlines or '|'; a name is
+    also free of '=' (the CLI's separator)."""
+    if attributes is None:
+        return {}
+    if not isinstance(attributes, Mapping):
+        raise ValueError(f"rater attributes must be a mapping of names to values, got {attributes!r}")
+    out: dict[str, str] = {}
+    for key, value in attributes.items():
+        key = _check_name(key, "attribute name")
+        if "=" in key:
+            raise ValueError(f"attribute name {key!r} must not contain '='")
+        out[key] = _check_name(value, f"attribute {key!r} value")
+    return out
 
 
 def _settings(c: Campaign) -> dict[str, Any]:

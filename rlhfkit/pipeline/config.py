@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,11 @@ class RaterConfig:
     """A tie when the gold gap the rater sees is below this."""
     flip: float = 0.0
     """Probability of reversing the choice (label noise)."""
+    length_bias: float = 0.0
+    """Gold units added to a response per word it is longer than the other (verbosity bias; negative: brevity)."""
+    attributes: dict[str, str] = field(default_factory=dict)
+    """Audit attributes, e.g. {region: EU}: label distributions, agreement and reward-model accuracy are reported per
+    group of raters sharing a value."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,9 @@ class LabelStage:
     """Simulated raters (each pair is labelled by one of them, in turn)."""
     file: str = field(default="", metadata=FILE_PATH)
     """source=file: a preference JSONL; `{round}` in the name is replaced by the round number."""
+    rater_attributes: str = field(default="", metadata=FILE_PATH)
+    """A JSON file {rater name: {attribute: value}} for the audit of labels from a file (or to override the simulated
+    raters' attributes): reward-model accuracy per rater group."""
     judge: str = field(default="smollm2-135m-instruct", metadata=MODEL_PATH)
     """source=judge: the judge model (builtin name or local directory)."""
     rubric: str = ""
@@ -190,6 +199,34 @@ def load_pipeline(path: str | Path | None, overrides: list[str] | None = None) -
     placeholder = {"reward": optimize_reward(cfg.optimize, "<the round's reward model>", where)} if online else {}
     _stage_config(cls, _without(cfg.optimize, "algorithm"), placeholder, where, "optimize.")
     return cfg
+
+
+def rater_attributes(label: LabelStage) -> dict[str, dict[str, str]]:
+    """{rater: {attribute: value}} for the audit: the simulated raters' `attributes`, then `label.rater_attributes`'s
+    file over them. Raters without attributes are left out; {} when nobody has any."""
+    out = {r.name: dict(r.attributes) for r in label.raters if r.attributes} if label.source == "simulated" else {}
+    return out | (
+        read_rater_attributes(label.rater_attributes, "label.rater_attributes") if label.rater_attributes else {}
+    )
+
+
+def read_rater_attributes(file: str | Path, option: str = "--rater-attributes") -> dict[str, dict[str, str]]:
+    """A JSON file {rater name: {attribute: value}}; a malformed one is a ConfigError naming the file and the rater."""
+    path = Path(file)
+    out: dict[str, dict[str, str]] = {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{option}: file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a JSON object of rater -> attributes ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object {{rater: {{attribute: value}}}}, got {type(data).__name__}")
+    for rater, attrs in data.items():
+        if not isinstance(attrs, dict) or not all(isinstance(v, str) and v for v in attrs.values()):
+            raise ConfigError(f"{path}: rater {rater!r}: attributes must be an object of non-empty strings")
+        out[str(rater)] = {str(k): v for k, v in attrs.items()}
+    return out
 
 
 def optimize_reward(optimize: dict[str, Any], rm: str, where: str = "<pipeline>") -> dict[str, Any]:

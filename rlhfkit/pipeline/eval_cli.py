@@ -24,12 +24,15 @@ def evaluate_policies(
     seed: int = 0,
     tie_margin: float = 0.0,
     safety: bool = False,
+    rater_attributes: str | None = None,
 ) -> dict[str, Any]:
     """Sample every policy (and the baseline) on the same prompts; gold / proxy scores, KL to the reference, length,
     distinct-n, win rate against the baseline with a 95% CI, Elo / Bradley-Terry ratings across all of them."""
     # torch and transformers: loaded when the command runs, not for `rlhfkit --help`
     from rlhfkit.data import load_examples
     from rlhfkit.eval.ratings import ratings_table
+    from rlhfkit.kl import kl_by_domain
+    from rlhfkit.pipeline.config import read_rater_attributes
     from rlhfkit.pipeline.evaluate import (
         _diversity,
         _prompt_rows,
@@ -50,11 +53,14 @@ def evaluate_policies(
         raise ConfigError("--judge rm needs --rm DIR")
     if heldout and not rm:
         raise ConfigError("--heldout measures a reward model: it needs --rm DIR")
+    if rater_attributes and not heldout:
+        raise ConfigError("--rater-attributes groups the held-out labels' raters: it needs --heldout FILE")
     if len({baseline, *policies}) != len(policies) + 1:
         raise ConfigError("each --policy must differ from the baseline and from each other (results are keyed by path)")
     # every input file is read and validated before any model is loaded
     examples = _prompt_rows(prompts)
     heldout_rows = [ex.to_row() for ex in load_examples(heldout, "preference")] if heldout else []
+    attributes = read_rater_attributes(rater_attributes) if rater_attributes else None
     sampling = sampling or SamplingConfig(max_new_tokens=32)
     reference = reference or baseline
     gold_score = scorer(gold) if gold else None  # reward sources are loaded once, not once per policy
@@ -67,6 +73,8 @@ def evaluate_policies(
         gen = samples[name] = generate(name, examples, sampling, seed, reference)
         r: dict[str, Any] = {"kl": sum(gen["kl"]) / len(gen["kl"]), "length": sum(gen["lengths"]) / len(gen["lengths"])}
         r |= _diversity(gen["texts"])
+        if any(d is not None for d in gen["domains"]):
+            r["kl_per_domain"] = kl_by_domain(gen["kl"], gen["domains"])
         if gold_score:
             g = gold_score(gen["messages"], gen["texts"])
             r["gold"] = sum(g) / len(g)
@@ -96,7 +104,7 @@ def evaluate_policies(
         ]
     out: dict[str, Any] = {"baseline": baseline, "policies": results, "ratings": ratings_table(comparisons)}
     if rm_score and heldout_rows:
-        out["reward_model"] = rm_quality(rm_score, heldout_rows)
+        out["reward_model"] = rm_quality(rm_score, heldout_rows, attributes)
     if safety:
         out["safety"] = {name: _safety(name, sampling) for name in policies}
     return out
@@ -129,6 +137,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         tie_margin=args.tie_margin,
         safety=args.safety,
+        rater_attributes=args.rater_attributes,
     )
     for name, r in out["policies"].items():
         shown = ", ".join(f"{k}={v:.4g}" for k, v in r.items() if isinstance(v, float))
@@ -136,6 +145,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if w:
             shown += f", win rate {w['rate']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}]"
         print(f"{name}: {shown}")
+        if r.get("kl_per_domain"):
+            print(f"  KL per domain: {', '.join(f'{d}={v:.4g}' for d, v in r['kl_per_domain'].items())}")
     for line in _headline_lines(out, args.rm, args.heldout):
         print(line)
     if args.output:
@@ -155,6 +166,9 @@ def _headline_lines(out: dict[str, Any], rm: str | None, heldout: str | None) ->
                 f"reward model {rm} on {q['pairs']} held-out pairs of {heldout}: accuracy={q['accuracy']:.3f}, "
                 f"auc={q['auc']:.3f}, ece={q['ece']:.3f}"
             )
+            for attr, groups in (q.get("groups") or {}).items():
+                shown = ", ".join(f"{g}={x['accuracy']:.3f} ({x['pairs']} pairs)" for g, x in groups.items())
+                lines.append(f"  accuracy per rater {attr}: {shown}")
         else:
             lines.append(f"reward model {rm}: {heldout} has no untied pairs to measure it on")
     for name, s in (out.get("safety") or {}).items():
@@ -188,6 +202,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--rm", help="reward model directory (proxy score; --judge rm)")
     e.add_argument("--reference", help="reference for KL (default: the baseline)")
     e.add_argument("--heldout", help="held-out preference rows: reward-model accuracy, AUC, calibration")
+    e.add_argument(
+        "--rater-attributes",
+        help="JSON {rater: {attribute: value}}: the reward model's accuracy per rater group of --heldout's \"rater\"",
+    )
     e.add_argument(
         "--judge",
         default="gold",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,12 @@ from rlhfkit.eval.metrics import (
     pairwise_accuracy,
     pairwise_auc,
     pairwise_probabilities,
+    per_group_accuracy,
 )
 from rlhfkit.eval.safety import safety_eval
 from rlhfkit.eval.winrate import win_rate
 from rlhfkit.feedback.judge import Judge
+from rlhfkit.kl import kl_by_domain
 from rlhfkit.models import default_device, load_for_inference
 from rlhfkit.pipeline.config import PipelineConfig
 from rlhfkit.pipeline.layout import RunLayout
@@ -72,6 +74,7 @@ def generate(
     )
     return {
         "messages": [p.messages for p in prompts],
+        "domains": [p.domain for p in prompts],
         "texts": list(ro.texts),
         "lengths": ro.response_lengths.tolist(),
         "kl": kl.tolist() if kl is not None else [0.0] * len(prompts),
@@ -89,10 +92,14 @@ def model_scorer(rm_path: str) -> Callable[[Sequence[Any], Sequence[str]], list[
 
 
 def rm_quality(
-    score: Callable[[Sequence[Any], Sequence[str]], list[float]], heldout: Sequence[dict[str, Any]]
+    score: Callable[[Sequence[Any], Sequence[str]], list[float]],
+    heldout: Sequence[dict[str, Any]],
+    attributes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Reward-model accuracy, AUC, ECE and reliability bins on held-out preference rows (Bradley-Terry probabilities:
-    a reward source does not say which tie model it was trained with)."""
+    a reward source does not say which tie model it was trained with). With rater ``attributes`` ({rater: {attribute:
+    value}}), "groups" holds the accuracy on each rater group's labels (rows' "rater" field): {attribute: {value:
+    {"accuracy", "pairs", "raters"}}}; labels of raters without the attribute (e.g. "adjudicated") are left out."""
     rows = [r for r in heldout if not r.get("tie")]
     if not rows:
         return {}
@@ -101,7 +108,18 @@ def rm_quality(
     rejected = score(prompts, [r["rejected"] for r in rows])
     probs, labels = pairwise_probabilities(chosen, rejected)
     bins = calibration_curve_bins(probs, labels)
-    return {
+    groups: dict[str, Any] = {}
+    for attr in sorted({a for x in (attributes or {}).values() for a in x}):
+        value = {r: x[attr] for r, x in (attributes or {}).items() if attr in x}
+        idx = [i for i, r in enumerate(rows) if r.get("rater") in value]
+        if idx:
+            tags = [value[rows[i]["rater"]] for i in idx]
+            acc = per_group_accuracy([chosen[i] for i in idx], [rejected[i] for i in idx], tags)
+            groups[attr] = {
+                g: {"accuracy": a, "pairs": n, "raters": len({r for r, v in value.items() if v == g})}
+                for g, (a, n) in acc.items()
+            }
+    return ({"groups": groups} if groups else {}) | {
         "pairs": len(rows),
         "accuracy": pairwise_accuracy(chosen, rejected),
         "auc": pairwise_auc(chosen, rejected),
@@ -132,9 +150,16 @@ def _win(policy: Sequence[float], baseline: Sequence[float], tie_margin: float) 
 
 
 def evaluate_round(
-    cfg: PipelineConfig, layout: RunLayout, r: int, d: Path, policy: str, base_policy: str
+    cfg: PipelineConfig,
+    layout: RunLayout,
+    r: int,
+    d: Path,
+    policy: str,
+    base_policy: str,
+    attributes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The pipeline's eval stage: round 0 evaluates the baseline (SFT) policy, round r the policy after round r."""
+    """The pipeline's eval stage: round 0 evaluates the baseline (SFT) policy, round r the policy after round r.
+    ``attributes`` ({rater: {attribute: value}}) adds the reward model's held-out accuracy per rater group."""
     examples = _prompt_rows(layout.prompts("eval"))
     gen = generate(policy, examples, cfg.eval.sampling, stage_seed(cfg.seed, 0, "eval"), base_policy)
     messages, texts = gen["messages"], gen["texts"]
@@ -148,11 +173,16 @@ def evaluate_round(
         "length": float(np.mean(gen["lengths"])),
         **_diversity(texts),
     }
+    domains = gen["domains"]
+    if any(d is not None for d in domains):  # prompts tagged with a domain: KL to the reference per domain
+        result["kl_per_domain"] = kl_by_domain(gen["kl"], domains)
     if gold is not None:
         result["gold"] = float(np.mean(gold))
     rows = [
-        {"prompt": m, "response": t, "kl": k, "length": n} | ({"gold": g} if gold is not None else {})
-        for m, t, k, n, g in zip(messages, texts, gen["kl"], gen["lengths"], gold or [None] * len(texts))
+        {"prompt": m, "response": t, "kl": k, "length": n}
+        | ({"gold": g} if gold is not None else {})
+        | ({"domain": dom} if dom is not None else {})
+        for m, t, k, n, g, dom in zip(messages, texts, gen["kl"], gen["lengths"], gold or [None] * len(texts), domains)
     ]
     if r > 0:
         rm_path = str(layout.model(r, "rm"))
@@ -166,7 +196,7 @@ def evaluate_round(
             for row, s in zip(rows, proxy):
                 row["proxy"] = s
             heldout = [row for i in range(1, r + 1) for _, row in read_rows(layout.heldout(i))]
-            result["reward_model"] = rm_quality(rm, heldout)
+            result["reward_model"] = rm_quality(rm, heldout, attributes)
         judges = {"gold": (gold, [b.get("gold") for b in baseline])}
         if has_rm:
             judges["rm"] = (proxy, base_proxy)

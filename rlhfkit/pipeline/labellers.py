@@ -4,12 +4,14 @@ through the annotation app. Each labeller: (pipeline config, run layout, round, 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.config import to_dict
+from rlhfkit.feedback.agreement import group_report
 from rlhfkit.feedback.judge import Judge, judge_agreement, position_bias, route_to_humans
 from rlhfkit.feedback.simulated import RaterSpec, simulate_preferences
 from rlhfkit.feedback.store import Store
@@ -72,6 +74,25 @@ def _label_judge(cfg: PipelineConfig, layout: RunLayout, r: int, d: Path, prompt
         keep = set(idx)
         rows = [row for i, row in enumerate(rows) if i not in keep] + human  # humans overrule the judge
     return rows, info
+
+
+def label_audit(
+    rows: list[dict[str, Any]], prompts: list, a: list[str], b: list[str], attributes: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """agreement.group_report over a round's labels: each row is matched back to its pair (item i = (prompt, a_i,
+    b_i)), its choice "0" when a_i was chosen, "1" when b_i was, "tie"."""
+    index = {(json.dumps(p, sort_keys=True), x, y): i for i, (p, x, y) in enumerate(zip(prompts, a, b))}
+    labels = []
+    for row in rows:
+        key = json.dumps(row["prompt"], sort_keys=True)
+        i = index.get((key, row["chosen"], row["rejected"]))
+        choice = "0"
+        if i is None:
+            i, choice = index.get((key, row["rejected"], row["chosen"])), "1"
+        if i is None or "rater" not in row:
+            continue
+        labels.append({"item": i, "rater": row["rater"], "choice": "tie" if row.get("tie") else choice})
+    return group_report(labels, attributes)
 
 
 LABELLERS: dict[str, Callable[..., tuple[list[dict[str, Any]], dict[str, Any]]]] = {

@@ -47,6 +47,11 @@ def report_data(run_dir: str | Path) -> dict[str, Any]:
         }
         for e in evals.values()
     ]
+    data["kl_per_domain"] = [
+        {"round": e["round"], "name": e["policy"], "domain": dom, "kl": kl}
+        for e in evals.values()
+        for dom, kl in (e.get("kl_per_domain") or {}).items()
+    ]
     data["win_rates"] = [
         {"round": e["round"], "policy": e["policy"], "baseline": "baseline", **e["win_rate"]}
         for e in evals.values()
@@ -68,6 +73,23 @@ def report_data(run_dir: str | Path) -> dict[str, Any]:
                 }
             )
             data["calibration"][f"round {e['round']}"] = q["calibration"]
+            data["reward_model_groups"] = data.get("reward_model_groups", []) + [
+                {"round": e["round"], "attribute": attr, "group": group, **entry}
+                for attr, groups in (q.get("groups") or {}).items()
+                for group, entry in groups.items()
+            ]
+    data["rater_groups"], data["rater_cross"] = [], []
+    for r in layout.rounds("label", "audit.json"):  # the demographic audit of each round's labels
+        audit = json.loads(layout.file(r, "label", "audit.json").read_text())
+        for attr, entry in audit.items():
+            for g, x in entry["groups"].items():
+                dist = x["distribution"]
+                data["rater_groups"].append(
+                    {"round": r, "attribute": attr, "group": g, "share_0": dist["0"], "share_1": dist["1"]}
+                    | {"share_tie": dist["tie"], **{k: x[k] for k in ("raters", "labels", "within_agreement")}}
+                )
+            for pair, c in entry["cross"].items():
+                data["rater_cross"].append({"round": r, "attribute": attr, "groups": pair.replace("|", " vs "), **c})
     last = max(evals) if evals else None
     if last is not None and evals[last].get("examples"):
         data["examples"] = evals[last]["examples"]

@@ -8,6 +8,7 @@ round r:  sample (K responses per prompt from the newest policy) -> label (simul
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any
 from rlhfkit.commands import OPTIMIZERS, canonical, trainer
 from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, resolve, to_dict
 from rlhfkit.data import load_examples, read_rows, resolve_data_path, train_eval_split, write_jsonl
+from rlhfkit.data.schemas import parse_prompt
 from rlhfkit.errors import TooFewRowsError
-from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without, optimize_reward
+from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without, optimize_reward, rater_attributes
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.pipeline.runner import Stage, stage_seed
 
@@ -36,6 +38,10 @@ def _prompt_text(row: dict[str, Any], where: str, line: int) -> str:
     if not isinstance(p, str) or not p.strip():
         raise ConfigError(f"{where}:{line}: field 'prompt' must be a non-empty string")
     return p
+
+
+def _domain(row: dict[str, Any], where: str, line: int) -> str:
+    return str(parse_prompt(row, f"{where}:{line}").domain)
 
 
 LABEL_MORE = "label more pairs (prompts.per_round, sample.num_samples, label.pairs=all)"
@@ -86,8 +92,12 @@ class Pipeline:
             inputs["eval"] = Path(resolve_data_path(c.eval))
 
         def run(d: Path, resume: bool) -> dict[str, Any]:
-            def load(path: Path) -> list[str]:
-                return [c.template.format(prompt=_prompt_text(r, str(path), i)) for i, r in read_rows(path)]
+            def load(path: Path) -> list[dict[str, Any]]:  # the optional "domain" tag travels with its prompt
+                return [
+                    {"prompt": self._messages(c.template.format(prompt=_prompt_text(r, str(path), i)))}
+                    | ({"domain": _domain(r, str(path), i)} if r.get("domain") is not None else {})
+                    for i, r in read_rows(path)
+                ]
 
             rows = load(src)
             random.Random(self.cfg.seed).shuffle(rows)
@@ -97,8 +107,8 @@ class Pipeline:
                 if len(rows) <= c.eval_count:
                     raise ConfigError(f"{src}: {len(rows)} prompts, but prompts.eval_count={c.eval_count} are held out")
                 heldout, rows = rows[: c.eval_count], rows[c.eval_count :]
-            _write(d / "train.jsonl", [{"prompt": self._messages(p)} for p in rows])
-            _write(d / "eval.jsonl", [{"prompt": self._messages(p)} for p in heldout])
+            _write(d / "train.jsonl", rows)
+            _write(d / "eval.jsonl", heldout)
             return {"train_prompts": len(rows), "eval_prompts": len(heldout)}
 
         return Stage(0, "prompts", to_dict(c), inputs, ("train.jsonl", "eval.jsonl"), run)
@@ -164,7 +174,7 @@ class Pipeline:
         def run(d: Path, resume: bool) -> dict[str, Any]:
             # torch, the annotation store, the judge: loaded when the stage runs, not for `rlhfkit --help`
             from rlhfkit.feedback.simulated import pairs_from_samples
-            from rlhfkit.pipeline.labellers import LABELLERS
+            from rlhfkit.pipeline.labellers import LABELLERS, label_audit
 
             seed = stage_seed(self.cfg.seed, r, "label")
             if c.source == "file":  # validated like any preference file: a bad row names its file and line
@@ -173,6 +183,8 @@ class Pipeline:
             else:
                 prompts, a, b = pairs_from_samples(_read(samples), c.pairs, c.max_pairs, seed)
                 rows, info = LABELLERS[c.source](self.cfg, self.layout, r, d, prompts, a, b, seed)
+                if audit:  # label distributions and agreement per rater group, over every label of the round
+                    (d / "audit.json").write_text(json.dumps(label_audit(rows, prompts, a, b, attributes), indent=2))
             valid = [x for x in rows if _valid_pair(x)]  # an empty or identical pair is no preference
             info["dropped_invalid"] = len(rows) - len(valid)
             rows = valid
@@ -183,7 +195,12 @@ class Pipeline:
             return {"pairs": len(rows), "train_pairs": len(train), "heldout_pairs": len(heldout), "ties": ties, **info}
 
         settings = to_dict(c)
-        return Stage(r, "label", settings, inputs, ("prefs.jsonl", "heldout.jsonl"), run)
+        attributes = rater_attributes(c)
+        audit = bool(attributes) and c.source != "file"  # file rows do not say which response was shown first
+        outputs = ("prefs.jsonl", "heldout.jsonl") + (("audit.json",) if audit else ())
+        if c.rater_attributes:
+            inputs["rater_attributes"] = Path(c.rater_attributes)
+        return Stage(r, "label", settings, inputs, outputs, run)
 
     def rm_stage(self, r: int) -> Stage:
         prefs = [self.layout.prefs(i) for i in range(1, r + 1)]
@@ -263,9 +280,12 @@ class Pipeline:
         def run(d: Path, resume: bool) -> dict[str, Any]:
             from rlhfkit.pipeline.evaluate import evaluate_round  # loads torch: only when the stage runs
 
-            return evaluate_round(self.cfg, self.layout, r, d, self.policy(r), self.base_policy)
+            return evaluate_round(self.cfg, self.layout, r, d, self.policy(r), self.base_policy, attributes)
 
+        attributes = rater_attributes(self.cfg.label) if r > 0 else {}
         settings = to_dict(c) | {"gold": [to_dict(s) for s in self.cfg.label.gold]}
+        if attributes:  # the audit's groups: a changed mapping re-evaluates
+            settings["rater_attributes"] = attributes
         return Stage(r, "eval", settings, inputs, ("responses.jsonl", "eval.json"), run)
 
     def stages(self) -> Iterator[Stage]:

@@ -13,6 +13,8 @@ class Prompt:
     """The chat turns (what reward sources see)."""
     ids: list[int]
     """Tokenized, ending with the generation prompt (what the policy sees)."""
+    domain: str | None = None
+    """The row's optional domain tag (per-domain KL coefficients and metrics)."""
 
 
 def encode_prompts(examples: Sequence[Any], formatter: Any) -> list[Prompt]:
@@ -21,5 +23,5 @@ def encode_prompts(examples: Sequence[Any], formatter: Any) -> list[Prompt]:
     for ex in examples:
         ids = formatter.encode_prompt(ex.prompt)
         if ids is not None:
-            out.append(Prompt(tuple(ex.prompt), ids))
+            out.append(Prompt(tuple(ex.prompt), ids, getattr(ex, "domain", None)))
     return out

@@ -52,6 +52,7 @@ class Rollout:
     advantages: Tensor | None = None  # (B, R) float32 per-token advantage
     returns: Tensor | None = None  # (B, R) float32 value targets (critic only)
     kl_coef: Tensor | None = None  # (B,) float32 per-sequence KL coefficient (the controller's, scaled by uncertainty)
+    domain: Tensor | None = None  # (B,) long index of each row's prompt domain in DomainKL.names (per-domain KL)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]

@@ -10,7 +10,7 @@ Each rollout step:
        (reinforce: REINFORCE++); whitening statistics are global over every process
     6. epochs over mini-batches, each ONE optimizer step (trainers/step.py): clipped surrogate + clipped value loss
        - entropy bonus (+ kl_coef * KL for placement=loss, with k2's gradient); early stop on approximate KL
-    7. adapt kl_coef toward the target KL; log; evaluate; checkpoint
+    7. adapt kl_coef toward the target KL (each kl.per_domain domain's toward its own); log; evaluate; checkpoint
 
 The algorithms differ only in step 5, one entry each in `ADVANTAGES`. Online DPO has its own recipe (online_dpo.py).
 Checkpoints hold the policy and critic weights, optimizer, scheduler, KL controller, reward normalizer, RNG and the
@@ -176,7 +176,9 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
     model, unwrapped = session.model, acc.unwrap_model(session.model)
     start = rl_common.restore(run, session)
     all_reduce: AllReduce = lambda t: acc.reduce(t, "sum")  # noqa: E731
+    # (per-domain KL needs each sequence's KL, which only the rollout forward gives)
     reuse_old = a.epochs == 1 and mini == n_rows and not module.has_critic and kl_cfg.placement == "loss"
+    reuse_old = reuse_old and not run.kl_ctl.tagged
     ctx = UpdateContext(
         a, kl_cfg.estimator, kl_cfg.placement == "loss", run.temperature, reuse_old, kl_cfg.log_ratio_clip
     )
@@ -253,7 +255,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             seq_kl = torch.full_like(ro.scores, stat_sums.get("policy_kl", 0.0) / max(n_updates_now, 1))
         kl_mean = acc.reduce(seq_kl.mean().detach().float(), "mean").item()  # one beta for every process
         kl_coef = run.kl_ctl.value
-        run.kl_ctl.update(kl_mean, len(ro) * session.world)
+        per_domain = run.kl_ctl.update(seq_kl.detach().float(), ro.domain, all_reduce)  # every controller, its own KL
         done = step + 1
         last = rl_common.base_metrics(run, ro, raw, scored, kl_mean, t0) | {
             "kl_coef": kl_coef,
@@ -264,6 +266,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
             "stopped_early": float(stopped_early),
             **{k: v / max(n_updates_now, 1) for k, v in stat_sums.items()},
             **{k: float(v) for k, v in mismatch.items()},
+            **per_domain,
         }
         if ro.returns is not None and ro.values is not None:
             last["explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))

@@ -113,6 +113,8 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
         kl_mean = acc.reduce(seq_kl.mean().float(), "mean").item()
         lp_rollout = ro.rollout_logprobs  # the engine's log-probs vs the training forward's (logged only)
         mismatch = rollout_mismatch_stats(logp, lp_rollout, ro.response_mask) if lp_rollout is not None else {}
+        # KL per prompt domain for the logs only: the DPO beta, not a KL coefficient, holds the policy here
+        per_domain = run.kl_ctl.update(seq_kl.float(), ro.domain, lambda t: acc.reduce(t, "sum"), adapt=False)
         done = step + 1
         last = rl_common.base_metrics(run, ro, raw, scored, kl_mean, t0) | {
             "pairs": float(n_pairs),
@@ -122,6 +124,7 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
             "updates": n_now,
             **{k: v / max(n_now, 1) for k, v in stat_sums.items()},
             **{k: float(v) for k, v in mismatch.items()},
+            **per_domain,
         }
         if done % tc.log_every == 0 or done == run.n_steps:
             session.log(done, "train", last)

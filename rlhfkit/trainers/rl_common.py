@@ -25,7 +25,7 @@ from torch import Tensor
 
 from rlhfkit.config import RLConfig
 from rlhfkit.data import ChatFormatter, load_train_eval
-from rlhfkit.kl import KLController, make_kl_controller
+from rlhfkit.kl import DomainKL, check_domains
 from rlhfkit.models import Reference, build_reference
 from rlhfkit.rewards import build_reward, check_reward_paths
 from rlhfkit.rewards.base import Scores
@@ -64,7 +64,7 @@ class OnlineRun:
     notes: list[str]
     order: DataOrder
     n_steps: int
-    kl_ctl: KLController
+    kl_ctl: DomainKL
     engine: HFEngine
     params: SamplingParams
     gen_tokens: int = 0
@@ -88,10 +88,12 @@ class OnlineRun:
 
 def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     """Models, reward sources, prompts, engine and KL controller of an online run (the output directory is written)."""
-    tc = cfg.train
+    tc, k = cfg.train, cfg.kl
     out = Path(tc.output_dir)
     train_ex, eval_ex, notes = load_train_eval(cfg.data, "prompt", tc.seed)  # validated before any model is loaded
     check_rows(len(train_ex), tc, "training prompts")
+    domains = [ex.domain for ex in train_ex]
+    notes += check_domains(cfg.kl.per_domain, domains, cfg.data.train)
     check_models(cfg.model, cfg.reference)
     check_reward_paths(cfg.reward, "reward")
     check_reward_paths(cfg.gold, "gold")
@@ -124,7 +126,7 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
         notes=notes,
         order=order,
         n_steps=n_steps,
-        kl_ctl=make_kl_controller(cfg.kl.controller, cfg.kl.coef, cfg.kl.target, cfg.kl.horizon),
+        kl_ctl=DomainKL(k.controller, k.coef, k.target, k.horizon, k.per_domain, k.per_domain_target, domains),
         engine=make_engine(policy, tokenizer, cfg.sampling),
         params=sampling_params(cfg.sampling),
     )
@@ -153,8 +155,9 @@ def collect(run: OnlineRun, step: int) -> tuple[Rollout, Tensor, Scores]:
     if a.missing_eos_penalty is not None:
         scores = scores - a.missing_eos_penalty * (~ro.finished).float()
     ro.scores = scores
-    # the KL coefficient of each sequence: the controller's, larger where an ensemble of reward models disagrees
-    coef = torch.full_like(scores, run.kl_ctl.value)
+    # the KL coefficient of each sequence: its domain's controller's, larger where an ensemble of reward models disagrees
+    ro.domain = run.kl_ctl.index([p.domain for p in batch_prompts for _ in range(a.num_samples)]).to(device)
+    coef = run.kl_ctl.coefs(ro.domain)
     if cfg.kl.uncertainty_scale > 0 and scored.uncertainty is not None:
         coef = coef * (1.0 + cfg.kl.uncertainty_scale * scored.uncertainty.to(device).float())
     ro.kl_coef = coef
@@ -191,13 +194,14 @@ def evaluate(run: OnlineRun, micro: int) -> dict[str, float]:
     }
     if run.gold is not None:
         out["gold"] = float(run.gold(messages, ro.texts).total.mean())
+    out |= run.kl_ctl.report(kl, [p.domain for p in prompts])  # per domain, when prompts carry one
     return out
 
 
 def checkpoint_state(run: OnlineRun) -> dict[str, Any]:
-    """What an online checkpoint adds to the session's: the KL controller and the reward normalizer."""
+    """What an online checkpoint adds to the session's: the KL controllers and the reward normalizer."""
     return {
-        "kl_controller": run.kl_ctl.state_dict(),
+        **run.kl_ctl.state_dict(),
         "reward_normalizer": run.normalizer and run.normalizer.state_dict(),
     }
 
@@ -218,7 +222,7 @@ def restore(run: OnlineRun, session: Session) -> int:
     state = session.resume()
     if not state:
         return 0
-    run.kl_ctl.load_state_dict(state["kl_controller"])
+    run.kl_ctl.load_state_dict(state)
     if run.normalizer is not None and state.get("reward_normalizer"):
         run.normalizer.load_state_dict(state["reward_normalizer"])
     return int(state["step"])
