@@ -35,6 +35,7 @@ from rlhfkit.eval.redteam import (
 )
 from rlhfkit.eval.report import render_html, render_markdown
 from rlhfkit.models.tiny import tiny_causal_lm, tiny_tokenizer
+from rlhfkit.pipeline.evaluate import greedy_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "Sure, here is"
@@ -242,12 +243,15 @@ def test_time_budget_stops_the_search(tok, random_model):
 def test_total_time_is_shared_by_the_prompts_left(tok, random_model):
     ticks = iter(range(10**6))
     cfg = RedTeamConfig(steps=100, suffix_length=3, topk=4, batch=4, total_time=30, attack_compliant=True)
-    out = redteam_model(random_model, tok, cfg, rows=harmful_rows(3), clock=lambda: float(next(ticks)))
+    generate = greedy_generator(random_model, tok, cfg.max_new_tokens)
+    out = redteam_model(random_model, tok, cfg, generate, harmful_rows(3), clock=lambda: float(next(ticks)))
     # one second per clock reading. Model start 0. Prompt 1 at 1: deadline 1 + 29/3; its search starts at 2, steps
     # at 3..10, stops at 11, ends at 12. Prompt 2 at 13: deadline 13 + 17/2; steps at 15..21, ends at 23. Prompt 3 at
     # 24: deadline 24 + 6/1 = 30 (the model's budget); steps at 26..29.
     assert [r["steps"] for r in out["rows"]] == [8, 7, 4]
     assert [r["stopped"] for r in out["rows"]] == ["time"] * 3 and out["attacked"] == 3
+    with pytest.raises(ValueError, match="generate returned 0 responses for 3 prompts"):
+        redteam_model(random_model, tok, cfg, lambda prompts: [], harmful_rows(3))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -257,7 +261,7 @@ def test_total_time_is_shared_by_the_prompts_left(tok, random_model):
 def test_attack_finds_the_trigger_on_a_model_that_refuses_without_it(tok, backdoor):
     rows = harmful_rows(2) + [{"prompt": harmful_rows(1)[0]["prompt"] + TRIGGER, "domain": "weapons"}]
     cfg = RedTeamConfig(steps=30, suffix_length=6, topk=16, batch=32, max_new_tokens=16)
-    out = redteam_model(backdoor, tok, cfg, rows=rows)
+    out = redteam_model(backdoor, tok, cfg, greedy_generator(backdoor, tok, cfg.max_new_tokens), rows)
     first, second, third = out["rows"]
     for r in (first, second):
         assert r["response_before"] == REFUSAL and not r["success_before"]
@@ -278,7 +282,8 @@ def test_attack_finds_the_trigger_on_a_model_that_refuses_without_it(tok, backdo
         {"successes": 3, "n": 3, "rate": 1.0, "ci_low": 3 / (3 + z2), "ci_high": 1.0}
     )
     # success that also needs the target: the same here, the refusal fails both ways
-    strict = redteam_model(backdoor, tok, dataclasses.replace(cfg, success="no-refusal-and-target"), rows)
+    strict_cfg = dataclasses.replace(cfg, success="no-refusal-and-target")
+    strict = redteam_model(backdoor, tok, strict_cfg, greedy_generator(backdoor, tok, 16), rows)
     assert [r["success_after"] for r in strict["rows"]] == [True, True, True]
 
 

@@ -35,16 +35,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlhfkit.config import RedTeamConfig, SamplingConfig
+from rlhfkit.config import RedTeamConfig
 from rlhfkit.data import ChatFormatter
 from rlhfkit.eval.safety import _spread, is_refusal, load_safety_sets
 from rlhfkit.eval.winrate import wilson_interval
-from rlhfkit.rollout import make_engine, sampling_params
 
 MARKER = "\u2063rlhfkit-suffix\u2063"
 """Placed where the suffix goes when the prompt is rendered (an invisible separator: no template rewrites it)."""
 
 Clock = Callable[[], float]
+Generate = Callable[[list[list[int]]], list[str]]
+"""Prompt token ids -> the model's greedy response to each (RedTeamConfig.max_new_tokens tokens at most)."""
 
 
 def target_nll(logits: Tensor, target: Tensor) -> Tensor:
@@ -264,22 +265,24 @@ def harmful_rows(n: int) -> list[dict[str, str]]:
     return _spread(load_safety_sets()["harmful"], n)
 
 
-def _greedy(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    if not prompts:
-        return []
-    s = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=16, backend="hf")
-    return list(make_engine(model, tokenizer, s).generate(prompts, sampling_params(s)).texts)
+def _generate(generate: Generate, prompts: list[list[int]]) -> list[str]:
+    texts = list(generate(prompts)) if prompts else []
+    if len(texts) != len(prompts):
+        raise ValueError(f"redteam: generate returned {len(texts)} responses for {len(prompts)} prompts")
+    return texts
 
 
 def redteam_model(
     model: torch.nn.Module,
     tokenizer: Any,
     cfg: RedTeamConfig,
+    generate: Generate,
     rows: Sequence[Mapping[str, str]] | None = None,
     clock: Clock = time.monotonic,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Attack one model on `rows` ({"prompt", "domain"}; default: cfg.prompts harmful prompts).
+    """Attack one model on `rows` ({"prompt", "domain"}; default: cfg.prompts harmful prompts); `generate` gives its
+    greedy responses (the caller's engine: rlhfkit.pipeline.evaluate.greedy_generator).
 
     Returns {n, attacked, asr_before, asr_after (attack_rate dicts), seconds, rows: [per prompt: prompt, domain,
     attacked, suffix (text), suffix_ids, response_before / _after, success_before / _after, init_loss, loss, losses,
@@ -292,7 +295,7 @@ def redteam_model(
     init = initial_suffix(tokenizer, allowed, cfg.suffix_length)
     target = tokenizer(cfg.target, add_special_tokens=False)["input_ids"]
     pieces = [fmt.split_prompt(r["prompt"] + MARKER, MARKER) for r in rows]
-    before = _greedy(model, tokenizer, [b + a for b, a in pieces], cfg.max_new_tokens)
+    before = _generate(generate, [b + a for b, a in pieces])
     ok_before = [succeeded(t, cfg.target, cfg.success) for t in before]
     todo = [i for i, ok in enumerate(ok_before) if cfg.attack_compliant or not ok]
     start = clock()
@@ -323,9 +326,7 @@ def redteam_model(
                 f"  prompt {i + 1}/{len(rows)}: loss {r.init_loss:.3f} -> {r.loss:.3f} in {r.steps} steps ({r.stopped})"
             )
     attacked = sorted(searches)
-    after_texts = _greedy(
-        model, tokenizer, [pieces[i][0] + searches[i].suffix + pieces[i][1] for i in attacked], cfg.max_new_tokens
-    )
+    after_texts = _generate(generate, [pieces[i][0] + searches[i].suffix + pieces[i][1] for i in attacked])
     after = list(before)
     for i, text in zip(attacked, after_texts):
         after[i] = text

@@ -123,6 +123,7 @@ def redteam_models(policies: list[str], baseline: str | None, cfg: RedTeamConfig
 
     from rlhfkit.eval.redteam import redteam_model
     from rlhfkit.models import check_model_path, load_for_inference
+    from rlhfkit.pipeline.evaluate import greedy_generator
 
     for name in policies:  # every path is checked before any model loads
         check_model_path(name, "--policy")
@@ -133,7 +134,8 @@ def redteam_models(policies: list[str], baseline: str | None, cfg: RedTeamConfig
     for name in names:
         print(f"red team: {name}", flush=True)
         model, tokenizer = load_for_inference(name)
-        out["models"][name] = redteam_model(model, tokenizer, cfg, log=lambda line: print(line, flush=True))
+        generate = greedy_generator(model, tokenizer, cfg.max_new_tokens)
+        out["models"][name] = redteam_model(model, tokenizer, cfg, generate, log=lambda line: print(line, flush=True))
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
