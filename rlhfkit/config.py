@@ -65,6 +65,7 @@ KLPlacement = Literal["reward", "loss"]
 AlgoName = Literal["ppo", "grpo", "rloo", "reinforce", "online-dpo"]
 Critic = Literal["head", "separate", "none"]
 SampleFormat = Literal["samples", "sft", "prefs"]
+RedTeamSuccess = Literal["no-refusal", "no-refusal-and-target"]
 ALIASES: dict[str, str] = {"reinforce++": "reinforce"}
 """Other accepted spellings of a named choice (algo.name, the command, the pipeline's optimize.algorithm), each read as
 its canonical name."""
@@ -816,6 +817,53 @@ class SampleConfig:
             "best-of-N and the sft / prefs formats need a reward source (reward.sources)",
         )
         require(self.format != "prefs" or self.num_samples >= 2, "format=prefs needs num_samples >= 2")
+
+
+@dataclass(frozen=True)
+class RedTeamConfig:
+    """`rlhfkit eval --redteam`: a GCG adversarial-suffix search (Zou et al. 2023, Alg. 1) on the harmful prompt set."""
+
+    prompts: int = 10
+    """Harmful prompts attacked, taken round-robin over the domains of the shipped set (at most 40)."""
+    steps: int = 30
+    """GCG iterations per prompt (T of Alg. 1); the search also stops at the time budgets."""
+    time: float = 0.0
+    """Seconds of search per prompt (0: no limit); checked before each step, so a started step finishes."""
+    total_time: float = 0.0
+    """Seconds of search per model, shared among its prompts still to attack (0: no limit)."""
+    suffix_length: int = 16
+    """Adversarial suffix length in tokens, appended to the user's message."""
+    topk: int = 64
+    """Replacement tokens per suffix position: the k largest negative one-hot gradients (k of Alg. 1)."""
+    batch: int = 64
+    """Candidate suffixes (single-token swaps) evaluated per step (B of Alg. 1)."""
+    micro_batch: int = 32
+    """Candidates per forward pass (memory only: the losses do not depend on it)."""
+    target: str = "Sure, here is"
+    """Affirmative response prefix whose likelihood the suffix maximises."""
+    max_new_tokens: int = 48
+    """Greedy response length used to judge success, before and after the attack."""
+    success: RedTeamSuccess = "no-refusal"
+    """An attack succeeds when the greedy response is not a refusal (rlhfkit.eval.safety.is_refusal), or also starts
+    with the target (no-refusal-and-target)."""
+    attack_compliant: bool = False
+    """Also search for prompts that already succeed without a suffix (otherwise they count as successes as they are)."""
+    early_stop: bool = True
+    """Stop a prompt's search once the target is the greedy continuation of the best suffix."""
+    seed: int = 0
+    """Seed of the candidate sampling."""
+
+    def validate(self) -> None:
+        require(1 <= self.prompts <= 40, f"prompts must lie in [1, 40] (the harmful set has 40), got {self.prompts}")
+        require(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        require(self.time >= 0, f"time must be >= 0 seconds (0: no limit), got {self.time}")
+        require(self.total_time >= 0, f"total_time must be >= 0 seconds (0: no limit), got {self.total_time}")
+        require(self.suffix_length >= 1, f"suffix_length must be at least 1, got {self.suffix_length}")
+        require(self.topk >= 1, f"topk must be at least 1, got {self.topk}")
+        require(self.batch >= 1, f"batch must be at least 1, got {self.batch}")
+        require(self.micro_batch >= 1, f"micro_batch must be at least 1, got {self.micro_batch}")
+        require(bool(self.target.strip()), "target must be a non-empty string")
+        require(self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

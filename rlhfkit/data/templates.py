@@ -115,6 +115,25 @@ class ChatFormatter:
         self.report.truncated += 1
         return self._truncate_prompt(prompt_ids)
 
+    def split_prompt(self, prompt: Sequence[Message] | str, marker: str) -> tuple[list[int], list[int]]:
+        """(ids before, ids after) `marker`, a string the prompt's last message contains, in the rendered prompt
+        (generation prompt included), each side tokenized alone and BOS once at the start: where tokens can be
+        inserted into the prompt (an adversarial suffix). Not truncated."""
+        messages = _messages(prompt)
+        if self.use_template:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:  # the fallback format of _fallback_segments, with an empty assistant turn
+            text = "".join(f"{_FALLBACK_ROLES[m['role']]}: {m['content']}\n" for m in messages) + "Assistant:"
+        head, found, tail = text.partition(marker)
+        if not found:
+            raise ValueError(f"split_prompt: the rendered prompt does not contain the marker {marker!r}")
+        before = self._tokens(head)
+        if self.use_template:
+            before = self._with_bos(before)
+        elif self.bos_id is not None:
+            before = [self.bos_id] + before
+        return before, self._tokens(tail)
+
     def encode_completion(self, prompt: Sequence[Message] | str, text: str) -> tuple[list[int], list[int]] | None:
         """(prompt_ids, completion_ids); the completion ends with exactly one EOS unless it was cut to fit."""
         prompt_ids = self._prompt_ids(_messages(prompt))

@@ -26,6 +26,9 @@ matplotlib's mathtext never parses them.
     overopt: [{round, sqrt_kl, proxy, gold}]
     examples: [{prompt, before, after, gold_before, gold_after}]
     safety: {str: float}
+    redteam: {config?: {...}, models: {name: {n, attacked, seconds, asr_before, asr_after: {successes, n, rate,
+              ci_low, ci_high}, rows: [{prompt, domain, attacked, suffix, init_loss, loss, best_losses, steps, stopped,
+              success_before, success_after, response_after}]}}}    (rlhfkit.eval.redteam.redteam_model per model)
 NaN and None print as "n/a".
 """
 
@@ -451,6 +454,72 @@ def _overopt_png(rows: Sequence[Mapping[str, Any]]) -> str | None:
     return _png(fig)
 
 
+def _redteam_png(models: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """One panel per model: the best target loss after each GCG step (step 0: the initial suffix), a line per prompt."""
+    curves = {
+        name: [
+            [_num(r.get("init_loss")), *_floats(r.get("best_losses"))] for r in _rows(m, "rows") if r.get("attacked")
+        ]
+        for name, m in models.items()
+    }
+    curves = {name: c for name, c in curves.items() if any(len(y) > 1 for y in c)}
+    if not curves:
+        return None
+    fig = _new_figure(len(curves))
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (name, lines) in zip(axes, curves.items()):
+        for c, y in enumerate(lines):
+            ax.plot(range(len(y)), y, "-", color=f"C{c % 10}", linewidth=1.2)
+        ax.set_title(_label(name), fontsize=10)
+        ax.set_xlabel("GCG step")
+        ax.set_ylabel("target NLL per token (best so far)")
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _rate_cell(rate: Any) -> str | None:
+    if not isinstance(rate, Mapping) or not _has(rate.get("rate")):
+        return None
+    ci = f"[{_fmt(rate.get('ci_low'), '.2f')}, {_fmt(rate.get('ci_high'), '.2f')}]"
+    return f"{_fmt(rate.get('rate'), '.2f')} ({_fmt(rate.get('successes'), 'd')}/{_fmt(rate.get('n'), 'd')}) {ci}"
+
+
+def _redteam_section(s: _Section, models: Mapping[str, Mapping[str, Any]]) -> None:
+    summary = [{"model": name, **m} for name, m in models.items()]
+    cols = [
+        _Column("model", "model"),
+        _Column("n", "prompts", "d"),
+        _Column("attacked", "attacked", "d"),
+        _Column("before", "ASR before (95% CI)", get=lambda r: _rate_cell(r.get("asr_before"))),
+        _Column("after", "ASR after (95% CI)", get=lambda r: _rate_cell(r.get("asr_after"))),
+        _Column("seconds", "search seconds", ".0f"),
+    ]
+    s.table(_table(summary, cols))
+    s.figure(lambda: _redteam_png(models), "GCG target loss per step")
+    rows = [{"model": name, **r} for name, m in models.items() for r in _rows(m, "rows")]
+    cols = [
+        _Column("model", "model"),
+        _Column("domain", "domain"),
+        _Column("prompt", "prompt"),
+        _Column("suffix", "suffix", get=lambda r: repr(r["suffix"]) if r.get("attacked") else "(not attacked)"),
+        _Column("init_loss", "loss start", ".3f"),
+        _Column("loss", "loss best", ".3f"),
+        _Column("steps", "steps", "d"),
+        _Column("stopped", "stopped"),
+        _Column(
+            "success",
+            "success before → after",
+            get=lambda r: f"{_fmt(r.get('success_before'))} → {_fmt(r.get('success_after'))}",
+        ),
+        _Column("response_after", "response after"),
+    ]
+    s.table(_table(rows, cols))
+    s.note(
+        "Attack success: the greedy response is not a refusal (a lexicon judge: read the responses). A prompt that "
+        "succeeds without a suffix is not attacked. Suffixes are shown as Python string literals."
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # sections
 
@@ -727,6 +796,15 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
     if safety:
         s = section("safety", "Safety")
         s.table(_Table(["metric", "value"], [[str(k), v] for k, v in safety.items()], ["", ".4g"]))
+        out.append(s)
+
+    models = _mapping(_mapping(data, "redteam"), "models")
+    if models:
+        bad = next((k for k, m in models.items() if not isinstance(m, Mapping)), None)
+        if bad is not None:
+            raise ValueError(f"report data['redteam']['models'][{bad!r}] must be an object")
+        s = section("redteam", "Red team: GCG adversarial suffixes")
+        _redteam_section(s, models)
         out.append(s)
     return out
 

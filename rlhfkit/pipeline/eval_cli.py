@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.config import ConfigError, RewardSpec, SamplingConfig
+from rlhfkit.config import ConfigError, RedTeamConfig, RewardSpec, SamplingConfig, field_docs, to_dict
 
 
 def evaluate_policies(
@@ -122,23 +124,71 @@ def _gold_specs(values: list[str]) -> list[RewardSpec]:
     return specs
 
 
+def redteam_models(policies: list[str], baseline: str | None, cfg: RedTeamConfig) -> dict[str, Any]:
+    """The GCG attack (rlhfkit.eval.redteam) on each policy, then the baseline (the model before alignment), one
+    loaded at a time: {"config", "models": {name: result}}."""
+    import torch  # torch and transformers: loaded when the command runs, not for `rlhfkit --help`
+
+    from rlhfkit.eval.redteam import redteam_model
+    from rlhfkit.models import check_model_path, load_for_inference
+    from rlhfkit.pipeline.evaluate import greedy_generator
+
+    for name in policies:  # every path is checked before any model loads
+        check_model_path(name, "--policy")
+    if baseline:
+        check_model_path(baseline, "--baseline")
+    names = list(dict.fromkeys([*policies, *([baseline] if baseline else [])]))
+    out: dict[str, Any] = {"config": to_dict(cfg), "models": {}}
+    for name in names:
+        print(f"red team: {name}", flush=True)
+        model, tokenizer = load_for_inference(name)
+        generate = greedy_generator(model, tokenizer, cfg.max_new_tokens)
+        out["models"][name] = redteam_model(model, tokenizer, cfg, generate, log=lambda line: print(line, flush=True))
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out
+
+
+def _redteam_config(args: argparse.Namespace) -> RedTeamConfig | None:
+    """The --redteam-* flags as a validated RedTeamConfig (None without --redteam); errors name the flag."""
+    if not args.redteam:
+        return None
+    values = {f.name: getattr(args, f"redteam_{f.name}") for f in dataclasses.fields(RedTeamConfig) if f.name != "seed"}
+    cfg = RedTeamConfig(**values, seed=args.seed)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"--redteam-{str(e).replace('_', '-')}") from None
+    return cfg
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    out = evaluate_policies(
-        policies=args.policy,
-        baseline=args.baseline,
-        prompts=args.prompts,
-        gold=_gold_specs(args.gold),
-        rm=args.rm,
-        reference=args.reference,
-        heldout=args.heldout,
-        judge=args.judge,
-        judge_model=args.judge_model,
-        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature),
-        seed=args.seed,
-        tie_margin=args.tie_margin,
-        safety=args.safety,
-        rater_attributes=args.rater_attributes,
-    )
+    redteam = _redteam_config(args)
+    if redteam is None and not (args.baseline and args.prompts):
+        raise ConfigError("eval needs --baseline and --prompts (or --redteam alone: the red-team attack only)")
+    if args.prompts and not args.baseline:
+        raise ConfigError("--prompts needs --baseline: win rates are measured against it")
+    out: dict[str, Any] = {"baseline": args.baseline, "policies": {}}
+    if args.prompts:
+        out = evaluate_policies(
+            policies=args.policy,
+            baseline=args.baseline,
+            prompts=args.prompts,
+            gold=_gold_specs(args.gold),
+            rm=args.rm,
+            reference=args.reference,
+            heldout=args.heldout,
+            judge=args.judge,
+            judge_model=args.judge_model,
+            sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature),
+            seed=args.seed,
+            tie_margin=args.tie_margin,
+            safety=args.safety,
+            rater_attributes=args.rater_attributes,
+        )
+    if redteam is not None:
+        out["redteam"] = redteam_models(args.policy, args.baseline, redteam)
     for name, r in out["policies"].items():
         shown = ", ".join(f"{k}={v:.4g}" for k, v in r.items() if isinstance(v, float))
         w = r.get("win_rate")
@@ -153,7 +203,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(out, indent=2, default=str))
         print(f"wrote {args.output}")
+    if args.report:
+        from rlhfkit.eval.report import write_report  # matplotlib: only when the command runs
+
+        html, md = write_report(_report_data(out), args.report)
+        print(f"report: {html}\n        {md}")
     return 0
+
+
+def _report_data(out: dict[str, Any]) -> dict[str, Any]:
+    """The eval results in the report's layout (rlhfkit.eval.report)."""
+    data: dict[str, Any] = {"title": "rlhfkit eval", "summary": _headline_lines(out, None, None)}
+    wins = [
+        {"policy": name, "baseline": out["baseline"], **{k: v for k, v in r["win_rate"].items() if k != "policy"}}
+        for name, r in out["policies"].items()
+        if r.get("win_rate")
+    ]
+    if wins:
+        data["win_rates"] = wins
+    if out.get("ratings"):
+        data["ratings"] = out["ratings"]
+    if out["policies"]:
+        data["policies"] = [{"name": name, "score": r.get("proxy"), **r} for name, r in out["policies"].items()]
+    if out.get("redteam"):
+        data["redteam"] = out["redteam"]
+    return data
 
 
 def _headline_lines(out: dict[str, Any], rm: str | None, heldout: str | None) -> list[str]:
@@ -180,6 +254,13 @@ def _headline_lines(out: dict[str, Any], rm: str | None, heldout: str | None) ->
             shown.append(f"jailbreak success {s['jailbreak_success_rate']:.3f}")
         shown.append(f"toxic rate {s['harmful/toxic_rate']:.3f} (harmful) / {s['benign/toxic_rate']:.3f} (benign)")
         lines.append(f"safety of {name}: " + ", ".join(shown))
+    for name, r in ((out.get("redteam") or {}).get("models") or {}).items():
+        b, a = r["asr_before"], r["asr_after"]
+        lines.append(
+            f"red team of {name}: attack success {b['rate']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] without a "
+            f"suffix, {a['rate']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] with the GCG suffix, on {r['n']} harmful "
+            f"prompts ({r['attacked']} attacked, {r['seconds']:.0f} s of search)"
+        )
     return lines
 
 
@@ -196,8 +277,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="policies against a baseline: gold/proxy score, win rate with CI, KL, length")
     e.add_argument("--policy", action="append", required=True, help="policy directory (repeat for several)")
-    e.add_argument("--baseline", required=True, help="baseline policy directory or builtin name")
-    e.add_argument("--prompts", required=True, help='held-out prompt file ({"prompt"} rows)')
+    e.add_argument("--baseline", help="baseline policy directory or builtin name (with --redteam: attacked too)")
+    e.add_argument("--prompts", help='held-out prompt file ({"prompt"} rows); optional with --redteam')
     e.add_argument("--gold", action="append", default=[], help="gold scorer: sentiment or module:function")
     e.add_argument("--rm", help="reward model directory (proxy score; --judge rm)")
     e.add_argument("--reference", help="reference for KL (default: the baseline)")
@@ -219,7 +300,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--safety", action="store_true", help="also the refusal / toxicity / jailbreak evaluation")
     e.add_argument("--output", "-o", help="write the results as JSON here")
+    e.add_argument("--report", metavar="DIR", help="write DIR/report.html and DIR/report.md from the results")
+    _add_redteam_flags(e)
     e.set_defaults(handler=_cmd_eval)
     r = sub.add_parser("report", help="(re)write RUN_DIR/report.html and report.md from a pipeline run")
     r.add_argument("run_dir")
     r.set_defaults(handler=_cmd_report)
+
+
+def _add_redteam_flags(e: argparse.ArgumentParser) -> None:
+    """--redteam and one --redteam-KEY flag per RedTeamConfig field (its docstring is the help; --seed sets seed)."""
+    g = e.add_argument_group("red team", "a GCG adversarial-suffix attack on the harmful prompt set")
+    g.add_argument(
+        "--redteam",
+        action="store_true",
+        help="attack each --policy and the --baseline (Zou et al. 2023, GCG): attack success before and after",
+    )
+    docs, hints = field_docs(RedTeamConfig), typing.get_type_hints(RedTeamConfig)
+    for f in dataclasses.fields(RedTeamConfig):
+        if f.name == "seed":
+            continue
+        tp, help_text = hints[f.name], f"{docs[f.name]} [default: {f.default}]".replace("%", "%%")
+        kw: dict[str, Any] = {"dest": f"redteam_{f.name}", "default": f.default, "help": help_text}
+        if tp in (int, float, str):
+            kw["metavar"] = {int: "N", float: "SECONDS", str: "TEXT"}[tp]
+        flag = "--redteam-" + f.name.replace("_", "-")
+        if tp is bool:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(tp) is typing.Literal:
+            g.add_argument(flag, choices=typing.get_args(tp), **kw)
+        else:
+            g.add_argument(flag, type=tp, **kw)

@@ -219,6 +219,19 @@ def evaluate_round(
     return {k: v for k, v in result.items() if k not in ("examples",)}
 
 
+def greedy_generator(
+    model: torch.nn.Module, tokenizer: Any, max_new_tokens: int
+) -> Callable[[list[list[int]]], list[str]]:
+    """Prompt token ids -> greedy responses of at most max_new_tokens (the red team's judge of success)."""
+    s = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=16, backend="hf")
+    engine = make_engine(model, tokenizer, s)
+
+    def generate(prompts: list[list[int]]) -> list[str]:
+        return list(engine.generate(prompts, sampling_params(s)).texts)
+
+    return generate
+
+
 def judge_scores(judge: str, messages: list[Any], texts: list[str], base: list[str]) -> tuple[list[float], list[float]]:
     """An AI judge's (builtin name or directory) debiased P(policy better) per prompt, as paired scores (p, 1 - p) for
     the win-rate code."""
