@@ -56,7 +56,7 @@ Aggregation = Literal["token-mean", "sequence-mean"]
 TieModel = Literal["davidson", "rao-kupper"]
 PreferenceLossName = Literal["dpo", "ipo", "robust", "hinge", "simpo", "orpo"]
 DPOTies = Literal["drop", "davidson", "rao-kupper"]
-RewardKind = Literal["model", "ensemble", "rule", "callable", "sentiment"]
+RewardKind = Literal["model", "multi_rm", "ensemble", "rule", "callable", "sentiment"]
 EnsembleReduce = Literal["mean", "min", "mean-std"]
 Backend = Literal["auto", "hf", "hf-static"]
 KLControllerName = Literal["fixed", "adaptive"]
@@ -355,10 +355,17 @@ class RMConfig:
     """Train on every pair of a prompt together (a row is a prompt; train.batch_size counts prompts): each distinct
     response is scored once per step however many pairs and raters it is in. With K responses per prompt and all
     K(K-1)/2 pairs labelled, that is K-1 times fewer forwards per label (the same loss: a sum over pairs)."""
+    objectives: tuple[str, ...] = ()
+    """Multi-objective reward model: one head per named rubric dimension (e.g. [helpful, safe]), each trained with
+    Bradley-Terry on the rows' "dimensions" labels for it (a row without that dimension skips that head). Empty: one
+    scalar head on the overall chosen / rejected."""
 
     def validate(self) -> None:
         self.train.validate_accumulation()
         refuse_packing(self.data)
+        names = [o.strip() for o in self.objectives]
+        require(all(names), f"objectives has an empty name: {list(self.objectives)}")
+        require(len(set(names)) == len(names), f"objectives must be distinct, got {list(self.objectives)}")
 
 
 PREFERENCE_LOSS_NAMES: tuple[str, ...] = typing.get_args(PreferenceLossName)
@@ -472,8 +479,10 @@ ALGORITHMS: tuple[str, ...] = typing.get_args(AlgoName)
 @dataclass(frozen=True)
 class RewardSpec:
     kind: RewardKind = "model"
-    """model (a reward model directory), ensemble (several reward model directories), rule (a builtin rule: length,
-    format, keywords), callable (any Python function) or sentiment (the VADER gold scorer of the sentiment task)."""
+    """model (a reward model directory), multi_rm (a reward model with one head per objective, from `rlhfkit rm
+    objectives=[...]`: each head is a part, the total their weighted sum), ensemble (several reward model directories),
+    rule (a builtin rule: length, format, keywords), callable (any Python function) or sentiment (the VADER gold
+    scorer of the sentiment task)."""
     path: str = field(default="", metadata=REWARD_PATH)
     """model: the directory; ensemble: comma-separated directories; rule: the rule's name; callable:
     "package.module:function" or "path/to/file.py:function" taking (prompts, responses) lists -> list of floats."""
@@ -482,7 +491,8 @@ class RewardSpec:
     name: str = ""
     """Label in logs (default: derived from kind and path)."""
     params: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of a rule or callable, e.g. {target: 40, coef: 0.01} for the length rule."""
+    """Keyword arguments of a rule or callable, e.g. {target: 40, coef: 0.01} for the length rule; multi_rm: {weights:
+    {head: weight}} (default 1 each)."""
     reduce: EnsembleReduce = "mean"
     """Ensemble reduction: mean, min, or mean-std (mean - std_coef * std; pessimistic under disagreement)."""
     std_coef: float = 1.0
@@ -972,7 +982,7 @@ def _rebase_value(value: Any, kind: str, base: Path, section: dict[str, Any]) ->
     if kind != "reward":
         return _rebase(value, base, model=kind == "model")
     source = section.get("kind", "model")
-    if source == "model":
+    if source in ("model", "multi_rm"):
         return _rebase(value, base, model=True)
     if source == "ensemble":
         return ",".join(_rebase(v.strip(), base, model=True) for v in value.split(","))

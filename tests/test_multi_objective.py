@@ -1,0 +1,182 @@
+"""Multi-objective rewards: per-dimension preference labels, the multi-head reward loss and trainer, the multi_rm
+reward source, the preference-vector policy (weights in the prompt, reward = w . r) and the Pareto front."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhfkit.config import RMConfig, load_config
+from rlhfkit.data import DataError, write_jsonl
+from rlhfkit.data.schemas import parse_preference
+from rlhfkit.losses.reward import multi_head_reward_loss, reward_loss
+from rlhfkit.models.tiny import save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny") / "causal"
+    save_tiny(d, kind="causal")
+    return d
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "rlhfkit.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# rows
+
+
+def test_dimensions_are_parsed_and_bad_labels_name_line_and_field():
+    ex = parse_preference(
+        {"prompt": "p", "chosen": "a", "rejected": "b", "dimensions": {"safe": "rejected", "helpful": "chosen"}},
+        "prefs.jsonl:3",
+    )[0]
+    assert ex.dimensions == (("helpful", "chosen"), ("safe", "rejected"))
+    assert ex.to_row()["dimensions"] == {"helpful": "chosen", "safe": "rejected"}
+    with pytest.raises(DataError) as e:
+        parse_preference({"prompt": "p", "chosen": "a", "rejected": "b", "dimensions": {"safe": "A"}}, "prefs.jsonl:7")
+    assert str(e.value) == 'prefs.jsonl:7: field "dimensions.safe" must be "chosen", "rejected" or "tie", got string "A"'
+    with pytest.raises(DataError) as e:
+        parse_preference({"prompt": "p", "chosen": "a", "rejected": "b", "dimensions": ["safe"]}, "prefs.jsonl:2")
+    assert str(e.value) == 'prefs.jsonl:2: field "dimensions" must be an object {dimension: label}, got list'
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the loss
+
+
+def test_multi_head_loss_matches_hand_values():
+    r_c = torch.tensor([[1.0, 0.5], [0.0, 2.0]])
+    r_r = torch.tensor([[0.0, 1.5], [1.0, 2.0]])
+    label = torch.tensor([[1, -1], [1, 0]])  # pair 1: chosen won on head 0, rejected on head 1; pair 2: tie on head 1
+    present = torch.tensor([[True, True], [True, False]])
+    got = multi_head_reward_loss(r_c, r_r, label, present, ties=False)
+    sp = lambda x: math.log1p(math.exp(-x))  # -log sigmoid(x)  # noqa: E731
+    want = torch.tensor([[sp(1.0), sp(1.5 - 0.5)], [sp(-1.0), 0.0]])
+    assert torch.allclose(got, want, atol=1e-6)
+    # a tie under Davidson nu=1: -log(1 / (e^{d/2} + e^{-d/2} + 1)) at d = 0 is log 3
+    present2 = torch.ones(2, 2, dtype=torch.bool)
+    got = multi_head_reward_loss(r_c, r_r, label, present2, ties=True, tie_model="davidson", tie_param=1.0)
+    assert got[1, 1].item() == pytest.approx(math.log(3.0), abs=1e-6)
+    # confidence weights multiply every head of the pair
+    w = multi_head_reward_loss(r_c, r_r, label, present, weight=torch.tensor([0.5, 2.0]), tie_param=0.0)
+    assert torch.allclose(w, want * torch.tensor([[0.5], [2.0]]), atol=1e-6)
+
+
+def test_multi_head_loss_equals_separate_single_head_losses():
+    torch.manual_seed(0)
+    n, k = 12, 3
+    r_c, r_r = torch.randn(n, k), torch.randn(n, k)
+    label = torch.randint(-1, 2, (n, k))
+    present = torch.rand(n, k) > 0.3
+    conf = torch.rand(n)
+    got = multi_head_reward_loss(r_c, r_r, label, present, weight=conf, tie_model="rao-kupper", tie_param=1.5)
+    total = 0.0
+    for j in range(k):  # head j alone: the pairs labelled on it, winner first, as a single-head reward model sees them
+        rows = present[:, j].nonzero().flatten()
+        for i in rows.tolist():
+            win, lose = (r_c[i, j], r_r[i, j]) if label[i, j] >= 0 else (r_r[i, j], r_c[i, j])
+            one = reward_loss(
+                win[None],
+                lose[None],
+                tie=torch.tensor([label[i, j] == 0]),
+                weight=conf[i],
+                tie_model="rao-kupper",
+                tie_param=1.5,
+            )
+            assert got[i, j].item() == pytest.approx(one.item(), abs=1e-6)
+            total += one.item()
+    assert got.sum().item() == pytest.approx(total, abs=1e-5)
+    assert (got[~present] == 0).all()
+    # gradients reach only the heads a pair is labelled on
+    r_c.requires_grad_(True)
+    multi_head_reward_loss(r_c, r_r, label, present).sum().backward()
+    assert (r_c.grad[~present] == 0).all() and (r_c.grad[present & (label != 0)] != 0).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the reward model
+
+
+def _two_dimension_prefs(path: Path, n: int = 40) -> Path:
+    """Two dimensions with opposite labels: "pos" prefers the wonderful response, "neg" the awful one; every fifth row
+    labels only "pos" (the "neg" head skips it)."""
+    rows = []
+    for i in range(n):
+        dims = {"pos": "chosen"} if i % 5 == 4 else {"pos": "chosen", "neg": "rejected"}
+        rows.append(
+            {
+                "prompt": f"Say something about film number {i}.",
+                "chosen": f"film {i} was wonderful and great",
+                "rejected": f"film {i} was awful and dull",
+                "dimensions": dims,
+            }
+        )
+    write_jsonl(path, rows)
+    return path
+
+
+def _rm_overrides(tiny_dir: Path, out: Path, data: Path, steps: int = 20) -> list[str]:
+    return [
+        f"model.name_or_path={tiny_dir}",
+        f"train.output_dir={out}",
+        f"train.max_steps={steps}",
+        "train.batch_size=4",
+        "train.progress=false",
+        "train.lr=3e-3",
+        "data.max_length=64",
+        "data.max_prompt_length=32",
+        "data.eval_fraction=0.25",
+        f"data.train={data}",
+        "objectives=[pos, neg]",
+    ]
+
+
+def test_two_head_reward_model_learns_opposite_orderings(tiny_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.rewards.sources import RewardModelSource
+    from rlhfkit.trainers.rm import train_rm
+
+    cfg = load_config(RMConfig, None, _rm_overrides(tiny_dir, tmp_path / "rm", _two_dimension_prefs(tmp_path / "p.jsonl")))
+    summary = train_rm(cfg)
+    ev = summary["eval"]
+    assert ev["accuracy/pos"] >= 0.9 and ev["accuracy/neg"] >= 0.9, ev
+    assert ev["pairs/pos"] > ev["pairs/neg"]  # the rows without a "neg" label do not count for it
+    assert any("pos on" in n for n in summary["notes"])
+    # a plain Hugging Face directory that names its heads
+    model_dir = tmp_path / "rm" / "model"
+    hf = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert hf.config.num_labels == 2 and hf.config.id2label == {0: "pos", 1: "neg"}
+    src = RewardModelSource.from_path(model_dir, name="rm")
+    assert src.heads == ["pos", "neg"]
+    prompts = [[{"role": "user", "content": "Say something about film number 99."}]] * 2
+    s = src(prompts, ["film 99 was wonderful and great", "film 99 was awful and dull"])
+    assert s.parts["pos"][0] > s.parts["pos"][1] and s.parts["neg"][0] < s.parts["neg"][1]
+    assert torch.allclose(s.total, s.parts["pos"] + s.parts["neg"])  # default head weights: 1 each
+
+
+def test_objectives_without_labels_are_refused_before_loading(tiny_dir, tmp_path):
+    from rlhfkit.config import ConfigError
+    from rlhfkit.trainers.rm import train_rm
+
+    over = _rm_overrides(tiny_dir, tmp_path / "rm", _two_dimension_prefs(tmp_path / "p.jsonl"))
+    over[-1] = "objectives=[pos, helpful]"
+    over[0] = f"model.name_or_path={tmp_path / 'no-model-here'}"  # never reached: the data check comes first
+    with pytest.raises(ConfigError, match=r'objectives: no training pair in .*p.jsonl has a "dimensions" label for '
+                       r'"helpful" \(dimensions in the rows: neg, pos\)'):
+        train_rm(load_config(RMConfig, None, over))
