@@ -3,7 +3,6 @@ reward source, the preference-vector policy (weights in the prompt, reward = w .
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -49,7 +48,9 @@ def test_dimensions_are_parsed_and_bad_labels_name_line_and_field():
     assert ex.to_row()["dimensions"] == {"helpful": "chosen", "safe": "rejected"}
     with pytest.raises(DataError) as e:
         parse_preference({"prompt": "p", "chosen": "a", "rejected": "b", "dimensions": {"safe": "A"}}, "prefs.jsonl:7")
-    assert str(e.value) == 'prefs.jsonl:7: field "dimensions.safe" must be "chosen", "rejected" or "tie", got string "A"'
+    assert (
+        str(e.value) == 'prefs.jsonl:7: field "dimensions.safe" must be "chosen", "rejected" or "tie", got string "A"'
+    )
     with pytest.raises(DataError) as e:
         parse_preference({"prompt": "p", "chosen": "a", "rejected": "b", "dimensions": ["safe"]}, "prefs.jsonl:2")
     assert str(e.value) == 'prefs.jsonl:2: field "dimensions" must be an object {dimension: label}, got list'
@@ -152,7 +153,9 @@ def test_two_head_reward_model_learns_opposite_orderings(tiny_dir, tmp_path):
     from rlhfkit.rewards.sources import RewardModelSource
     from rlhfkit.trainers.rm import train_rm
 
-    cfg = load_config(RMConfig, None, _rm_overrides(tiny_dir, tmp_path / "rm", _two_dimension_prefs(tmp_path / "p.jsonl")))
+    cfg = load_config(
+        RMConfig, None, _rm_overrides(tiny_dir, tmp_path / "rm", _two_dimension_prefs(tmp_path / "p.jsonl"))
+    )
     summary = train_rm(cfg)
     ev = summary["eval"]
     assert ev["accuracy/pos"] >= 0.9 and ev["accuracy/neg"] >= 0.9, ev
@@ -177,6 +180,9 @@ def test_objectives_without_labels_are_refused_before_loading(tiny_dir, tmp_path
     over = _rm_overrides(tiny_dir, tmp_path / "rm", _two_dimension_prefs(tmp_path / "p.jsonl"))
     over[-1] = "objectives=[pos, helpful]"
     over[0] = f"model.name_or_path={tmp_path / 'no-model-here'}"  # never reached: the data check comes first
-    with pytest.raises(ConfigError, match=r'objectives: no training pair in .*p.jsonl has a "dimensions" label for '
-                       r'"helpful" \(dimensions in the rows: neg, pos\)'):
+    with pytest.raises(
+        ConfigError,
+        match=r'objectives: no training pair in .*p.jsonl has a "dimensions" label for '
+        r'"helpful" \(dimensions in the rows: neg, pos\)',
+    ):
         train_rm(load_config(RMConfig, None, over))

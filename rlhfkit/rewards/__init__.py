@@ -82,8 +82,10 @@ def _build_model(spec: RewardSpec, where: str, device: str | torch.device, dtype
     path = _model_dir(where, spec.path.strip())
     heads = reward_heads(path)
     if heads is not None and len(heads) > 1:
-        raise ConfigError(f"{where}.path={spec.path!r} is a multi-objective reward model (heads {', '.join(heads)}): "
-                          "use kind: multi_rm")
+        raise ConfigError(
+            f"{where}.path={spec.path!r} is a multi-objective reward model (heads {', '.join(heads)}): "
+            "use kind: multi_rm"
+        )
     return RewardModelSource.from_path(
         path, device, dtype, spec.batch_size, spec.max_length, name=spec.name or f"rm:{Path(path).name}"
     )
@@ -94,12 +96,16 @@ def _build_multi_rm(spec: RewardSpec, where: str, device: str | torch.device, dt
     path = _model_dir(where, spec.path.strip())
     heads = reward_heads(path)
     if heads is None:
-        raise ConfigError(f"{where}.path={spec.path!r} has no named heads: train it with `rlhfkit rm objectives=[...]` "
-                          "(a scalar reward model is kind: model)")
+        raise ConfigError(
+            f"{where}.path={spec.path!r} has no named heads: train it with `rlhfkit rm objectives=[...]` "
+            "(a scalar reward model is kind: model)"
+        )
     unknown = set(spec.params) - {"weights"}
     weights = spec.params.get("weights", {})
     if unknown or not isinstance(weights, dict):
-        raise ConfigError(f"{where}.params: a multi_rm source takes only {{weights: {{head: weight}}}}, got {spec.params}")
+        raise ConfigError(
+            f"{where}.params: a multi_rm source takes only {{weights: {{head: weight}}}}, got {spec.params}"
+        )
     bad = sorted(set(weights) - set(heads))
     if bad:
         raise ConfigError(f"{where}.params.weights: unknown heads {', '.join(bad)} (heads: {', '.join(heads)})")
@@ -107,7 +113,12 @@ def _build_multi_rm(spec: RewardSpec, where: str, device: str | torch.device, dt
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ConfigError(f"{where}.params.weights.{h} must be a finite number, got {w!r}")
     return RewardModelSource.from_path(
-        path, device, dtype, spec.batch_size, spec.max_length, name=spec.name or f"rm:{Path(path).name}",
+        path,
+        device,
+        dtype,
+        spec.batch_size,
+        spec.max_length,
+        name=spec.name or f"rm:{Path(path).name}",
         head_weights=weights,
     )
 

@@ -23,6 +23,7 @@ from rlhfkit.data import (
     group_by_prompt,
     load_train_eval,
 )
+from rlhfkit.data.pairs import dimension_labels
 from rlhfkit.eval.metrics import (
     expected_calibration_error,
     pairwise_accuracy,
@@ -30,7 +31,6 @@ from rlhfkit.eval.metrics import (
     pairwise_probabilities,
     per_group_accuracy,
 )
-from rlhfkit.data.pairs import dimension_labels
 from rlhfkit.losses.reward import multi_head_reward_loss, reward_loss
 from rlhfkit.models.head import sequence_scores
 from rlhfkit.rewards.sources import ENCODING_FILE
