@@ -656,6 +656,31 @@ class AlgoConfig:
 
 
 @dataclass(frozen=True)
+class PreferenceVectorConfig:
+    objectives: tuple[str, ...] = ()
+    """Condition the policy on a preference vector over these objectives (empty: off). Each names a reward source
+    (its `name`, e.g. sentiment) or a head of a multi_rm source; every prompt gets weights w ~ Dirichlet(alpha) written
+    into it, and its responses' reward is sum_k w_k * r_k, so that at inference the weights in the prompt move the
+    policy along the trade-off without retraining (`rlhfkit pareto` sweeps them)."""
+    dirichlet_alpha: float = 1.0
+    """Concentration of the Dirichlet the weights are drawn from: 1 is uniform on the simplex, < 1 favours corners."""
+    format: str = "[weights {weights}]"
+    """The tag appended (on its own line) to the prompt's last user turn; {weights} becomes "name=0.70 other=0.30".
+    At the end, so that keep_end prompt truncation never cuts it."""
+    decimals: int = 2
+    """Weights are rounded to this many decimals, and the reward uses exactly the rounded weights the policy reads."""
+
+    def validate(self) -> None:
+        names = [o.strip() for o in self.objectives]
+        require(all(names), f"objectives has an empty name: {list(self.objectives)}")
+        require(len(set(names)) == len(names), f"objectives must be distinct, got {list(self.objectives)}")
+        require(not names or len(names) >= 2, "objectives: a preference vector needs at least 2 objectives")
+        require(self.dirichlet_alpha > 0, f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+        require("{weights}" in self.format, f"format must contain {{weights}}, got {self.format!r}")
+        require(1 <= self.decimals <= 6, f"decimals must be in [1, 6], got {self.decimals}")
+
+
+@dataclass(frozen=True)
 class RLConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy to optimize; also the reference (frozen copy, or adapters disabled under LoRA)."""
@@ -678,9 +703,18 @@ class RLConfig:
     and length."""
     gold: RewardConfig = field(default_factory=RewardConfig)
     """Optional held-out-only reward sources (e.g. a gold scorer), reported beside the training reward: proxy vs gold."""
+    preference: PreferenceVectorConfig = field(default_factory=PreferenceVectorConfig)
+    """Preference-vector policy: random objective weights in each prompt, reward = their weighted sum (off by default)."""
 
     def validate(self) -> None:
         refuse_packing(self.data)
+        if self.preference.objectives:
+            for i, spec in enumerate(self.reward.sources):
+                require(
+                    spec.weight == 1.0,
+                    f"reward.sources[{i}].weight={spec.weight}: with preference.objectives the weights come from the "
+                    "preference vector; leave the source weights at 1",
+                )
         a, tc = self.algo, self.train
         rows = tc.batch_size * a.num_samples
         mini = a.mini_batch_size or rows

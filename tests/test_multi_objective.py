@@ -186,3 +186,116 @@ def test_objectives_without_labels_are_refused_before_loading(tiny_dir, tmp_path
         r'"helpful" \(dimensions in the rows: neg, pos\)',
     ):
         train_rm(load_config(RMConfig, None, over))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the preference-vector policy
+
+LETTERS = (
+    "reward.sources=[{kind: callable, path: 'tests.toy:letter_reward', name: e, params: {letter: e}}, "
+    "{kind: callable, path: 'tests.toy:letter_reward', name: a, params: {letter: a}}]"
+)
+
+
+def test_weights_are_drawn_on_the_simplex_and_formatted():
+    from rlhfkit.rollout import condition_messages, draw_weights, format_weights
+
+    w = draw_weights(500, 3, 1.0, (0, 7, 1), decimals=2)
+    assert w.shape == (500, 3) and (w >= 0).all() and abs(w.sum(1) - 1).max() <= 0.03
+    assert (w == draw_weights(500, 3, 1.0, (0, 7, 1), decimals=2)).all()  # seeded: a resumed run draws the same
+    assert not (w == draw_weights(500, 3, 1.0, (0, 8, 1), decimals=2)).all()
+    assert abs(w.mean(0) - 1 / 3).max() < 0.03  # Dirichlet(1, 1, 1) has mean 1/3 per coordinate
+    corners = draw_weights(2000, 2, 0.1, (1,), decimals=2)
+    assert (corners.max(1) > 0.9).mean() > 0.6  # alpha < 1 favours the corners
+    assert format_weights(["e", "a"], [0.7, 0.3], "[weights {weights}]") == "[weights e=0.70 a=0.30]"
+    turns = condition_messages([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "[w]")
+    assert turns == ({"role": "system", "content": "s"}, {"role": "user", "content": "hi\n[w]"})
+
+
+def test_collect_writes_weights_into_prompts_and_rewards_the_weighted_sum(tiny_dir, tmp_path):
+    from rlhfkit.config import RLOOConfig
+    from rlhfkit.trainers import rl_common
+    from tests.toy import letter_reward
+
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write about film {i}."} for i in range(16)])
+    cfg = load_config(
+        RLOOConfig,
+        None,
+        [
+            f"model.name_or_path={tiny_dir}",
+            f"data.train={tmp_path / 'prompts.jsonl'}",
+            f"train.output_dir={tmp_path / 'out'}",
+            "train.batch_size=4",
+            "sampling.max_new_tokens=12",
+            LETTERS,
+            "preference.objectives=[e, a]",
+            "eval_samples=4",
+        ],
+    )
+    run = rl_common.setup_online(cfg, "rloo")
+    ro, raw, scored = rl_common.collect(run, step=0)
+    n = cfg.algo.num_samples
+    seen = [run.tokenizer.decode(ids[mask.bool()]) for ids, mask in zip(ro.prompt_ids, ro.prompt_mask)]
+    weights = []
+    for text in seen[::n]:
+        tag = text.split("[weights ")[1].split("]")[0]  # "e=0.62 a=0.38"
+        weights.append([float(kv.split("=")[1]) for kv in tag.split()])
+    assert len(set(map(tuple, weights))) > 1  # a weight vector per prompt
+    assert all(abs(sum(w) - 1) <= 0.02 for w in weights)
+    assert all(s == seen[g * n] for g in range(len(weights)) for s in seen[g * n : (g + 1) * n])  # shared by a group
+    e, a = letter_reward([], ro.texts, "e"), letter_reward([], ro.texts, "a")
+    want = [weights[i // n][0] * e[i] + weights[i // n][1] * a[i] for i in range(len(ro))]
+    assert torch.allclose(raw.cpu(), torch.tensor(want), atol=1e-6)
+    assert torch.allclose(scored.parts["e"], torch.tensor(e)) and torch.allclose(scored.parts["a"], torch.tensor(a))
+    # held-out evaluation: equal weights in the tag, each objective logged
+    ev = rl_common.evaluate(run, micro=4)
+    assert ev["score"] == pytest.approx(0.5 * ev["objective/e"] + 0.5 * ev["objective/a"], abs=1e-6)
+
+
+def test_preference_vector_is_checked_against_the_reward_sources(tiny_dir, tmp_path):
+    from rlhfkit.config import ConfigError, RLOOConfig
+    from rlhfkit.trainers import rl_common
+
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write about film {i}."} for i in range(8)])
+    base = [f"model.name_or_path={tiny_dir}", f"data.train={tmp_path / 'prompts.jsonl'}", "train.batch_size=4", LETTERS]
+    with pytest.raises(ConfigError, match=r"preference.objectives: 'x': no reward source has that name or head"):
+        rl_common.setup_online(
+            load_config(
+                RLOOConfig, None, [*base, "preference.objectives=[e, x]", f"train.output_dir={tmp_path / 'o1'}"]
+            ),
+            "rloo",
+        )
+    with pytest.raises(ConfigError, match=r"reward source 'a' serves none of preference.objectives \(e, e2\)"):
+        extra = (
+            "reward.sources=[{kind: callable, path: 'tests.toy:letter_reward', name: e}, "
+            "{kind: callable, path: 'tests.toy:letter_reward', name: a}, "
+            "{kind: callable, path: 'tests.toy:letter_reward', name: e2}]"
+        )
+        rl_common.setup_online(
+            load_config(
+                RLOOConfig, None, [*base, extra, "preference.objectives=[e, e2]", f"train.output_dir={tmp_path / 'o2'}"]
+            ),
+            "rloo",
+        )
+    with pytest.raises(ConfigError, match=r"reward.sources\[1\].weight=2.0: with preference.objectives"):
+        two = LETTERS.replace("params: {letter: a}", "params: {letter: a}, weight: 2")
+        load_config(RLOOConfig, None, [*base, two, "preference.objectives=[e, a]"])
+    with pytest.raises(ConfigError, match=r"preference.format must contain \{weights\}"):
+        load_config(RLOOConfig, None, [*base, "preference.objectives=[e, a]", "preference.format=hello"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the Pareto front
+
+
+def test_pareto_mask_hypervolume_and_grid_by_hand():
+    from rlhfkit.eval.pareto import hypervolume_2d, pareto_mask, weight_grid
+
+    pts = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.4, 0.4], [0.5, 0.5], [0.0, 0.9]]
+    assert pareto_mask(pts).tolist() == [True, True, True, False, True, False]
+    # staircase above (0, 0): 1*0 + ... sorted by x: (1, 0) adds 0, (0.5, 0.5) adds 0.5*0.5, (0, 1) adds 0
+    assert hypervolume_2d([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]], [0.0, 0.0]) == pytest.approx(0.25)
+    assert hypervolume_2d([[2.0, 1.0], [1.0, 2.0]], [0.0, 0.0]) == pytest.approx(2.0 + 1.0)
+    assert weight_grid(2, 4) == [(1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0)]
+    grid3 = weight_grid(3, 2)
+    assert len(grid3) == 6 and all(abs(sum(w) - 1) < 1e-9 for w in grid3)
