@@ -3,6 +3,7 @@ reward source, the preference-vector policy (weights in the prompt, reward = w .
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -299,3 +300,133 @@ def test_pareto_mask_hypervolume_and_grid_by_hand():
     assert weight_grid(2, 4) == [(1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0)]
     grid3 = weight_grid(3, 2)
     assert len(grid3) == 6 and all(abs(sum(w) - 1) < 1e-9 for w in grid3)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# where per-dimension labels come from: the annotation app's export and simulated raters
+
+
+def test_annotation_export_writes_every_dimension_relative_to_the_row():
+    from rlhfkit.data.pairs import EncodedPair, dimension_labels
+    from tests.test_annotate_store import assignments, make_store, pairs, rater_id
+
+    store, tokens = make_store(3)
+    store.create_campaign("c", pairs(1), raters_per_item=3, dimensions=["helpful", "harmless"])
+    # canonical winners per rater: overall "0"; helpful "1"; harmless tie, "0", "0"
+    harmless = {"r0": "tie", "r1": "0", "r2": "0"}
+    for a in assignments(store, "c"):
+        disp = {w: "AB"[a["order"].index(int(w))] if w != "tie" else "tie" for w in ("0", "1", "tie")}
+        answer = {
+            "choice": disp["0"],
+            "strength": 1,
+            "dimensions": {"helpful": disp["1"], "harmless": disp[harmless[a["rater"]]]},
+        }
+        store.submit(rater_id(store, tokens[a["rater"]]), a["id"], answer)
+    none = store.export("c", "none")
+    assert [r["chosen"] for r in none] == ["first 0"] * 3
+    assert sorted(r["rater"] + ":" + r["dimensions"]["harmless"] for r in none) == ["r0:tie", "r1:chosen", "r2:chosen"]
+    assert all(r["dimensions"]["helpful"] == "rejected" for r in none)
+    (row,) = store.export("c", "majority")
+    assert row["dimensions"] == {"helpful": "rejected", "harmless": "chosen"} and row["chosen"] == "first 0"
+    ex = parse_preference(row, "export:1")[0]
+    label, present = dimension_labels([EncodedPair([1], [2], [3], dimensions=ex.dimensions)], ["helpful", "harmless"])
+    assert label.tolist() == [[-1, 1]] and present.all()
+    assert "dimensions" not in store.export("c", "none", dimension="helpful")[0]  # one dimension as the overall choice
+
+
+def test_simulated_raters_label_each_dimension_with_its_own_gold():
+    from rlhfkit.feedback import RaterSpec, simulate_dimensions
+
+    prompts = [f"p{i}" for i in range(200)]
+    a = ["good " * (1 + i % 5) for i in range(200)]  # positive, longer
+    b = ["bad" for _ in range(200)]  # negative, short
+    golds = {
+        "sentiment": lambda ps, rs: [r.count("good") - r.count("bad") for r in rs],
+        "brevity": lambda ps, rs: [-len(r.split()) for r in rs],
+    }
+    rows = simulate_dimensions(prompts, a, b, golds, [RaterSpec("x", temperature=0.0)], overall=golds["sentiment"])
+    assert all(r["chosen"].startswith("good") for r in rows)  # noiseless: the overall gold decides the order
+    assert all(r["dimensions"]["sentiment"] == "chosen" for r in rows)
+    longer = [r for r, x in zip(rows, a) if len(x.split()) > 1]  # (equal lengths are a coin flip at temperature 0)
+    assert len(longer) == 160 and all(r["dimensions"]["brevity"] == "rejected" for r in longer)
+    # each dimension's label noise is its own: with flip 0.2 the sentiment winner is "good ..." about 80% of the time,
+    # whatever the (separately flipped) overall order of the row
+    noisy = simulate_dimensions(prompts, a, b, golds, [RaterSpec("y", temperature=0.0, flip=0.2)], seed=3)
+    winners = [r["chosen"] if r["dimensions"]["sentiment"] == "chosen" else r["rejected"] for r in noisy]
+    assert 0.7 < sum(w.startswith("good") for w in winners) / len(noisy) < 0.9
+    assert any(r["chosen"] == "bad" for r in noisy)  # the overall order is flipped too, independently
+    assert simulate_dimensions(prompts, a, b, golds, [RaterSpec("y", temperature=0.0, flip=0.2)], seed=3) == noisy
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the CLI end to end: multi-head reward model -> preference-vector RLOO on it -> Pareto sweep
+
+
+def test_cli_multi_objective_end_to_end(tiny_dir, tmp_path):
+    prefs = _two_dimension_prefs(tmp_path / "p.jsonl", 24)
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say something about film number {i}."} for i in range(16)])
+    write_jsonl(tmp_path / "held.jsonl", [{"prompt": f"Say something about film number {i}."} for i in range(50, 54)])
+    common = ["train.batch_size=4", "train.progress=false", "data.max_length=64", "data.max_prompt_length=40"]
+    r = _cli(
+        "rm",
+        f"model.name_or_path={tiny_dir}",
+        f"data.train={prefs}",
+        "objectives=[pos, neg]",
+        "train.max_steps=3",
+        *common,
+        "-o",
+        str(tmp_path / "rm"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    enc = json.loads((tmp_path / "rm" / "model" / "rlhfkit_encoding.json").read_text())
+    assert enc["objectives"] == ["pos", "neg"]
+    r = _cli(
+        "rloo",
+        f"model.name_or_path={tiny_dir}",
+        f"data.train={tmp_path / 'prompts.jsonl'}",
+        f"data.eval={tmp_path / 'held.jsonl'}",
+        f"reward.sources=[{{kind: multi_rm, path: {tmp_path / 'rm' / 'model'}}}]",
+        "preference.objectives=[pos, neg]",
+        "train.max_steps=2",
+        "sampling.max_new_tokens=6",
+        "eval_samples=4",
+        *common,
+        "-o",
+        str(tmp_path / "rloo"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "rloo" / "summary.json").read_text())
+    assert {"objective/pos", "objective/neg", "before/objective/pos"} <= set(summary["eval"])
+    r = _cli(
+        "pareto",
+        "--run",
+        str(tmp_path / "rloo"),
+        "--prompts",
+        str(tmp_path / "held.jsonl"),
+        "--steps",
+        "2",
+        "--max-new-tokens",
+        "6",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "rloo" / "pareto" / "pareto.json").read_text())
+    assert [(x["policy"], x["weights"]) for x in data["pareto"]] == [
+        (p, w) for p in ("base", "trained") for w in ([1.0, 0.0], [0.5, 0.5], [0.0, 1.0])
+    ]
+    assert all(
+        x["scalarized"] == pytest.approx(x["weights"][0] * x["pos"] + x["weights"][1] * x["neg"], abs=1e-5)
+        for x in data["pareto"]
+    )
+    html = (tmp_path / "rloo" / "pareto" / "report.html").read_text()
+    assert "Pareto front" in html and "data:image/png;base64," in html
+    assert (tmp_path / "rloo" / "pareto" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # bad input: one line, before any model loads
+    r = _cli("pareto", "--run", str(tmp_path / "rm"), "--prompts", str(tmp_path / "held.jsonl"), cwd=tmp_path)
+    assert r.returncode == 2 and "is not an online trainer" in r.stderr.strip().splitlines()[-1]
+    r = _cli("pareto", "--run", str(tmp_path / "rloo"), "--prompts", "x.jsonl", "--weights", "1,2,3", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(
+        "--weights '1,2,3': give 2 non-negative numbers with a positive sum"
+    )

@@ -45,7 +45,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["render_html", "render_markdown", "write_report"]
+__all__ = ["pareto_png", "render_html", "render_markdown", "write_report"]
 
 NA = "n/a"
 MD_CELL_MAX = 300  # characters of a text cell in Markdown; the HTML report keeps up to TEXT_MAX
@@ -481,6 +481,12 @@ def _pareto_png(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def pareto_png(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> bytes | None:
+    """The report's Pareto-front figure as PNG bytes (for a file beside the report), or None without 2 objectives."""
+    encoded = _pareto_png(rows, objectives)
+    return base64.b64decode(encoded) if encoded else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

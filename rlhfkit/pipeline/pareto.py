@@ -131,7 +131,7 @@ def pareto_data(rows: list[dict[str, Any]], objectives: Sequence[str], title: st
 
 def _cmd_pareto(args: argparse.Namespace) -> int:
     from rlhfkit.eval.pareto import weight_grid
-    from rlhfkit.eval.report import write_report
+    from rlhfkit.eval.report import pareto_png, write_report
 
     cfg = load_run_config(args.run)
     objectives = [o.strip() for o in cfg.preference.objectives]
@@ -151,13 +151,16 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "pareto.json").write_text(json.dumps(data, indent=2) + "\n")
     html, md = write_report(data, out)
+    png = pareto_png(rows, objectives)
+    if png:
+        (out / "pareto.png").write_bytes(png)
     for r in rows:
         shown = ", ".join(f"{o}={r[o]:.3f}±{r[o + '_se']:.3f}" for o in objectives)
         w = ",".join(f"{x:g}" for x in r["weights"])
         print(f"{r['policy']} w=({w}): {shown}, length={r['length']:.1f}{' *' if r['on_front'] else ''}")
     for line in data["summary"]:
         print(line)
-    print(f"wrote {out / 'pareto.json'}\n      {html}\n      {md}")
+    print(f"wrote {out / 'pareto.json'}" + (f", {out / 'pareto.png'}" if png else "") + f"\n      {html}\n      {md}")
     return 0
 
 
