@@ -424,9 +424,10 @@ def test_cli_multi_objective_end_to_end(tiny_dir, tmp_path):
     assert "Pareto front" in html and "data:image/png;base64," in html
     assert (tmp_path / "rloo" / "pareto" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     # bad input: one line, before any model loads
-    r = _cli("pareto", "--run", str(tmp_path / "rm"), "--prompts", str(tmp_path / "held.jsonl"), cwd=tmp_path)
-    assert r.returncode == 2 and "is not an online trainer" in r.stderr.strip().splitlines()[-1]
-    r = _cli("pareto", "--run", str(tmp_path / "rloo"), "--prompts", "x.jsonl", "--weights", "1,2,3", cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(
-        "--weights '1,2,3': give 2 non-negative numbers with a positive sum"
-    )
+    from rlhfkit.config import ConfigError
+    from rlhfkit.pipeline.pareto import load_run_config, parse_weights
+
+    with pytest.raises(ConfigError, match=r"rm/config.yaml: command 'rm' is not an online trainer"):
+        load_run_config(tmp_path / "rm")
+    with pytest.raises(ConfigError, match=r"^--weights '1,2,3': give 2 non-negative numbers with a positive sum$"):
+        parse_weights(["1,2,3"], 2)
