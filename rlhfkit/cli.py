@@ -20,6 +20,7 @@ from rlhfkit.rundir import RECORD_FILE, check_run_dir, default_output_dir, first
 COMMAND_MODULES = (
     "rlhfkit.pipeline.cli",  # run, status, demo
     "rlhfkit.pipeline.eval_cli",  # eval, report
+    "rlhfkit.pipeline.pareto",  # pareto (a preference-conditioned policy's weight sweep)
     "rlhfkit.feedback.annotate_cli",  # annotate serve | create | export | quality
     "rlhfkit.feedback.label_cli",  # label (AI judge), constitution
 )

@@ -56,7 +56,7 @@ Aggregation = Literal["token-mean", "sequence-mean"]
 TieModel = Literal["davidson", "rao-kupper"]
 PreferenceLossName = Literal["dpo", "ipo", "robust", "hinge", "simpo", "orpo"]
 DPOTies = Literal["drop", "davidson", "rao-kupper"]
-RewardKind = Literal["model", "ensemble", "rule", "callable", "sentiment"]
+RewardKind = Literal["model", "multi_rm", "ensemble", "rule", "callable", "sentiment"]
 EnsembleReduce = Literal["mean", "min", "mean-std"]
 Backend = Literal["auto", "hf", "hf-static"]
 KLControllerName = Literal["fixed", "adaptive"]
@@ -356,10 +356,17 @@ class RMConfig:
     """Train on every pair of a prompt together (a row is a prompt; train.batch_size counts prompts): each distinct
     response is scored once per step however many pairs and raters it is in. With K responses per prompt and all
     K(K-1)/2 pairs labelled, that is K-1 times fewer forwards per label (the same loss: a sum over pairs)."""
+    objectives: tuple[str, ...] = ()
+    """Multi-objective reward model: one head per named rubric dimension (e.g. [helpful, safe]), each trained with
+    Bradley-Terry on the rows' "dimensions" labels for it (a row without that dimension skips that head). Empty: one
+    scalar head on the overall chosen / rejected."""
 
     def validate(self) -> None:
         self.train.validate_accumulation()
         refuse_packing(self.data)
+        names = [o.strip() for o in self.objectives]
+        require(all(names), f"objectives has an empty name: {list(self.objectives)}")
+        require(len(set(names)) == len(names), f"objectives must be distinct, got {list(self.objectives)}")
 
 
 PREFERENCE_LOSS_NAMES: tuple[str, ...] = typing.get_args(PreferenceLossName)
@@ -473,8 +480,10 @@ ALGORITHMS: tuple[str, ...] = typing.get_args(AlgoName)
 @dataclass(frozen=True)
 class RewardSpec:
     kind: RewardKind = "model"
-    """model (a reward model directory), ensemble (several reward model directories), rule (a builtin rule: length,
-    format, keywords), callable (any Python function) or sentiment (the VADER gold scorer of the sentiment task)."""
+    """model (a reward model directory), multi_rm (a reward model with one head per objective, from `rlhfkit rm
+    objectives=[...]`: each head is a part, the total their weighted sum), ensemble (several reward model directories),
+    rule (a builtin rule: length, format, keywords), callable (any Python function) or sentiment (the VADER gold
+    scorer of the sentiment task)."""
     path: str = field(default="", metadata=REWARD_PATH)
     """model: the directory; ensemble: comma-separated directories; rule: the rule's name; callable:
     "package.module:function" or "path/to/file.py:function" taking (prompts, responses) lists -> list of floats."""
@@ -483,7 +492,8 @@ class RewardSpec:
     name: str = ""
     """Label in logs (default: derived from kind and path)."""
     params: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of a rule or callable, e.g. {target: 40, coef: 0.01} for the length rule."""
+    """Keyword arguments of a rule or callable, e.g. {target: 40, coef: 0.01} for the length rule; multi_rm: {weights:
+    {head: weight}} (default 1 each)."""
     reduce: EnsembleReduce = "mean"
     """Ensemble reduction: mean, min, or mean-std (mean - std_coef * std; pessimistic under disagreement)."""
     std_coef: float = 1.0
@@ -682,6 +692,31 @@ class AlgoConfig:
 
 
 @dataclass(frozen=True)
+class PreferenceVectorConfig:
+    objectives: tuple[str, ...] = ()
+    """Condition the policy on a preference vector over these objectives (empty: off). Each names a reward source
+    (its `name`, e.g. sentiment) or a head of a multi_rm source; every prompt gets weights w ~ Dirichlet(alpha) written
+    into it, and its responses' reward is sum_k w_k * r_k, so that at inference the weights in the prompt move the
+    policy along the trade-off without retraining (`rlhfkit pareto` sweeps them)."""
+    dirichlet_alpha: float = 1.0
+    """Concentration of the Dirichlet the weights are drawn from: 1 is uniform on the simplex, < 1 favours corners."""
+    format: str = "[weights {weights}]"
+    """The tag appended (on its own line) to the prompt's last user turn; {weights} becomes "name=0.70 other=0.30".
+    At the end, so that keep_end prompt truncation never cuts it."""
+    decimals: int = 2
+    """Weights are rounded to this many decimals, and the reward uses exactly the rounded weights the policy reads."""
+
+    def validate(self) -> None:
+        names = [o.strip() for o in self.objectives]
+        require(all(names), f"objectives has an empty name: {list(self.objectives)}")
+        require(len(set(names)) == len(names), f"objectives must be distinct, got {list(self.objectives)}")
+        require(not names or len(names) >= 2, "objectives: a preference vector needs at least 2 objectives")
+        require(self.dirichlet_alpha > 0, f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+        require("{weights}" in self.format, f"format must contain {{weights}}, got {self.format!r}")
+        require(1 <= self.decimals <= 6, f"decimals must be in [1, 6], got {self.decimals}")
+
+
+@dataclass(frozen=True)
 class RLConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy to optimize; also the reference (frozen copy, or adapters disabled under LoRA)."""
@@ -704,9 +739,18 @@ class RLConfig:
     and length."""
     gold: RewardConfig = field(default_factory=RewardConfig)
     """Optional held-out-only reward sources (e.g. a gold scorer), reported beside the training reward: proxy vs gold."""
+    preference: PreferenceVectorConfig = field(default_factory=PreferenceVectorConfig)
+    """Preference-vector policy: random objective weights in each prompt, reward = their weighted sum (off by default)."""
 
     def validate(self) -> None:
         refuse_packing(self.data)
+        if self.preference.objectives:
+            for i, spec in enumerate(self.reward.sources):
+                require(
+                    spec.weight == 1.0,
+                    f"reward.sources[{i}].weight={spec.weight}: with preference.objectives the weights come from the "
+                    "preference vector; leave the source weights at 1",
+                )
         a, tc = self.algo, self.train
         rows = tc.batch_size * a.num_samples
         mini = a.mini_batch_size or rows
@@ -1058,7 +1102,7 @@ def _rebase_value(value: Any, kind: str, base: Path, section: dict[str, Any]) ->
     if kind != "reward":
         return _rebase(value, base, model=kind == "model")
     source = section.get("kind", "model")
-    if source == "model":
+    if source in ("model", "multi_rm"):
         return _rebase(value, base, model=True)
     if source == "ensemble":
         return ",".join(_rebase(v.strip(), base, model=True) for v in value.split(","))

@@ -23,6 +23,8 @@ class EncodedPair:
     confidence: float = 1.0
     rater: str | None = None
     index: int = 0
+    dimensions: tuple[tuple[str, str], ...] = ()
+    """Per rubric dimension: "chosen", "rejected" or "tie" (see PreferenceExample)."""
 
 
 def encode_pairs(examples: Sequence[Any], formatter: Any) -> list[EncodedPair]:
@@ -43,6 +45,7 @@ def encode_pairs(examples: Sequence[Any], formatter: Any) -> list[EncodedPair]:
                 confidence=1.0 if ex.confidence is None else float(ex.confidence),
                 rater=ex.rater,
                 index=i,
+                dimensions=tuple(getattr(ex, "dimensions", ())),
             )
         )
     return out
@@ -97,6 +100,25 @@ def collate_scored_pairs(rows: Sequence[PairRow], pad_id: int) -> dict[str, torc
         "confidence": torch.tensor([p.confidence for p in pairs], dtype=torch.float32),
         "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
     }
+
+
+DIMENSION_SIGN = {"chosen": 1, "rejected": -1, "tie": 0}
+"""A dimension's label as the sign of r_chosen - r_rejected it asks for (0: a tie)."""
+
+
+def dimension_labels(rows: Sequence[PairRow], objectives: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(label (P, K) long in {+1 chosen won, -1 rejected won, 0 tie}, present (P, K) bool) for the pairs of `rows`, in
+    the order of `collate_scored_pairs`, with one column per objective; a pair without that dimension is absent."""
+    pairs = _pairs(rows)
+    label = torch.zeros(len(pairs), len(objectives), dtype=torch.long)
+    present = torch.zeros(len(pairs), len(objectives), dtype=torch.bool)
+    column = {name: k for k, name in enumerate(objectives)}
+    for i, p in enumerate(pairs):
+        for name, value in p.dimensions:
+            k = column.get(name)
+            if k is not None:
+                label[i, k], present[i, k] = DIMENSION_SIGN[value], True
+    return label, present
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ class PreferenceExample:
     """A pairwise comparison; ``chosen`` / ``rejected`` are final assistant texts after the shared ``prompt``.
 
     tie: the rater saw no difference (order is then arbitrary); strength: margin >= 0 (e.g. "much better" = 2);
-    confidence: the rater's confidence in [0, 1].
+    confidence: the rater's confidence in [0, 1]; dimensions: per rubric dimension, which of the two responses won
+    on it, as sorted (name, "chosen" | "rejected" | "tie") pairs (a multi-objective reward model trains one head on each).
     """
 
     prompt: tuple[Message, ...]
@@ -71,6 +72,7 @@ class PreferenceExample:
     rater: str | None = None
     confidence: float | None = None
     source: str = ""
+    dimensions: tuple[tuple[str, str], ...] = ()
 
     def to_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"prompt": _prompt_to_row(self.prompt), "chosen": self.chosen, "rejected": self.rejected}
@@ -79,6 +81,8 @@ class PreferenceExample:
         for key in ("strength", "rater", "confidence"):
             if getattr(self, key) is not None:
                 row[key] = getattr(self, key)
+        if self.dimensions:
+            row["dimensions"] = dict(self.dimensions)
         return row
 
 
@@ -151,7 +155,8 @@ def parse_preference(row: Any, where: str = "", source: str = "") -> list[Prefer
     strength = _parse_number(row, "strength", where, low=0.0)
     confidence = _parse_number(row, "confidence", where, low=0.0, high=1.0)
     rater = _parse_rater(row, where)
-    return [PreferenceExample(prompt, chosen, rejected, tie, strength, rater, confidence, source)]
+    dimensions = _parse_dimensions(row, where)
+    return [PreferenceExample(prompt, chosen, rejected, tie, strength, rater, confidence, source, dimensions)]
 
 
 def parse_prompt(row: Any, where: str = "", source: str = "") -> PromptExample:
@@ -394,6 +399,29 @@ def _parse_rater(row: Mapping[str, Any], where: str) -> str | None:
     return str(value)  # numeric rater ids are common in exports
 
 
+DIMENSION_LABELS = ("chosen", "rejected", "tie")
+"""What a pair row's ``dimensions`` say per rubric dimension: which of its two responses won there, or a tie."""
+
+
+def _parse_dimensions(row: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    """``{"helpful": "chosen", "safe": "rejected"}`` -> sorted (name, label) pairs; absent -> ()."""
+    value = row.get("dimensions")
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise DataError(where, f'field "dimensions" must be an object {{dimension: label}}, got {_describe(value)}')
+    out = []
+    for name, label in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(where, f'field "dimensions" has an empty dimension name {name!r}')
+        if label not in DIMENSION_LABELS:
+            raise DataError(
+                where, f'field "dimensions.{name}" must be "chosen", "rejected" or "tie", got {_describe(label)}'
+            )
+        out.append((name, label))
+    return tuple(sorted(out))
+
+
 def _parse_ranking(row: Mapping[str, Any], where: str, source: str) -> list[PreferenceExample]:
     """All pairs of a ranked list: lower rank = better, equal ranks = tie (Plackett-Luce data as pairwise BT data)."""
     responses = row["responses"]
@@ -401,6 +429,8 @@ def _parse_ranking(row: Mapping[str, Any], where: str, source: str) -> list[Pref
         raise DataError(where, f'field "responses" must be a list of strings, got {_describe(responses)}')
     if len(responses) < 2:
         raise DataError(where, f'field "responses" needs at least 2 responses, got {len(responses)}')
+    if _present(row, "dimensions"):
+        raise DataError(where, 'field "dimensions" is read on pair rows only (a ranking row orders responses overall)')
     texts = [_parse_text(r, f"responses[{i}]", where) for i, r in enumerate(responses)]
     ranks = _required(row, "ranks", where)
     if not isinstance(ranks, (list, tuple)):

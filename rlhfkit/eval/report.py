@@ -29,6 +29,8 @@ matplotlib's mathtext never parses them.
     redteam: {config?: {...}, models: {name: {n, attacked, seconds, asr_before, asr_after: {successes, n, rate,
               ci_low, ci_high}, rows: [{prompt, domain, attacked, suffix, init_loss, loss, best_losses, steps, stopped,
               success_before, success_after, response_after}]}}}    (rlhfkit.eval.redteam.redteam_model per model)
+    pareto_objectives: [str]            the objectives of a preference-vector sweep (rlhfkit pareto)
+    pareto: [{policy, weights: [float], <objective>: float, <objective>_se?, scalarized?, length?, on_front?}]
 NaN and None print as "n/a".
 """
 
@@ -50,7 +52,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["render_html", "render_markdown", "write_report"]
+__all__ = ["pareto_png", "render_html", "render_markdown", "write_report"]
 
 NA = "n/a"
 MD_CELL_MAX = 300  # characters of a text cell in Markdown; the HTML report keeps up to TEXT_MAX
@@ -518,6 +520,44 @@ def _redteam_section(s: _Section, models: Mapping[str, Mapping[str, Any]]) -> No
         "Attack success: the greedy response is not a refusal (a lexicon judge: read the responses). A prompt that "
         "succeeds without a suffix is not attacked. Suffixes are shown as Python string literals."
     )
+def _pareto_png(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> str | None:
+    """The first two objectives of every weight vector, a line per policy in sweep order, each point labelled with its
+    weights; points on the policy's Pareto front filled, dominated ones hollow."""
+    if len(objectives) < 2:
+        return None
+    ox, oy = objectives[0], objectives[1]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if math.isfinite(_num(r.get(ox))) and math.isfinite(_num(r.get(oy))):
+            groups.setdefault(_fmt(r.get("policy")), []).append(r)
+    if not groups:
+        return None
+    fig = _new_figure(1, width=5.6, height=4.4)
+    ax = fig.subplots()
+    for c, (policy, pts) in enumerate(groups.items()):
+        color = f"C{c % 10}"
+        x, y = [_num(r.get(ox)) for r in pts], [_num(r.get(oy)) for r in pts]
+        ax.plot(x, y, "-", color=color, alpha=0.6, label=_label(policy))
+        xe = [_num(r.get(f"{ox}_se")) for r in pts]
+        ye = [_num(r.get(f"{oy}_se")) for r in pts]
+        if all(math.isfinite(v) for v in xe + ye):
+            ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="none", ecolor=color, alpha=0.4, capsize=2)
+        for r, a, b in zip(pts, x, y):
+            on = r.get("on_front") is not False
+            ax.plot(a, b, "o", color=color, markerfacecolor=color if on else "white", markersize=6)
+            w = "/".join(_fmt(v, ".2g") for v in _floats(r.get("weights") or []))
+            ax.annotate(w, (a, b), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+    ax.set(xlabel=_label(ox), ylabel=_label(oy))
+    ax.set_title("objectives per weight vector (filled: on the policy's Pareto front)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def pareto_png(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> bytes | None:
+    """The report's Pareto-front figure as PNG bytes (for a file beside the report), or None without 2 objectives."""
+    encoded = _pareto_png(rows, objectives)
+    return base64.b64decode(encoded) if encoded else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -790,6 +830,26 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
             _Column("gold_after", "gold after", ".3f"),
         ]
         s.md.append(_table(examples, cols).markdown())
+        out.append(s)
+
+    pareto = _rows(data, "pareto")
+    if pareto:
+        objectives = _strings(data, "pareto_objectives")
+        s = section("pareto", "Pareto front")
+        s.figure(lambda: _pareto_png(pareto, objectives), "objectives per weight vector")
+        cols = [
+            _Column("policy", "policy"),
+            _Column("weights", "weights", get=lambda r: ", ".join(_fmt(v, ".3g") for v in _floats(r.get("weights")))),
+            *[_Column(o, o, ".3f") for o in objectives],
+            _Column("scalarized", "w · r", ".3f"),
+            _Column("length", "length", ".1f"),
+            _Column("on_front", "on front"),
+        ]
+        s.table(_table(pareto, cols))
+        s.note(
+            "Each objective's mean over the held-out prompts under that weight vector's tag; a point is on the "
+            "front when no other weight vector of the same policy scores at least as well on every objective."
+        )
         out.append(s)
 
     safety = _mapping(data, "safety")

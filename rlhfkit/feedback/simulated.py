@@ -21,7 +21,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -183,6 +183,40 @@ def simulate_preferences(
                         "confidence": float(conf[k][i, j]),
                     }
                 )
+    return rows
+
+
+def simulate_dimensions(
+    prompts: Sequence[Any],
+    responses_a: Sequence[str],
+    responses_b: Sequence[str],
+    golds: Mapping[str, GoldFn],
+    raters: Sequence[RaterSpec],
+    seed: int = 0,
+    per_pair: int = 1,
+    overall: GoldFn | None = None,
+) -> list[dict[str, Any]]:
+    """Rubric-dimension labels: `simulate_preferences` rows (the overall choice, from `overall`, default the sum of
+    the dimension golds) with ``"dimensions": {dim: "chosen" | "rejected" | "tie"}``, each dimension labelled by the
+    same raters on its own gold (one gold per dimension: e.g. sentiment and brevity), relative to the row's order.
+
+    Each (rater, dimension) draws from its own stream, seeded by the rater's name + "/" + the dimension, so the
+    dimensions' label noise is independent of each other and of the overall choice. Rows are the training data of a
+    multi-objective reward model (`rlhfkit rm objectives=[...]`).
+    """
+    if not golds:
+        raise ValueError("golds is empty: give one gold function per dimension")
+
+    def summed(ps: list[Any], rs: list[str]) -> np.ndarray:
+        return sum(_gold_scores(g, ps, rs) for g in golds.values())
+
+    rows = simulate_preferences(prompts, responses_a, responses_b, overall or summed, raters, seed, per_pair)
+    for dim, gold in golds.items():
+        named = [replace(r, name=f"{r.name}/{dim}") for r in raters]
+        labels = simulate_preferences(prompts, responses_a, responses_b, gold, named, seed, per_pair)
+        for row, lab in zip(rows, labels):  # the same pairs, raters and repeats in the same order
+            won = "tie" if lab["tie"] else "chosen" if lab["chosen"] == row["chosen"] else "rejected"
+            row.setdefault("dimensions", {})[dim] = won
     return rows
 
 

@@ -813,8 +813,11 @@ class Store:
         Pairwise -> preference rows {"prompt", "chosen", "rejected", "tie", "strength", "rater", "confidence"}:
         "none" = one row per label (rater = their name, confidence 1.0: one rater agrees with itself); "majority" /
         "median" = one row per item (rater "adjudicated", confidence = share of the item's labels that agree with the
-        result; see agreement.adjudicate). A tie keeps response 0 as "chosen". ``dimension`` exports that rubric
-        dimension's choices instead of the overall one (no strength is collected per dimension, so none is written).
+        result; see agreement.adjudicate). A tie keeps response 0 as "chosen". A campaign with rubric dimensions adds
+        ``"dimensions": {dim: "chosen" | "rejected" | "tie"}`` to every row (each dimension's choice, per label or
+        adjudicated per dimension, relative to the row's chosen / rejected): the training rows of a multi-objective
+        reward model (`rlhfkit rm objectives=[...]`). ``dimension`` instead exports that rubric dimension's choices as
+        the overall one (no strength is collected per dimension, so none is written).
         Ranking -> {"prompt", "responses", "ranks"} rows (lower rank = better), per label with "rater", or combined
         per item (Borda count for "majority", median ranks for "median") with rater "adjudicated" and confidence.
         """
@@ -843,7 +846,7 @@ class Store:
             if c.kind == "ranking":
                 rows.extend(_ranking_rows(item, labs, adjudication))
             else:
-                rows.extend(_pairwise_rows(item, labs, adjudication, dimension))
+                rows.extend(_pairwise_rows(item, labs, adjudication, dimension, () if dimension else c.dimensions))
         return rows
 
     def quality(self, name: str, adjudication: str = "majority") -> dict[str, Any]:
@@ -1116,9 +1119,11 @@ def _display_label(label: Label) -> dict[str, Any]:
 
 
 def _pairwise_rows(
-    item: Item, labs: list[dict[str, Any]], adjudication: str, dimension: str | None
+    item: Item, labs: list[dict[str, Any]], adjudication: str, dimension: str | None, dims: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
-    def row(choice: str, strength: float | None, rater: str, confidence: float) -> dict[str, Any]:
+    def row(
+        choice: str, strength: float | None, rater: str, confidence: float, per_dim: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         first = 1 if choice == "1" else 0
         out = {
             "prompt": item.prompt,
@@ -1129,7 +1134,14 @@ def _pairwise_rows(
         if strength is not None:
             out["strength"] = float(strength)
         out.update(rater=rater, confidence=float(confidence))
+        if per_dim:  # each dimension's winner, relative to this row's chosen / rejected
+            out["dimensions"] = {
+                d: "tie" if c == "tie" else "chosen" if int(c) == first else "rejected" for d, c in per_dim.items()
+            }
         return out
+
+    def dim_votes(d: str) -> list[tuple[str, float]]:
+        return [(lab["dimensions"][d], 0.0 if lab["dimensions"][d] == "tie" else 1.0) for lab in labs]
 
     def pick(lab: dict[str, Any]) -> tuple[str, float]:
         if dimension is None:
@@ -1138,11 +1150,21 @@ def _pairwise_rows(
         return choice, 0.0 if choice == "tie" else 1.0  # adjudication needs a magnitude; none was collected
 
     if adjudication == "none":
-        return [row(pick(lab)[0], None if dimension else pick(lab)[1], lab["rater"], 1.0) for lab in labs]
+        return [
+            row(
+                pick(lab)[0],
+                None if dimension else pick(lab)[1],
+                lab["rater"],
+                1.0,
+                {d: lab["dimensions"][d] for d in dims},
+            )
+            for lab in labs
+        ]
     votes = [pick(lab) for lab in labs]
     choice, strength, _flag = adjudicate(votes, adjudication)
     share = sum(v[0] == choice for v in votes) / len(votes)
-    return [row(choice, None if dimension else strength, "adjudicated", share)]
+    per_dim = {d: adjudicate(dim_votes(d), adjudication)[0] for d in dims}
+    return [row(choice, None if dimension else strength, "adjudicated", share, per_dim)]
 
 
 def _ranking_rows(item: Item, labs: list[dict[str, Any]], adjudication: str) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ __all__ = [
     "TIE_MODELS",
     "bradley_terry_loss",
     "davidson_log_probs",
+    "multi_head_reward_loss",
     "rao_kupper_log_probs",
     "reward_loss",
     "tie_log_probs",
@@ -193,3 +194,51 @@ def reward_loss(
             raise ValueError(f"magnitude_penalty must be >= 0, got {magnitude_penalty}")
         loss = loss + magnitude_penalty * (r_chosen.float().square() + r_rejected.float().square()) / 2
     return loss
+
+
+def multi_head_reward_loss(
+    r_chosen: Tensor,
+    r_rejected: Tensor,
+    label: Tensor,
+    present: Tensor,
+    *,
+    ties: bool = True,
+    weight: Scalar | None = None,
+    tie_model: str = "davidson",
+    tie_param: float = 1.0,
+    magnitude_penalty: float = 0.0,
+) -> Tensor:
+    """One Bradley–Terry likelihood per reward head (Ouyang et al. 2022 eq. 1 on each rubric dimension, as in
+    multi-objective reward modelling, e.g. Wang et al. 2024 "ArmoRM"): per-(pair, head) losses (B, K) fp32, 0 where
+    the pair has no label for that head.
+
+    r_chosen, r_rejected: (B, K) head scores of the row's "chosen" and "rejected" response. label: (B, K) in {+1 (chosen
+    won on head k), -1 (rejected won), 0 (tie)}. present: (B, K) bool. Head k of pair b is exactly `reward_loss` of the
+    winner's and loser's k-th score (ties under `tie_model` when `ties`, else a tie label is an error); `weight`
+    (float or (B,)) is each pair's confidence. No margin: strengths are collected for the overall choice only.
+    """
+    if r_chosen.shape != r_rejected.shape or r_chosen.shape != label.shape or label.shape != present.shape:
+        raise ValueError(
+            f"shapes differ: r_chosen {tuple(r_chosen.shape)}, r_rejected {tuple(r_rejected.shape)}, "
+            f"label {tuple(label.shape)}, present {tuple(present.shape)}"
+        )
+    if not ties and bool(((label == 0) & present).any()):
+        raise ValueError("a present tie label with ties=False: pass ties=True to model ties")
+    flip = label < 0  # (B, K) the "rejected" response won on this head: swap the sides
+    winner = torch.where(flip, r_rejected, r_chosen).reshape(-1)  # (B*K,)
+    loser = torch.where(flip, r_chosen, r_rejected).reshape(-1)
+    w = None
+    if weight is not None:  # one weight per pair, shared by its heads
+        n, k = r_chosen.shape
+        w = torch.as_tensor(weight, dtype=torch.float32, device=winner.device).expand(n)[:, None].expand(n, k)
+        w = w.reshape(-1)
+    per = reward_loss(
+        winner,
+        loser,
+        tie=(label == 0).reshape(-1) if ties else None,
+        weight=w,
+        tie_model=tie_model,
+        tie_param=tie_param,
+        magnitude_penalty=magnitude_penalty,
+    )
+    return torch.where(present.reshape(-1), per, torch.zeros_like(per)).view(r_chosen.shape)

@@ -20,6 +20,7 @@ from rlhfkit.models.loading import (
     load_reward_model,
     load_tokenizer,
     resolve_model_path,
+    reward_heads,
     save_model,
 )
 from rlhfkit.models.logprobs import completion_logps
@@ -45,6 +46,7 @@ __all__ = [
     "load_reward_model",
     "load_tokenizer",
     "resolve_model_path",
+    "reward_heads",
     "save_model",
     "Reference",
     "build_reference",

@@ -306,7 +306,8 @@ def _reproduces(model: nn.Module, head: LMHead, h: Tensor | None, logits: Tensor
 
 
 def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, padding_free: bool = False) -> Tensor:
-    """(B,) fp32 scalar scores of a sequence-classification model (num_labels=1) at each row's last real token.
+    """(B,) fp32 scalar scores of a sequence-classification model (num_labels=1) at each row's last real token; (B, K)
+    for a model with K > 1 heads (a multi-objective reward model).
 
     padding_free packs the rows into one and reads the score head's output at each row's last token."""
     if not padding_free:
@@ -321,6 +322,7 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
         raise ValueError(f"{type(base).__name__} has no score head for padding-free scoring")
     with _capture_output(head) as box:
         model(input_ids=pk.pack(input_ids), attention_mask=None, position_ids=pk.position_ids, use_cache=False)
-    per_token = pk.tokens(box["out"])[:, 0].float()  # (N,)
+    per_token = pk.tokens(box["out"]).float()  # (N, K)
+    per_token = per_token[:, 0] if per_token.shape[-1] == 1 else per_token  # (N,) for a scalar head
     last = torch.cat([pk.starts[1:], pk.starts.new_ones(1)])  # the token before the next row's start
     return per_token[last]

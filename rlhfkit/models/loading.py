@@ -472,8 +472,11 @@ def load_reward_model(
     device_map: str | dict[str, Any] | None = None,
     load_in_4bit: bool = False,
     num_layers: int | None = None,
+    heads: Sequence[str] | None = None,
 ) -> PreTrainedModel:
-    """A scalar reward model: ``AutoModelForSequenceClassification`` with ``num_labels=1``.
+    """A scalar reward model: ``AutoModelForSequenceClassification`` with ``num_labels=1``; with ``heads``, one score
+    per named head (a multi-objective reward model: ``num_labels=len(heads)``, the names in ``config.id2label``, so
+    the saved directory names its heads and reloads with transformers alone).
 
     From a causal LM checkpoint the transformer is reused and the score head is new: normal with
     std 1/sqrt(hidden_size + 1) (Ziegler et al. 2019, lm-human-preferences), so initial rewards have O(1) spread
@@ -481,10 +484,25 @@ def load_reward_model(
     the tokenizer because the head reads the last token that is not padding.
     """
 
+    names = [str(h) for h in heads] if heads is not None else None
+    if names is not None and (not names or len(set(names)) != len(names) or not all(n.strip() for n in names)):
+        raise ValueError(f"reward heads must be distinct non-empty names, got {names}")
+
     def configure(ckpt: Path, config: Any) -> None:
-        if _is_sequence_classifier(ckpt) and config.num_labels != 1:
-            raise ValueError(f"{ckpt} is a classifier with num_labels={config.num_labels}; a reward model needs 1")
-        config.num_labels = 1
+        want = len(names) if names is not None else 1
+        if _is_sequence_classifier(ckpt):
+            if config.num_labels != want:
+                raise ValueError(
+                    f"{ckpt} is a classifier with num_labels={config.num_labels}; "
+                    + (f"heads {names} need {want}" if names is not None else "a reward model needs 1")
+                )
+            saved = [config.id2label[i] for i in range(want)] if names is not None else None
+            if saved is not None and saved != names:
+                raise ValueError(f"{ckpt} has reward heads {saved}, not {names}")
+        config.num_labels = want
+        if names is not None:
+            config.id2label = dict(enumerate(names))
+            config.label2id = {n: i for i, n in enumerate(names)}
         try:
             pad_id = load_tokenizer(ckpt, trust_remote_code=trust_remote_code).pad_token_id
         except (OSError, ValueError):  # checkpoint without a tokenizer: trust its config
@@ -527,6 +545,22 @@ def load_reward_model(
     )
 
 
+def reward_heads(name_or_path: str | os.PathLike[str]) -> list[str] | None:
+    """The head names of a multi-objective reward model saved by `rlhfkit rm` with ``objectives`` (its
+    ``config.id2label``), or None for a scalar reward model or a causal LM."""
+    path = resolve_model_path(name_or_path)
+    base = _adapter_base(path)
+    ckpt = resolve_model_path(base) if base else path
+    if not _is_sequence_classifier(ckpt):
+        return None
+    config = json.loads((ckpt / "config.json").read_text())
+    labels = config.get("id2label") or {}
+    names = [labels.get(str(i), labels.get(i)) for i in range(len(labels))]
+    if not names or names == [f"LABEL_{i}" for i in range(len(names))] or not all(isinstance(n, str) for n in names):
+        return None  # transformers' placeholder names: a scalar reward model
+    return names
+
+
 def default_device() -> torch.device:
     """Where a model this package loads for inference runs: the GPU when there is one."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -551,10 +585,18 @@ def load_for_inference(
     kind: str = "causal",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for sampling or scoring: on `device` (default: the GPU when there is one), eval mode,
-    no dropout, no gradients. `kind`: causal (an LM) or reward (a scalar-head reward model)."""
-    loader = {"causal": load_causal_lm, "reward": load_reward_model}[kind]
+    no dropout, no gradients. `kind`: causal (an LM), reward (a scalar-head reward model) or multi_reward (a reward
+    model with the named heads it was saved with, see `reward_heads`)."""
+    if kind not in ("causal", "reward", "multi_reward"):
+        raise ValueError(f"kind must be causal, reward or multi_reward, got {kind!r}")
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
-    model = loader(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    if kind == "causal":
+        model = load_causal_lm(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    else:
+        heads = reward_heads(name_or_path) if kind == "multi_reward" else None
+        if kind == "multi_reward" and heads is None:
+            raise ValueError(f"{name_or_path}: not a multi-objective reward model (its config names no heads)")
+        model = load_reward_model(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, heads=heads)
     model = disable_dropout(model.to(device or default_device()).eval())
     model.requires_grad_(False)
     return model, tokenizer

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import ConfigError, RewardConfig, RewardSpec
-from rlhfkit.models.loading import ModelNotFoundError, check_model_path, resolve_model_path
+from rlhfkit.models.loading import ModelNotFoundError, check_model_path, resolve_model_path, reward_heads
 from rlhfkit.rewards.base import Messages, RewardSource, Scores, as_scores, prompt_text
 from rlhfkit.rewards.rules import RULES, apply_rule, check_params
 from rlhfkit.rewards.sources import (
@@ -70,7 +70,7 @@ def check_reward_paths(reward: RewardConfig, section: str = "reward") -> None:
     (nothing is loaded)."""
     for i, spec in enumerate(reward.sources):
         where = f"{section}.sources[{i}].path"
-        if spec.kind in ("model", "ensemble"):
+        if spec.kind in _MODEL_KINDS:
             for path in spec.path.split(","):
                 check_model_path(path.strip(), where)
         target = spec.path.strip().rpartition(":")[0]
@@ -80,8 +80,46 @@ def check_reward_paths(reward: RewardConfig, section: str = "reward") -> None:
 
 def _build_model(spec: RewardSpec, where: str, device: str | torch.device, dtype: str) -> RewardSource:
     path = _model_dir(where, spec.path.strip())
+    heads = reward_heads(path)
+    if heads is not None and len(heads) > 1:
+        raise ConfigError(
+            f"{where}.path={spec.path!r} is a multi-objective reward model (heads {', '.join(heads)}): "
+            "use kind: multi_rm"
+        )
     return RewardModelSource.from_path(
         path, device, dtype, spec.batch_size, spec.max_length, name=spec.name or f"rm:{Path(path).name}"
+    )
+
+
+def _build_multi_rm(spec: RewardSpec, where: str, device: str | torch.device, dtype: str) -> RewardSource:
+    """A reward model with one head per objective: parts = the heads' scores, total = sum_k weights[k] * head_k."""
+    path = _model_dir(where, spec.path.strip())
+    heads = reward_heads(path)
+    if heads is None:
+        raise ConfigError(
+            f"{where}.path={spec.path!r} has no named heads: train it with `rlhfkit rm objectives=[...]` "
+            "(a scalar reward model is kind: model)"
+        )
+    unknown = set(spec.params) - {"weights"}
+    weights = spec.params.get("weights", {})
+    if unknown or not isinstance(weights, dict):
+        raise ConfigError(
+            f"{where}.params: a multi_rm source takes only {{weights: {{head: weight}}}}, got {spec.params}"
+        )
+    bad = sorted(set(weights) - set(heads))
+    if bad:
+        raise ConfigError(f"{where}.params.weights: unknown heads {', '.join(bad)} (heads: {', '.join(heads)})")
+    for h, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ConfigError(f"{where}.params.weights.{h} must be a finite number, got {w!r}")
+    return RewardModelSource.from_path(
+        path,
+        device,
+        dtype,
+        spec.batch_size,
+        spec.max_length,
+        name=spec.name or f"rm:{Path(path).name}",
+        head_weights=weights,
     )
 
 
@@ -122,12 +160,14 @@ def _build_sentiment(spec: RewardSpec, where: str, device: str | torch.device, d
 
 BUILDERS: dict[str, Callable[[RewardSpec, str, str | torch.device, str], RewardSource]] = {
     "model": _build_model,
+    "multi_rm": _build_multi_rm,
     "ensemble": _build_ensemble,
     "rule": _build_rule,
     "callable": _build_callable,
     "sentiment": _build_sentiment,
 }
-_TAKES_PARAMS = ("rule", "callable")
+_TAKES_PARAMS = ("rule", "callable", "multi_rm")
+_MODEL_KINDS = ("model", "multi_rm", "ensemble")
 
 
 def build_source(
@@ -140,8 +180,10 @@ def build_source(
     if spec.kind != "sentiment" and not spec.path.strip():
         raise ConfigError(f"{where}.path is empty: a {spec.kind} source needs one")
     if spec.params and spec.kind not in _TAKES_PARAMS:
-        raise ConfigError(f"{where}.params: only rule and callable sources take params (this one is {spec.kind})")
-    if spec.kind in ("model", "ensemble"):
+        raise ConfigError(
+            f"{where}.params: only rule, callable and multi_rm sources take params (this one is {spec.kind})"
+        )
+    if spec.kind in _MODEL_KINDS:
         if spec.batch_size < 1:
             raise ConfigError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
         if spec.max_length is not None and spec.max_length < 2:
@@ -166,7 +208,7 @@ def build_reward(cfg: RewardConfig, device: str | torch.device = "cpu", dtype: s
     for i, spec in enumerate(cfg.sources):
         if not math.isfinite(spec.weight):
             raise ConfigError(f"reward.sources[{i}].weight must be finite, got {spec.weight}")
-        if spec.kind == "model":
+        if spec.kind in ("model", "multi_rm"):
             _model_dir(f"reward.sources[{i}]", spec.path.strip())  # fail before loading any other model
     if cfg.clip is not None and not cfg.clip > 0:
         raise ConfigError(f"reward.clip must be > 0 (or null), got {cfg.clip}")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rlhfkit.data.collate import pad_batch
 from rlhfkit.data.templates import ChatFormatter
-from rlhfkit.models import load_for_inference
+from rlhfkit.models import load_for_inference, reward_heads
 from rlhfkit.rewards.base import Messages, RewardSource, Scores, prompt_text
 from rlhfkit.rewards.rules import RULES, check_params
 
@@ -110,14 +110,24 @@ class RewardModelSource:
         max_length: int = 1024,
         name: str = "rm",
         max_prompt_length: int | None = None,
+        heads: Sequence[str] | None = None,
+        head_weights: Mapping[str, float] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"reward model {name!r}: batch_size must be >= 1, got {batch_size}")
         if max_length < 2:
             raise ValueError(f"reward model {name!r}: max_length must be >= 2, got {max_length}")
         num_labels = getattr(getattr(model, "config", None), "num_labels", 1)
-        if num_labels != 1:
+        if heads is None and num_labels != 1:
             raise ValueError(f"reward model {name!r} has num_labels={num_labels}; a scalar reward needs 1")
+        if heads is not None and num_labels != len(heads):
+            raise ValueError(f"reward model {name!r} has num_labels={num_labels} but {len(heads)} heads {list(heads)}")
+        self.heads: list[str] | None = list(heads) if heads is not None else None
+        """Multi-objective: the head names; parts are the heads' scores and total = sum_k head_weights[k] * score_k."""
+        unknown = sorted(set(head_weights or {}) - set(self.heads or []))
+        if unknown:
+            raise ValueError(f"reward model {name!r}: weights for unknown heads {unknown} (heads: {self.heads})")
+        self.head_weights = [float((head_weights or {}).get(h, 1.0)) for h in self.heads or []]
         self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
         self.formatter = ChatFormatter(tokenizer, max_length, max_prompt_length or max_length // 2, "keep_end")
         # the head pools at the last token that is not config.pad_token_id, so pad with exactly that id
@@ -136,8 +146,10 @@ class RewardModelSource:
         max_length: int | None = None,
         name: str | None = None,
         max_prompt_length: int | None = None,
+        head_weights: Mapping[str, float] | None = None,
     ) -> RewardModelSource:
         """Load a reward model directory (or PEFT adapter) saved by ``rlhfkit rm``; frozen, in eval mode, on device.
+        A multi-objective one (saved with ``objectives``) scores every head (see ``heads``).
 
         Lengths left as None are those the model was trained with (``rlhfkit_encoding.json``, written by ``rlhfkit
         rm``), so new responses are cut exactly as its training pairs were; otherwise 1024 and half of it.
@@ -149,9 +161,11 @@ class RewardModelSource:
             max_prompt_length = max_prompt_length or int(trained["max_prompt_length"])
         max_length = max_length or 1024
 
-        model, tokenizer = load_for_inference(path, dtype, device, kind="reward")  # type: ignore[arg-type]
+        heads = reward_heads(path)
+        kind = "multi_reward" if heads is not None else "reward"
+        model, tokenizer = load_for_inference(path, dtype, device, kind=kind)  # type: ignore[arg-type]
         label = name or f"rm:{Path(os.fspath(path)).name}"
-        return cls(model, tokenizer, batch_size, max_length, label, max_prompt_length)
+        return cls(model, tokenizer, batch_size, max_length, label, max_prompt_length, heads, head_weights)
 
     @property
     def truncation_report(self) -> Any:
@@ -165,7 +179,7 @@ class RewardModelSource:
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Scores:
         _check_lengths(self.name, prompts, responses)
         seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
-        out = torch.zeros(len(seqs), dtype=torch.float32)
+        out = torch.zeros(len(seqs), len(self.heads or [0]), dtype=torch.float32)  # (B, K)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # longest first: memory peaks on batch one
         device = next(self.model.parameters()).device
         was_training = self.model.training
@@ -176,13 +190,16 @@ class RewardModelSource:
                     idx = order[start : start + self.batch_size]
                     ids, mask = pad_batch([seqs[i] for i in idx], self.pad_id, side="right")
                     logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                    out[idx] = logits.squeeze(-1).float().cpu()
+                    out[idx] = logits.float().cpu()
         finally:
             self.model.train(was_training)
-        bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
+        bad = (~torch.isfinite(out).all(-1)).nonzero().flatten().tolist()
         if bad:
             raise ValueError(f"reward model {self.name!r} produced non-finite scores for responses {bad[:10]}")
-        return Scores(total=out, parts={self.name: out})
+        if self.heads is None:
+            return Scores(total=out[:, 0], parts={self.name: out[:, 0]})
+        total = out @ torch.tensor(self.head_weights, dtype=torch.float32)  # (B,) weighted sum of the heads
+        return Scores(total=total, parts={h: out[:, k] for k, h in enumerate(self.heads)})
 
 
 # ----------------------------------------------------------------------------------------------------------------------

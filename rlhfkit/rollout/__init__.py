@@ -12,7 +12,7 @@ from rlhfkit.rollout.forward import (
     sequence_kl,
 )
 from rlhfkit.rollout.hf import HFEngine, left_pad, right_pad
-from rlhfkit.rollout.prompts import Prompt, encode_prompts
+from rlhfkit.rollout.prompts import Prompt, condition_messages, draw_weights, encode_prompts, format_weights
 from rlhfkit.rollout.types import Engine, Rollout, SamplingParams
 
 __all__ = [
@@ -21,7 +21,10 @@ __all__ = [
     "Prompt",
     "Rollout",
     "SamplingParams",
+    "condition_messages",
+    "draw_weights",
     "encode_prompts",
+    "format_weights",
     "left_pad",
     "make_engine",
     "model_logprobs",

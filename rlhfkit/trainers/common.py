@@ -114,8 +114,11 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tuple[Any, Any]:
-    """(model, tokenizer) from a ModelConfig: a causal LM or a scalar-head reward model, with LoRA when enabled.
+def load_for_training(
+    model_cfg: Any, kind: str = "causal", seed: int = 0, heads: list[str] | None = None
+) -> tuple[Any, Any]:
+    """(model, tokenizer) from a ModelConfig: a causal LM or a reward model (scalar, or one head per name in `heads`),
+    with LoRA when enabled.
 
     Seeded first, so that newly initialized weights (a reward head, LoRA matrices) are the same on every run.
     """
@@ -140,6 +143,7 @@ def load_for_training(model_cfg: Any, kind: str = "causal", seed: int = 0) -> tu
             gradient_checkpointing=model_cfg.gradient_checkpointing,
             load_in_4bit=lora.enabled and lora.load_in_4bit,
             num_layers=model_cfg.num_layers,
+            heads=heads,
         )
     if lora.enabled:
         targets = lora.target_modules if lora.target_modules == "all-linear" else lora.target_modules.split(",")

@@ -29,6 +29,7 @@ from rlhfkit.kl import DomainKL, check_domains
 from rlhfkit.models import Reference, build_reference
 from rlhfkit.rewards import build_reward, check_reward_paths
 from rlhfkit.rewards.base import Scores
+from rlhfkit.rewards.preference import PreferenceConditioner, check_objectives
 from rlhfkit.rewards.sources import RunningNormalizer
 from rlhfkit.rollout import (
     HFEngine,
@@ -67,6 +68,8 @@ class OnlineRun:
     kl_ctl: DomainKL
     engine: HFEngine
     params: SamplingParams
+    conditioner: PreferenceConditioner | None = None
+    """Preference-vector policy: weights drawn per prompt and written into it; reward = w . r (None: off)."""
     gen_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -109,6 +112,9 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     prompts, eval_prompts = encode_prompts(train_ex, fmt), encode_prompts(eval_ex, fmt)[: cfg.eval_samples]
     notes.append(f"prompt truncation: {fmt.report}")
+    conditioner = PreferenceConditioner(cfg.preference, fmt) if cfg.preference.objectives else None
+    if conditioner is not None:
+        check_objectives(reward, conditioner.objectives)
     order = DataOrder(len(prompts), tc.batch_size * accelerator.num_processes, tc.seed)
     n_steps = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(tc.epochs * order.steps_per_epoch))
     return OnlineRun(
@@ -129,6 +135,7 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
         kl_ctl=DomainKL(k.controller, k.coef, k.target, k.horizon, k.per_domain, k.per_domain_target, domains),
         engine=make_engine(policy, tokenizer, cfg.sampling),
         params=sampling_params(cfg.sampling),
+        conditioner=conditioner,
     )
 
 
@@ -138,13 +145,17 @@ def collect(run: OnlineRun, step: int) -> tuple[Rollout, Tensor, Scores]:
     rank, device = run.accelerator.process_index, run.device
     t = time.perf_counter()
     rows = run.order.rows_for_step(step)[rank * tc.batch_size : (rank + 1) * tc.batch_size]
-    batch_prompts = [run.prompts[i] for i in rows]
-    ro = run.engine.generate([p.ids for p in batch_prompts], run.params, a.num_samples).to(device)
+    batch_prompts = policy_prompts = [run.prompts[i] for i in rows]
+    if run.conditioner is not None:  # a weight vector per prompt, written into it (seeded by the step: resumable)
+        policy_prompts, weights = run.conditioner.prepare(batch_prompts, (tc.seed, step, rank))
+    ro = run.engine.generate([p.ids for p in policy_prompts], run.params, a.num_samples).to(device)
     run.timings["generate"] = time.perf_counter() - t
     run.gen_tokens += int(ro.response_mask.sum()) * run.accelerator.num_processes
 
     t = time.perf_counter()
     scored = run.reward([p.messages for p in batch_prompts for _ in range(a.num_samples)], ro.texts)
+    if run.conditioner is not None:  # reward = w . r, each sample under its prompt's weights
+        scored.total = run.conditioner.reward(scored, weights.repeat_interleave(a.num_samples, 0))
     raw = scored.total.to(device).float()
     scores = raw
     if run.normalizer is not None:  # statistics over every process's scores, so all ranks standardize alike
@@ -183,11 +194,15 @@ def evaluate(run: OnlineRun, micro: int) -> dict[str, float]:
     """Held-out prompts, one sample each: mean raw score (and gold), KL(pi || ref) per sequence, length, EOS rate."""
     if not run.eval_prompts:
         return {}
-    prompts = run.eval_prompts
+    prompts, c = run.eval_prompts, run.conditioner
+    if c is not None:  # the preference-vector policy under equal weights (`rlhfkit pareto` sweeps the others)
+        prompts, weights = c.prepare(prompts, weights=c.uniform())
     ro, kl = sample_with_kl(run.engine, [p.ids for p in prompts], run.params, run.reference, micro)
     messages = [p.messages for p in prompts]
+    scored = run.reward(messages, ro.texts)
     out = {
-        "score": float(run.reward(messages, ro.texts).total.mean()),
+        "score": float((scored.total if c is None else c.reward(scored, weights)).mean()),
+        **(c.means(scored) if c is not None else {}),
         "kl": float(kl.mean()),
         "response_length": float(ro.response_lengths.mean()),
         "finished": float(ro.finished.float().mean()),

@@ -1,4 +1,5 @@
-"""Reward model: a scalar head on a causal LM, trained with Bradley–Terry (ties, margins, confidence weights)."""
+"""Reward model: a scalar head on a causal LM, trained with Bradley–Terry (ties, margins, confidence weights); with
+`objectives`, one head per rubric dimension, each trained on the rows' per-dimension labels."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhfkit.config import RewardLossConfig, RMConfig, to_dict
+from rlhfkit.config import ConfigError, RewardLossConfig, RMConfig, to_dict
 from rlhfkit.data import (
     ChatFormatter,
     EncodedPair,
@@ -22,6 +23,7 @@ from rlhfkit.data import (
     group_by_prompt,
     load_train_eval,
 )
+from rlhfkit.data.pairs import dimension_labels
 from rlhfkit.eval.metrics import (
     expected_calibration_error,
     pairwise_accuracy,
@@ -29,7 +31,7 @@ from rlhfkit.eval.metrics import (
     pairwise_probabilities,
     per_group_accuracy,
 )
-from rlhfkit.losses.reward import reward_loss
+from rlhfkit.losses.reward import multi_head_reward_loss, reward_loss
 from rlhfkit.models.head import sequence_scores
 from rlhfkit.rewards.sources import ENCODING_FILE
 from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
@@ -98,6 +100,86 @@ class RewardObjective:
         return reward_model_report(self, model, rows, self.gap_rows)
 
 
+class MultiHeadRewardObjective(RewardObjective):
+    """One Bradley–Terry term per (pair, head) whose dimension the pair labels; the normalizer counts those terms."""
+
+    def __init__(self, pad_id: int, loss_cfg: RewardLossConfig, objectives: Sequence[str], **kwargs: Any):
+        super().__init__(pad_id, loss_cfg, **kwargs)
+        self.objectives = list(objectives)
+
+    def collate(self, rows: Sequence[PairRow]) -> dict[str, torch.Tensor]:
+        batch = collate_scored_pairs(rows, self.pad_id)
+        batch["label"], batch["present"] = dimension_labels(rows, self.objectives)  # (P, K) each
+        return batch
+
+    def count(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(batch["present"].sum())
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        r_c, r_r = pair_scores(model, batch, self.padding_free)  # (P, K) each
+        label, present = batch["label"], batch["present"]
+        c = self.cfg
+        per = multi_head_reward_loss(
+            r_c,
+            r_r,
+            label,
+            present,
+            ties=self.ties,
+            weight=batch["confidence"] if c.use_confidence else None,
+            tie_model=c.tie_model,
+            tie_param=c.tie_param,
+            magnitude_penalty=c.magnitude_penalty,
+        )  # (P, K)
+        decided = present & (label != 0)
+        right = ((r_c - r_r).sign() == label.to(r_c.dtype)) & decided
+        acc = float(right.sum() / decided.sum()) if decided.any() else float("nan")
+        return per.sum(), {"accuracy": acc}
+
+    def evaluate(self, model: torch.nn.Module, rows: Sequence[EncodedPair]) -> dict[str, float]:
+        """Per head: held-out accuracy and AUC on the pairs it has a decided label for; "accuracy" is their mean."""
+        r_c, r_r = self.score_pairs(model, rows)  # (P, K) each
+        label, present = (t.numpy() for t in dimension_labels(rows, self.objectives))
+        out: dict[str, float] = {"pairs": float(len(rows))}
+        accs = []
+        for k, name in enumerate(self.objectives):
+            d = present[:, k] & (label[:, k] != 0)
+            if not d.any():
+                continue
+            win = np.where(label[d, k] > 0, r_c[d, k], r_r[d, k])
+            lose = np.where(label[d, k] > 0, r_r[d, k], r_c[d, k])
+            out[f"accuracy/{name}"] = float(pairwise_accuracy(win, lose))
+            out[f"auc/{name}"] = float(pairwise_auc(win, lose))
+            out[f"pairs/{name}"] = float(d.sum())
+            out[f"score_mean/{name}"] = float(np.mean(np.concatenate([r_c[:, k], r_r[:, k]])))
+            accs.append(out[f"accuracy/{name}"])
+        if accs:
+            out["accuracy"] = float(np.mean(accs))
+        return out
+
+
+def check_objectives(objectives: Sequence[str], examples: Sequence[Any], data_file: str) -> list[str]:
+    """Before any model loads: every objective has labelled training pairs; returns notes (the pairs per objective)."""
+    counts = dict.fromkeys(objectives, 0)
+    seen: set[str] = set()
+    unused = 0
+    for ex in examples:
+        names = {n for n, _ in ex.dimensions}
+        seen |= names
+        unused += not (names & counts.keys())
+        for n in names & counts.keys():
+            counts[n] += 1
+    for name, n in counts.items():
+        if n == 0:
+            raise ConfigError(
+                f'objectives: no training pair in {data_file} has a "dimensions" label for "{name}" '
+                f"(dimensions in the rows: {', '.join(sorted(seen)) or 'none'})"
+            )
+    notes = ["objectives: " + ", ".join(f"{o} on {n} pairs" for o, n in counts.items())]
+    if unused:
+        notes.append(f"objectives: {unused} training pairs label none of them (they train nothing)")
+    return notes
+
+
 def reward_model_report(
     objective: RewardObjective, model: torch.nn.Module, rows: Sequence[EncodedPair], train_sample: Sequence = ()
 ) -> dict[str, float]:
@@ -144,10 +226,13 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         check_rows(len({json.dumps(ex.prompt, sort_keys=True) for ex in train_ex}), cfg.train, "training prompts")
     else:
         check_rows(len(train_ex), cfg.train, "training pairs")
+    objectives = [o.strip() for o in cfg.objectives]
+    if objectives:
+        notes += check_objectives(objectives, train_ex, cfg.data.train)
     check_models(cfg.model)
     write_run_files(out, cfg, "rm")
-    # 2. base model with a scalar head; rows -> tokenized pairs
-    model, tokenizer = load_for_training(cfg.model, "reward", cfg.train.seed)
+    # 2. base model with a scalar head (one per objective); rows -> tokenized pairs
+    model, tokenizer = load_for_training(cfg.model, "reward", cfg.train.seed, heads=objectives or None)
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     train_pairs, eval_rows = encode_pairs(train_ex, fmt), encode_pairs(eval_ex, fmt)
     notes.append(f"truncation: {fmt.report}")
@@ -163,15 +248,22 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         train_rows = group_by_prompt(train_pairs, keys)
         notes.append(f"group_pairs: {len(train_pairs)} pairs of {len(train_rows)} prompts, a prompt per row")
     # 3. the loop
-    objective = RewardObjective(
-        tokenizer.pad_token_id, cfg.loss, gap_rows=gap, ties=ties, padding_free=cfg.model.padding_free
-    )
+    kwargs: dict[str, Any] = {"padding_free": cfg.model.padding_free}
+    if objectives:  # ties in any dimension switch on the tie model
+        ties = any(v == "tie" for r in train_pairs for _, v in r.dimensions)
+        objective: RewardObjective = MultiHeadRewardObjective(
+            tokenizer.pad_token_id, cfg.loss, objectives, ties=ties, **kwargs
+        )
+    else:
+        objective = RewardObjective(tokenizer.pad_token_id, cfg.loss, gap_rows=gap, ties=ties, **kwargs)
     result = run_loop(model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg))
     # 4. save (Hugging Face sequence-classification format) and summarize
     if not result.is_main:
         return {}
     summary = finish_run(out, "rm", model, tokenizer, result, notes, len(train_pairs), len(eval_rows))
     # how pairs were encoded, so that a reward source scores new responses the same way (rewards/sources.py)
-    encoding = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.prompt_length}
+    encoding: dict[str, Any] = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.prompt_length}
+    if objectives:
+        encoding["objectives"] = objectives
     (Path(summary["model"]) / ENCODING_FILE).write_text(json.dumps(encoding) + "\n")
     return summary

@@ -1,0 +1,92 @@
+"""A preference-vector policy on the builtin model: two cheap objectives, a short RLOO run on random weights, then the
+Pareto front of the trained policy (and of the base model, with the same tags) on held-out prompts.
+
+    python benchmarks/multi_objective.py --out runs/multi_objective [--model smollm2-135m-instruct] [--steps 20]
+
+Objectives: sentiment (VADER's compound score of the response, in [-1, 1]) and brevity (-words / 16, the length rule
+with max_words 0). Prompts: the builtin movie-review openings (rlhfkit/tasks/data/review_prompts.jsonl), the last 32
+held out. Each training prompt gets weights w ~ Dirichlet(alpha) written into it ("[weights sentiment=0.70
+brevity=0.30]") and its samples are rewarded w . r. Writes OUT/rloo (the run), OUT/pareto (pareto.json, pareto.png,
+report.html / .md) and, with --copy-results, benchmarks/results/multi_objective.json and docs/multi_objective_pareto.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT / "rlhfkit/tasks/data/review_prompts.jsonl"
+
+
+def rlhfkit(*args: str) -> None:
+    print("+ rlhfkit", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], check=True, cwd=ROOT)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="runs/multi_objective")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--steps", type=int, default=20, help="RLOO rollouts")
+    ap.add_argument("--prompts-per-step", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=4, help="RLOO group size")
+    ap.add_argument("--tokens", type=int, default=24, help="max new tokens")
+    ap.add_argument("--lr", type=float, default=1.3e-4)
+    ap.add_argument("--kl", type=float, default=0.1, help="kl.coef (k3, in the loss)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the training weights")
+    ap.add_argument("--heldout", type=int, default=32)
+    ap.add_argument("--copy-results", action="store_true", help="write benchmarks/results and docs/ figures")
+    a = ap.parse_args()
+    out = (ROOT / a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    lines = PROMPTS.read_text().splitlines()
+    (out / "train.jsonl").write_text("\n".join(lines[: -a.heldout]) + "\n")
+    (out / "heldout.jsonl").write_text("\n".join(lines[-a.heldout :]) + "\n")
+    (out / "rloo.yaml").write_text(
+        f"""model: {{name_or_path: {a.model}, trainable_layers: 8}}
+data: {{train: train.jsonl, eval: heldout.jsonl, max_length: 160, max_prompt_length: 128}}
+train: {{batch_size: {a.prompts_per_step}, max_steps: {a.steps}, lr: {a.lr}, scheduler: constant, progress: false}}
+sampling: {{max_new_tokens: {a.tokens}}}
+algo: {{num_samples: {a.samples}}}
+kl: {{coef: {a.kl}, estimator: k3, placement: loss}}
+reward:
+  sources:
+    - {{kind: sentiment}}
+    - {{kind: rule, path: length, name: brevity, params: {{max_words: 0, coef: 0.0625}}}}
+preference: {{objectives: [sentiment, brevity], dirichlet_alpha: {a.alpha}}}
+eval_samples: 8
+"""
+    )
+    times = {}
+    t = time.perf_counter()
+    if (out / "rloo").exists():
+        shutil.rmtree(out / "rloo")
+    rlhfkit("rloo", "--config", str(out / "rloo.yaml"), "-o", str(out / "rloo"))
+    times["rloo_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    rlhfkit("pareto", "--run", str(out / "rloo"), "--prompts", str(out / "heldout.jsonl"), "-o", str(out / "pareto"))
+    times["pareto_s"] = round(time.perf_counter() - t, 1)
+    data = json.loads((out / "pareto" / "pareto.json").read_text())
+    summary = json.loads((out / "rloo" / "summary.json").read_text())
+    result = {
+        "args": vars(a),
+        "times": times,
+        "train_eval": summary["eval"],
+        "summary": data["summary"],
+        "pareto": data["pareto"],
+    }
+    print(json.dumps(result))
+    if a.copy_results:
+        (ROOT / "benchmarks/results").mkdir(exist_ok=True)
+        (ROOT / "benchmarks/results/multi_objective.json").write_text(json.dumps(result, indent=2) + "\n")
+        shutil.copy(out / "pareto" / "pareto.png", ROOT / "docs/multi_objective_pareto.png")
+
+
+if __name__ == "__main__":
+    main()
