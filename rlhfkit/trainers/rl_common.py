@@ -29,6 +29,7 @@ from rlhfkit.kl import KLController, make_kl_controller
 from rlhfkit.models import Reference, build_reference
 from rlhfkit.rewards import build_reward, check_reward_paths
 from rlhfkit.rewards.base import Scores
+from rlhfkit.rewards.process import process_token_scores
 from rlhfkit.rewards.sources import RunningNormalizer
 from rlhfkit.rollout import (
     HFEngine,
@@ -153,6 +154,9 @@ def collect(run: OnlineRun, step: int) -> tuple[Rollout, Tensor, Scores]:
     if a.missing_eos_penalty is not None:
         scores = scores - a.missing_eos_penalty * (~ro.finished).float()
     ro.scores = scores
+    if a.reward_placement == "process":  # each step's reward at its end token, the missing-EOS penalty on the last
+        args = (ro.texts, ro.response_ids, ro.response_mask, run.tokenizer, scores - raw)
+        ro.token_scores, ro.step_mask = process_token_scores(scored, *args)
     # the KL coefficient of each sequence: the controller's, larger where an ensemble of reward models disagrees
     coef = torch.full_like(scores, run.kl_ctl.value)
     if cfg.kl.uncertainty_scale > 0 and scored.uncertainty is not None:
