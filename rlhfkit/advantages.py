@@ -20,6 +20,7 @@ __all__ = [
     "discounted_returns",
     "gae",
     "group_normalized",
+    "group_process_advantages",
     "leave_one_out",
     "reinforce_pp",
     "whiten_advantages",
@@ -146,6 +147,48 @@ def group_normalized(scores: Tensor, group_size: int, eps: float = 1e-6, scale_b
     if scale_by_std:
         adv = adv / (g.std(dim=1, keepdim=True) + eps)
     return adv.reshape(-1)
+
+
+@torch.no_grad()
+def group_process_advantages(
+    token_rewards: Tensor,
+    step_mask: Tensor,
+    mask: Tensor,
+    group_size: int,
+    eps: float = 1e-6,
+    scale_by_std: bool = True,
+) -> Tensor:
+    """GRPO process-supervision advantage, Shao et al. 2024 §4.1.3: every step reward of a group is normalized by the
+    mean and std of ALL step rewards of that group's G responses, r~ = (r - mean(R)) / std(R), and token t's advantage
+    is the sum of the normalized rewards of the steps ending at or after it, A_t = sum_{index(j) >= t} r~_index(j).
+
+    token_rewards (B, T): step rewards at their end tokens, plus any per-token terms (a KL penalty placed in the
+    reward); a step's reward is the sum from just after the previous step's end to its own end. step_mask (B, T): 1 at
+    step-end tokens (kept only where mask is 1). Rows of one prompt are consecutive blocks of ``group_size``; the std
+    is the unbiased sample std, as in ``group_normalized`` (scale_by_std=False drops it, Dr. GRPO); a group with fewer
+    than 2 steps is only centered. Tokens after a row's last step end get 0. Returns (B, T) fp32, 0 on padding.
+    """
+    _check_token_shapes(mask, token_rewards=token_rewards, step_mask=step_mask)
+    n_groups = _check_groups(token_rewards[:, 0], group_size)
+    valid = mask.bool()
+    ends = step_mask.bool() & valid
+    B, T = mask.shape
+    cum = torch.where(valid, token_rewards.float(), 0.0).cumsum(-1)  # (B, T)
+    positions = torch.arange(T, device=mask.device).expand(B, T)
+    last_end = torch.where(ends, positions, -1).cummax(-1).values  # last step end at or before t
+    prev_end = torch.nn.functional.pad(last_end, (1, 0), value=-1)[:, :-1]  # ... strictly before t
+    before = torch.where(prev_end >= 0, cum.gather(1, prev_end.clamp(min=0)), 0.0)
+    steps = torch.where(ends, cum - before, 0.0)  # (B, T) each step's reward at its end token
+    g_steps, g_ends = steps.view(n_groups, group_size * T), ends.view(n_groups, group_size * T).float()
+    count = g_ends.sum(-1, keepdim=True)
+    mean = g_steps.sum(-1, keepdim=True) / count.clamp(min=1)
+    normalized = (g_steps - mean) * g_ends
+    if scale_by_std:
+        var = (normalized**2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
+        normalized = normalized / torch.where(count >= 2, var.sqrt() + eps, torch.ones_like(var))
+    normalized = normalized.view(B, T)
+    adv = normalized.flip(-1).cumsum(-1).flip(-1)  # sum over steps ending at or after t
+    return torch.where(valid, adv, 0.0)
 
 
 @torch.no_grad()

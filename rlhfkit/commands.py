@@ -19,6 +19,7 @@ from rlhfkit.config import (
     KTOConfig,
     OnlineDPOConfig,
     PPOConfig,
+    PRMConfig,
     ReinforceConfig,
     RLOOConfig,
     RMConfig,
@@ -44,6 +45,11 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "sft": Command(SFTConfig, "rlhfkit.trainers.sft:train_sft", "supervised fine-tuning on demonstrations"),
     "rm": Command(RMConfig, "rlhfkit.trainers.rm:train_rm", "train a Bradley-Terry reward model on preferences"),
+    "prm": Command(
+        PRMConfig,
+        "rlhfkit.trainers.prm:train_prm",
+        "train a process reward model on labelled reasoning steps (a score at each step's end)",
+    ),
     "dpo": Command(
         DPOConfig,
         "rlhfkit.trainers.dpo:train_dpo",

@@ -56,12 +56,13 @@ Aggregation = Literal["token-mean", "sequence-mean"]
 TieModel = Literal["davidson", "rao-kupper"]
 PreferenceLossName = Literal["dpo", "ipo", "robust", "hinge", "simpo", "orpo"]
 DPOTies = Literal["drop", "davidson", "rao-kupper"]
-RewardKind = Literal["model", "multi_rm", "ensemble", "rule", "callable", "sentiment"]
+RewardKind = Literal["model", "multi_rm", "ensemble", "rule", "callable", "sentiment", "arithmetic"]
 EnsembleReduce = Literal["mean", "min", "mean-std"]
 Backend = Literal["auto", "hf", "hf-static"]
 KLControllerName = Literal["fixed", "adaptive"]
 KLEstimator = Literal["k1", "k2", "k3"]
 KLPlacement = Literal["reward", "loss"]
+RewardPlacement = Literal["outcome", "process"]
 AlgoName = Literal["ppo", "grpo", "rloo", "reinforce", "online-dpo"]
 Critic = Literal["head", "separate", "none"]
 SampleFormat = Literal["samples", "sft", "prefs"]
@@ -343,6 +344,25 @@ class RewardLossConfig:
 
 
 @dataclass(frozen=True)
+class PRMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Base model; a scalar head scores the end token of every step."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Step rows {"prompt", "steps": [...], "labels": [...]} (one label per step: true / false or a number in [0, 1])."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-5))
+    """Optimization; train.batch_size counts responses (each with all its steps)."""
+    delimiter: str = "\n"
+    """What separates steps: training responses are the steps joined by it, and scored responses are split on it
+    (saved with the model, so that a `kind: model` reward source reads its steps the same way)."""
+
+    def validate(self) -> None:
+        self.train.validate_accumulation()
+        refuse_packing(self.data)
+        require(bool(self.delimiter), "delimiter must be a non-empty string (e.g. a newline)")
+        require(not self.model.padding_free, "model.padding_free: prm reads the score head at every token; turn it off")
+
+
+@dataclass(frozen=True)
 class RMConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Base model; a scalar head is added on top."""
@@ -480,10 +500,11 @@ ALGORITHMS: tuple[str, ...] = typing.get_args(AlgoName)
 @dataclass(frozen=True)
 class RewardSpec:
     kind: RewardKind = "model"
-    """model (a reward model directory), multi_rm (a reward model with one head per objective, from `rlhfkit rm
-    objectives=[...]`: each head is a part, the total their weighted sum), ensemble (several reward model directories),
-    rule (a builtin rule: length, format, keywords), callable (any Python function) or sentiment (the VADER gold
-    scorer of the sentiment task)."""
+    """model (a reward model directory, or a process reward model saved by `rlhfkit prm`), multi_rm (a reward model
+    with one head per objective, from `rlhfkit rm objectives=[...]`: each head is a part, the total their weighted
+    sum), ensemble (several reward model directories), rule (a builtin rule: length, format, keywords), callable (any
+    Python function), sentiment (the VADER gold scorer of the sentiment task) or arithmetic (the rule checker of the
+    arithmetic task: final answer and every step)."""
     path: str = field(default="", metadata=REWARD_PATH)
     """model: the directory; ensemble: comma-separated directories; rule: the rule's name; callable:
     "package.module:function" or "path/to/file.py:function" taking (prompts, responses) lists -> list of floats."""
@@ -505,7 +526,10 @@ class RewardSpec:
     (recorded by `rlhfkit rm`), else 1024."""
 
     def validate(self) -> None:
-        require(self.kind == "sentiment" or bool(self.path), f"path is empty: a {self.kind} source needs one")
+        require(
+            self.kind in ("sentiment", "arithmetic") or bool(self.path),
+            f"path is empty: a {self.kind} source needs one",
+        )
         require(self.batch_size >= 1, "batch_size must be >= 1")
 
 
@@ -660,6 +684,11 @@ class AlgoConfig:
     """Subtract this from the score of responses that never reached EOS."""
     dpo_beta: float = 0.1
     """online-dpo: beta of the DPO loss on (best, worst) pairs of each prompt's samples."""
+    reward_placement: RewardPlacement = "outcome"
+    """outcome: each response's score at its last token; process: each step's reward at the token that ends the step
+    (process reward models and the arithmetic rule score steps; an outcome-only source counts as a reward on the last
+    step). ppo runs GAE over them, grpo normalizes step rewards across the group (Shao et al. 2024 §4.1.3), reinforce
+    takes the return-to-go."""
 
     def validate(self) -> None:
         require(
@@ -781,6 +810,15 @@ class RLConfig:
             self.sampling.min_new_tokens == 0,
             "sampling.min_new_tokens must be 0 for online RL: the training log-probs cannot see the suppressed EOS "
             "(penalize short responses with a reward rule instead, e.g. {kind: rule, path: length})",
+        )
+        require(
+            a.reward_placement == "outcome" or a.name in ("ppo", "grpo", "reinforce"),
+            f"algo.reward_placement=process needs per-token credit: use ppo, grpo or reinforce (not {a.name})",
+        )
+        require(
+            a.reward_placement == "outcome" or not (self.reward.normalize or self.reward.clip is not None),
+            "reward.normalize and reward.clip act on one score per response: turn them off for "
+            "algo.reward_placement=process",
         )
         require(
             self.kl.placement == "reward" or self.kl.uncertainty_scale == 0 or a.name != "online-dpo",

@@ -375,16 +375,21 @@ def last_valid_index(mask: Tensor) -> Tensor:
 
 def shape_rewards(scores: Tensor, kl_penalty: Tensor, mask: Tensor) -> Tensor:
     """Token rewards for PPO / REINFORCE++ (Ziegler et al. 2019 §2.2; Ouyang et al. 2022 eq. 2):
-    r_t = -kl_penalty_t on every valid token, plus the sequence score on the last valid token.
+    r_t = -kl_penalty_t on every valid token, plus the sequence score on the last valid token (outcome reward), or
+    plus scores_t on every valid token when scores is already per token (process reward: each step's reward at its
+    end token, Lightman et al. 2023; Wang et al. 2024 §3.3).
 
-    scores: (B,); kl_penalty: (B, T), already multiplied by the coefficient (see per_token_kl_penalty); mask: (B, T).
+    scores: (B,) or (B, T); kl_penalty: (B, T), already multiplied by the coefficient (see per_token_kl_penalty);
+    mask: (B, T).
     """
-    if mask.dim() != 2 or scores.shape != mask.shape[:1] or kl_penalty.shape != mask.shape:
+    if mask.dim() != 2 or scores.shape not in (mask.shape[:1], mask.shape) or kl_penalty.shape != mask.shape:
         raise ValueError(
-            f"expected scores (B,), kl_penalty (B, T), mask (B, T); got {tuple(scores.shape)}, "
+            f"expected scores (B,) or (B, T), kl_penalty (B, T), mask (B, T); got {tuple(scores.shape)}, "
             f"{tuple(kl_penalty.shape)}, {tuple(mask.shape)}"
         )
     rewards = torch.where(mask.bool(), -kl_penalty.float(), 0.0)
+    if scores.dim() == 2:
+        return rewards + torch.where(mask.bool(), scores.float(), 0.0)
     rows = torch.arange(mask.shape[0], device=mask.device)
     rewards[rows, last_valid_index(mask)] += scores.float()
     return rewards

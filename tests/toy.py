@@ -56,3 +56,17 @@ def letter_reward(prompts: list[str], responses: list[str], letter: str = "e") -
     """Share of a response's characters that are `letter` (0 for an empty response): a reward a tiny random policy
     can learn to raise in a few dozen steps."""
     return [r.count(letter) / max(len(r), 1) for r in responses]
+
+
+def letter_steps(prompts: list[str], responses: list[str], letter: str = "e") -> list[list[tuple[int, float]]]:
+    """A process reward for the toy task: every word is a step, rewarded with the share of `letter` in it at the
+    word's end (a callable reward source returning (end, reward) steps)."""
+    out = []
+    for r in responses:
+        steps, pos = [], 0
+        for word in r.split():
+            start = r.index(word, pos)
+            pos = start + len(word)
+            steps.append((pos, word.count(letter) / len(word)))
+        out.append(steps)
+    return out

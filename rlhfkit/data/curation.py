@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhfkit.data.schemas import Example, PreferenceExample, PromptExample, SFTExample, UnpairedExample
+from rlhfkit.data.schemas import Example, PreferenceExample, PromptExample, SFTExample, StepExample, UnpairedExample
 
 
 @dataclass
@@ -59,6 +59,8 @@ def _parts(ex: Example) -> list[str]:
         return prompt + [ex.response]
     if isinstance(ex, PromptExample):
         return prompt
+    if isinstance(ex, StepExample):
+        return prompt + list(ex.steps)
     raise TypeError(f"not an example: {type(ex).__name__}")
 
 
@@ -72,6 +74,8 @@ def response_texts(ex: Example) -> list[str]:
         return [ex.response]
     if isinstance(ex, PromptExample):
         return ["\n".join(m["content"] for m in ex.prompt)]
+    if isinstance(ex, StepExample):
+        return ["\n".join(ex.steps)]
     raise TypeError(f"not an example: {type(ex).__name__}")
 
 
@@ -95,6 +99,7 @@ def dedupe_exact(examples: Sequence[Example]) -> tuple[list[Example], CurationRe
             type(ex).__name__,
             *(_normalize(t) for t in _parts(ex)),
             getattr(ex, "label", None),
+            getattr(ex, "labels", None),
             getattr(ex, "tie", None),
             getattr(ex, "rater", None),
         )
@@ -257,6 +262,8 @@ def scrub_pii(examples: Sequence[Example]) -> tuple[list[Example], CurationRepor
             new = dataclasses.replace(ex, prompt=_scrub_messages(ex.prompt, s), response=s(ex.response))
         elif isinstance(ex, PromptExample):
             new = dataclasses.replace(ex, prompt=_scrub_messages(ex.prompt, s))
+        elif isinstance(ex, StepExample):
+            new = dataclasses.replace(ex, prompt=_scrub_messages(ex.prompt, s), steps=tuple(s(t) for t in ex.steps))
         else:
             raise TypeError(f"not an example: {type(ex).__name__}")
         kept.append(new)

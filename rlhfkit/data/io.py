@@ -188,7 +188,7 @@ def load_examples(
 ) -> list[Example]:
     """Load and validate every row of ``source`` (a file path, a ``datasets.Dataset`` or an iterable of dicts).
 
-    kind: "sft" | "preference" | "prompt" | "unpaired"; "preference" also expands ranking rows to all pairs.
+    kind: "sft" | "preference" | "prompt" | "unpaired" | "steps"; "preference" also expands ranking rows to all pairs.
     errors: "raise" stops at the first malformed row (a one-line DataError); "skip" drops malformed rows, lines of
     broken JSON and lines that are not UTF-8 included, and logs how many (real exports are rarely perfectly clean);
     the count is also appended to ``notes`` when given. A source without a single row is an error naming it.

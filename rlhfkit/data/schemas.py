@@ -115,7 +115,26 @@ class UnpairedExample:
         return {"prompt": _prompt_to_row(self.prompt), "response": self.response, "label": self.label}
 
 
-Example = SFTExample | PreferenceExample | PromptExample | UnpairedExample
+@dataclass(frozen=True)
+class StepExample:
+    """A response written as reasoning steps, each with a label (process supervision, Lightman et al. 2023).
+
+    labels[k] in [0, 1] is how correct step k is (true = 1.0, false = 0.0; a fraction is a soft label such as the
+    share of rollouts from that step that reach the right answer, Wang et al. 2024). The response text is the steps
+    joined by the trainer's step delimiter (a newline by default).
+    """
+
+    prompt: tuple[Message, ...]
+    steps: tuple[str, ...]
+    labels: tuple[float, ...]
+    source: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        labels: list[Any] = [bool(v) if v in (0.0, 1.0) else v for v in self.labels]
+        return {"prompt": _prompt_to_row(self.prompt), "steps": list(self.steps), "labels": labels}
+
+
+Example = SFTExample | PreferenceExample | PromptExample | UnpairedExample | StepExample
 
 
 def location(name: str, index: int, unit: str = "line") -> str:
@@ -184,6 +203,30 @@ def parse_unpaired(row: Any, where: str = "", source: str = "") -> UnpairedExamp
     _required(row, "label", where)
     label = _parse_bool(row, "label", where, default=False)
     return UnpairedExample(prompt, response, label, source)
+
+
+def parse_steps(row: Any, where: str = "", source: str = "") -> StepExample:
+    """``{"prompt", "steps": [str, ...], "labels": [bool | number in [0, 1], ...]}`` (one label per step)."""
+    row = _as_row(row, where)
+    prompt = _parse_prompt(_required(row, "prompt", where), "prompt", where)
+    steps_raw = _required(row, "steps", where)
+    if not isinstance(steps_raw, (list, tuple)):
+        raise DataError(where, f'field "steps" must be a list of strings, got {_describe(steps_raw)}')
+    if not steps_raw:
+        raise DataError(where, 'field "steps" is empty')
+    steps = tuple(_parse_text(s, f"steps[{i}]", where) for i, s in enumerate(steps_raw))
+    labels_raw = _required(row, "labels", where)
+    if not isinstance(labels_raw, (list, tuple)):
+        raise DataError(where, f'field "labels" must be a list of booleans or numbers, got {_describe(labels_raw)}')
+    if len(labels_raw) != len(steps):
+        raise DataError(where, f'field "labels" has {len(labels_raw)} entries but "steps" has {len(steps)}')
+    labels = []
+    for i, v in enumerate(labels_raw):
+        ok = isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0)
+        if not ok:
+            raise DataError(where, f'field "labels[{i}]" must be true, false or a number in [0, 1], got {_describe(v)}')
+        labels.append(float(v))
+    return StepExample(prompt, steps, tuple(labels), source)
 
 
 # ---------------------------------------------------------------- helpers
@@ -454,4 +497,10 @@ def _parse_ranking(row: Mapping[str, Any], where: str, source: str) -> list[Pref
     return pairs
 
 
-PARSERS = {"sft": parse_sft, "preference": parse_preference, "prompt": parse_prompt, "unpaired": parse_unpaired}
+PARSERS = {
+    "sft": parse_sft,
+    "preference": parse_preference,
+    "prompt": parse_prompt,
+    "unpaired": parse_unpaired,
+    "steps": parse_steps,
+}

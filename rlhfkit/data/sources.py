@@ -11,7 +11,15 @@ from rlhfkit.data.curation import curate
 from rlhfkit.data.io import load_examples, train_eval_split
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "tasks" / "data"
-SAMPLES = {"sft": "sft.jsonl", "prefs": "prefs.jsonl", "prompts": "review_prompts.jsonl"}
+SAMPLES = {
+    "sft": "sft.jsonl",
+    "prefs": "prefs.jsonl",
+    "prompts": "review_prompts.jsonl",
+    "arithmetic": "arithmetic_prompts.jsonl",
+    "arithmetic-eval": "arithmetic_eval.jsonl",
+    "arithmetic-sft": "arithmetic_sft.jsonl",
+    "arithmetic-steps": "arithmetic_steps.jsonl",
+}
 
 
 def resolve_data_path(source: str) -> str:

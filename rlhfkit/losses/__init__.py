@@ -26,6 +26,7 @@ from rlhfkit.losses.preference import (
 from rlhfkit.losses.reward import (
     TIE_MODELS,
     bradley_terry_loss,
+    process_reward_loss,
     reward_loss,
     tie_log_probs,
     tie_loss,
@@ -61,6 +62,7 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "orpo_loss",
+    "process_reward_loss",
     "reward_loss",
     "robust_dpo_loss",
     "sft_loss",

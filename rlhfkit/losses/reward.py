@@ -18,6 +18,7 @@ __all__ = [
     "bradley_terry_loss",
     "davidson_log_probs",
     "multi_head_reward_loss",
+    "process_reward_loss",
     "rao_kupper_log_probs",
     "reward_loss",
     "tie_log_probs",
@@ -242,3 +243,21 @@ def multi_head_reward_loss(
         magnitude_penalty=magnitude_penalty,
     )
     return torch.where(present.reshape(-1), per, torch.zeros_like(per)).view(r_chosen.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# process supervision
+
+
+def process_reward_loss(step_logits: Tensor, labels: Tensor, weight: Scalar | None = None) -> Tensor:
+    """Per-step binary cross-entropy of a process reward model (Lightman et al. 2023 §2.6: the PRM predicts each step's
+    correctness at the step's last token; Uesato et al. 2022 §3): -[y log σ(s) + (1 - y) log σ(-s)].
+
+    step_logits: (N,) the model's score at each step's end token; labels: (N,) in [0, 1] (1 = correct step; a fraction
+    is a soft label, e.g. Math-Shepherd's share of completions reaching the right answer, Wang et al. 2024 eq. 2).
+    weight: float or (N,) multiplies each step's loss. Returns (N,) fp32.
+    """
+    if step_logits.shape != labels.shape:
+        raise ValueError(f"step_logits {tuple(step_logits.shape)} and labels {tuple(labels.shape)} must match")
+    loss = F.binary_cross_entropy_with_logits(step_logits.float(), labels.float(), reduction="none")  # (N,)
+    return loss if weight is None else loss * weight

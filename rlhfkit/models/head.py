@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from rlhfkit.ops import entropy_from_logits, head_token_stats, token_logprobs
 
-__all__ = ["LMHead", "Packing", "TokenStats", "lm_head", "next_token_stats", "sequence_scores"]
+__all__ = ["LMHead", "Packing", "TokenStats", "lm_head", "next_token_stats", "sequence_scores", "token_scores"]
 
 
 @dataclass(frozen=True)
@@ -305,6 +305,26 @@ def _reproduces(model: nn.Module, head: LMHead, h: Tensor | None, logits: Tensor
     return ok
 
 
+def _score_head(model: nn.Module) -> nn.Module:
+    base = unwrap_model(model)
+    head = next(
+        (getattr(base, k) for k in ("score", "classifier", "v_head") if isinstance(getattr(base, k, None), nn.Module)),
+        None,
+    )
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has no score head (score, classifier or v_head)")
+    return head
+
+
+def token_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, T) fp32 output of a sequence-classification model's (num_labels=1) score head at EVERY position, read
+    from the head during the model's own forward (a process reward model scores each step's end token). The model
+    still pools its logits at the last token, so the saved directory stays a plain reward model for transformers."""
+    with _capture_output(_score_head(model)) as box:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return box["out"][..., 0].float()
+
+
 def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, padding_free: bool = False) -> Tensor:
     """(B,) fp32 scalar scores of a sequence-classification model (num_labels=1) at each row's last real token; (B, K)
     for a model with K > 1 heads (a multi-objective reward model).
@@ -313,14 +333,7 @@ def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     if not padding_free:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
     pk = Packing.of(attention_mask, width=_pack_width(model, input_ids))
-    base = unwrap_model(model)
-    head = next(
-        (getattr(base, k) for k in ("score", "classifier", "v_head") if isinstance(getattr(base, k, None), nn.Module)),
-        None,
-    )
-    if head is None:
-        raise ValueError(f"{type(base).__name__} has no score head for padding-free scoring")
-    with _capture_output(head) as box:
+    with _capture_output(_score_head(model)) as box:
         model(input_ids=pk.pack(input_ids), attention_mask=None, position_ids=pk.position_ids, use_cache=False)
     per_token = pk.tokens(box["out"]).float()  # (N, K)
     per_token = per_token[:, 0] if per_token.shape[-1] == 1 else per_token  # (N,) for a scalar head

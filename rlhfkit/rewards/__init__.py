@@ -15,7 +15,7 @@ import torch
 
 from rlhfkit.config import ConfigError, RewardConfig, RewardSpec
 from rlhfkit.models.loading import ModelNotFoundError, check_model_path, resolve_model_path, reward_heads
-from rlhfkit.rewards.base import Messages, RewardSource, Scores, as_scores, prompt_text
+from rlhfkit.rewards.base import Messages, RewardSource, Scores, as_scores, prompt_text, step_rewards
 from rlhfkit.rewards.rules import RULES, apply_rule, check_params
 from rlhfkit.rewards.sources import (
     ENSEMBLE_REDUCTIONS,
@@ -53,6 +53,7 @@ __all__ = [
     "checked_scores",
     "load_callable",
     "prompt_text",
+    "step_rewards",
     "unique_names",
 ]
 
@@ -158,6 +159,12 @@ def _build_sentiment(spec: RewardSpec, where: str, device: str | torch.device, d
     return SentimentSource(name=spec.name or "sentiment")
 
 
+def _build_arithmetic(spec: RewardSpec, where: str, device: str | torch.device, dtype: str) -> RewardSource:
+    from rlhfkit.tasks.arithmetic import ArithmeticSource  # here: tasks import this package
+
+    return ArithmeticSource(name=spec.name or "arithmetic")
+
+
 BUILDERS: dict[str, Callable[[RewardSpec, str, str | torch.device, str], RewardSource]] = {
     "model": _build_model,
     "multi_rm": _build_multi_rm,
@@ -165,6 +172,7 @@ BUILDERS: dict[str, Callable[[RewardSpec, str, str | torch.device, str], RewardS
     "rule": _build_rule,
     "callable": _build_callable,
     "sentiment": _build_sentiment,
+    "arithmetic": _build_arithmetic,
 }
 _TAKES_PARAMS = ("rule", "callable", "multi_rm")
 _MODEL_KINDS = ("model", "multi_rm", "ensemble")
@@ -177,7 +185,7 @@ def build_source(
     where = f"reward.sources[{index}]"
     if spec.kind not in BUILDERS:
         raise ConfigError(f"{where}.kind={spec.kind!r}: choose one of {', '.join(BUILDERS)}")
-    if spec.kind != "sentiment" and not spec.path.strip():
+    if spec.kind not in ("sentiment", "arithmetic") and not spec.path.strip():
         raise ConfigError(f"{where}.path is empty: a {spec.kind} source needs one")
     if spec.params and spec.kind not in _TAKES_PARAMS:
         raise ConfigError(
@@ -200,8 +208,9 @@ def build_reward(cfg: RewardConfig, device: str | torch.device = "cpu", dtype: s
     """The reward of a run: one source as is (weighted only if its weight != 1), several as a WeightedSum; then
     running normalization (cfg.normalize) and clipping (cfg.clip), in that order, around the total.
 
-    Source names default to "rm:<dir name>", "ensemble", "rule:<rule>", "callable:<function>", "sentiment"; repeated
-    names get "#2", "#3", ... so logged parts never collide. Model directories are checked before any is loaded.
+    Source names default to "rm:<dir name>", "ensemble", "rule:<rule>", "callable:<function>", "sentiment",
+    "arithmetic"; repeated names get "#2", "#3", ... so logged parts never collide. Model directories are checked
+    before any is loaded.
     """
     if not cfg.sources:
         raise ConfigError("reward.sources is empty: give at least one reward source, e.g. a reward model directory")

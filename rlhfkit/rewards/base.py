@@ -24,6 +24,17 @@ class Scores:
     """(B,) float32 per named component before weighting, for logging (e.g. {"helpful": ..., "length": ...})."""
     uncertainty: Tensor | None = None
     """(B,) float32 disagreement of an ensemble (std across members), or None for a single source."""
+    steps: list[list[tuple[int, float]]] | None = None
+    """Process sources (a process reward model, the arithmetic rule): for each response, (end, reward) of each of its
+    steps, `end` = the character offset just past the step's text in the response (``data.steps.split_steps``).
+    algo.reward_placement=process puts each reward on the token that ends its step. None: outcome only."""
+
+
+def step_rewards(scores: Scores, responses: Sequence[str]) -> list[list[tuple[int, float]]]:
+    """Every response's (end, reward) steps; an outcome-only source's score is one step ending with the response."""
+    if scores.steps is not None:
+        return scores.steps
+    return [[(len(r), float(v))] for r, v in zip(responses, scores.total.tolist())]
 
 
 class RewardSource(Protocol):

@@ -23,9 +23,11 @@ import torch
 from torch import Tensor
 
 from rlhfkit.data.collate import pad_batch
+from rlhfkit.data.steps import encode_steps
 from rlhfkit.data.templates import ChatFormatter
 from rlhfkit.models import load_for_inference, reward_heads
-from rlhfkit.rewards.base import Messages, RewardSource, Scores, prompt_text
+from rlhfkit.models.head import token_scores
+from rlhfkit.rewards.base import Messages, RewardSource, Scores, prompt_text, step_rewards
 from rlhfkit.rewards.rules import RULES, check_params
 
 Prompt = Messages | str
@@ -88,7 +90,8 @@ def unique_names(names: Sequence[str]) -> list[str]:
 
 
 ENCODING_FILE = "rlhfkit_encoding.json"
-"""Written beside a reward model by `rlhfkit rm`: the max_length / max_prompt_length its pairs were encoded with."""
+"""Written beside a reward model by `rlhfkit rm` / `rlhfkit prm`: the max_length / max_prompt_length its rows were
+encoded with, and for a process reward model {"process": {"delimiter": ...}}."""
 
 
 class RewardModelSource:
@@ -100,6 +103,11 @@ class RewardModelSource:
     ``max_prompt_length`` (default ``max_length // 2``, the RM trainer's default ratio; pass its
     ``data.max_prompt_length`` to match a run exactly), then the response from the right to fit ``max_length``;
     ``truncation_report`` counts them. Batches are formed longest-first to cut padding; scores come back in input order.
+
+    A process reward model (``delimiter`` set; read from the directory of `rlhfkit prm`) scores every step at its end
+    token: ``steps`` holds σ(score) = P(step correct) per step, placed by algo.reward_placement=process, and the total
+    is the smallest of them (a solution is as good as its worst step; Wang et al. 2024 §3.4, "min"). A step cut off by
+    truncation gets the score of the last token the model saw.
     """
 
     def __init__(
@@ -112,6 +120,7 @@ class RewardModelSource:
         max_prompt_length: int | None = None,
         heads: Sequence[str] | None = None,
         head_weights: Mapping[str, float] | None = None,
+        delimiter: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"reward model {name!r}: batch_size must be >= 1, got {batch_size}")
@@ -129,6 +138,7 @@ class RewardModelSource:
             raise ValueError(f"reward model {name!r}: weights for unknown heads {unknown} (heads: {self.heads})")
         self.head_weights = [float((head_weights or {}).get(h, 1.0)) for h in self.heads or []]
         self.model, self.tokenizer, self.batch_size, self.name = model, tokenizer, batch_size, name
+        self.delimiter = delimiter
         self.formatter = ChatFormatter(tokenizer, max_length, max_prompt_length or max_length // 2, "keep_end")
         # the head pools at the last token that is not config.pad_token_id, so pad with exactly that id
         pad = getattr(getattr(model, "config", None), "pad_token_id", None)
@@ -155,17 +165,20 @@ class RewardModelSource:
         rm``), so new responses are cut exactly as its training pairs were; otherwise 1024 and half of it.
         """
         saved = Path(os.fspath(path)) / ENCODING_FILE
-        if saved.exists() and max_length is None:
-            trained = json.loads(saved.read_text())
+        trained = json.loads(saved.read_text()) if saved.exists() else {}
+        if trained and max_length is None:
             max_length = int(trained["max_length"])
             max_prompt_length = max_prompt_length or int(trained["max_prompt_length"])
         max_length = max_length or 1024
+        delimiter = (trained.get("process") or {}).get("delimiter")
 
         heads = reward_heads(path)
         kind = "multi_reward" if heads is not None else "reward"
         model, tokenizer = load_for_inference(path, dtype, device, kind=kind)  # type: ignore[arg-type]
         label = name or f"rm:{Path(os.fspath(path)).name}"
-        return cls(model, tokenizer, batch_size, max_length, label, max_prompt_length, heads, head_weights)
+        return cls(
+            model, tokenizer, batch_size, max_length, label, max_prompt_length, heads, head_weights, delimiter=delimiter
+        )
 
     @property
     def truncation_report(self) -> Any:
@@ -178,6 +191,8 @@ class RewardModelSource:
 
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Scores:
         _check_lengths(self.name, prompts, responses)
+        if self.delimiter is not None:
+            return self._score_steps(prompts, responses)
         seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
         out = torch.zeros(len(seqs), len(self.heads or [0]), dtype=torch.float32)  # (B, K)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # longest first: memory peaks on batch one
@@ -200,6 +215,29 @@ class RewardModelSource:
             return Scores(total=out[:, 0], parts={self.name: out[:, 0]})
         total = out @ torch.tensor(self.head_weights, dtype=torch.float32)  # (B,) weighted sum of the heads
         return Scores(total=total, parts={h: out[:, k] for k, h in enumerate(self.heads)})
+
+    def _score_steps(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Scores:
+        encoded = [encode_steps(self.formatter, p, r, self.delimiter or "\n") for p, r in zip(prompts, responses)]
+        probs: list[list[float]] = [[] for _ in encoded]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(order), self.batch_size):
+                    idx = order[start : start + self.batch_size]
+                    ids, mask = pad_batch([encoded[i][0] for i in idx], self.pad_id, side="right")
+                    per_token = token_scores(self.model, ids.to(device), mask.to(device)).cpu()  # (b, T)
+                    for j, i in enumerate(idx):
+                        probs[i] = torch.sigmoid(per_token[j, encoded[i][1]]).tolist()
+        finally:
+            self.model.train(was_training)
+        if any(not math.isfinite(v) for row in probs for v in row):
+            raise ValueError(f"process reward model {self.name!r} produced non-finite step scores")
+        total = torch.tensor([min(row) if row else 0.0 for row in probs], dtype=torch.float32)
+        steps = [list(zip(enc[2], row)) for enc, row in zip(encoded, probs)]
+        return Scores(total=total, parts={self.name: total}, steps=steps)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,7 +351,9 @@ class CallableSource:
 
     ``fn`` is a callable or a spec string "package.module:function" / "path/to/file.py:function". Prompts passed to it
     are the last user turns. The params are bound against its signature when the source is built, so a typo fails
-    early; the result must hold one finite number per response.
+    early; the result must hold one finite number per response, or, for a process reward, one list of
+    ``(end, reward)`` steps per response (``end`` = the character offset where the step ends in the response; see
+    ``Scores.steps``), whose total is the sum of its step rewards.
     """
 
     def __init__(
@@ -339,8 +379,33 @@ class CallableSource:
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Scores:
         _check_lengths(self.name, prompts, responses)
         values = self.fn(_texts(prompts), list(responses), **self.params)
-        t = checked_scores(values, len(responses), f"callable {self.spec!r}")
+        who = f"callable {self.spec!r}"
+        if isinstance(values, Sequence) and values and all(isinstance(v, (list, tuple)) for v in values):
+            steps = checked_steps(values, responses, who)
+            t = torch.tensor([sum(r for _, r in row) for row in steps], dtype=torch.float32)
+            return Scores(total=t, parts={self.name: t}, steps=steps)
+        t = checked_scores(values, len(responses), who)
         return Scores(total=t, parts={self.name: t})
+
+
+def checked_steps(values: Sequence[Any], responses: Sequence[str], who: str) -> list[list[tuple[int, float]]]:
+    """Per-response lists of (end, reward) steps, checked: one list per response, integer ends inside the response,
+    finite rewards; one-line errors name ``who`` and the response."""
+    if len(values) != len(responses):
+        raise ValueError(f"{who} returned {len(values)} step lists for {len(responses)} responses")
+    out = []
+    for i, (row, text) in enumerate(zip(values, responses)):
+        steps = []
+        for step in row:
+            ok = isinstance(step, (list, tuple)) and len(step) == 2 and isinstance(step[0], int)
+            ok = ok and isinstance(step[1], (int, float)) and not isinstance(step[1], bool)
+            if not ok or not 0 <= step[0] <= len(text) or not math.isfinite(step[1]):
+                raise ValueError(
+                    f"{who}: response {i} has step {step!r}; a step is (end, reward) with 0 <= end <= {len(text)}"
+                )
+            steps.append((int(step[0]), float(step[1])))
+        out.append(steps)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -352,7 +417,8 @@ class WeightedSum:
 
     parts keep every source's unweighted total under its name, and a source's own parts (e.g. ensemble members) as
     "<source>/<part>". uncertainty, if any source has one: sqrt(sum_i (w_i u_i)^2), i.e. the sources' errors are
-    treated as independent; sources without one contribute 0.
+    treated as independent; sources without one contribute 0. steps, if any source scores steps: every source's
+    weighted step rewards, an outcome-only source's score as a step ending with the response.
     """
 
     def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float], name: str = "total") -> None:
@@ -372,8 +438,15 @@ class WeightedSum:
         variance = torch.zeros(len(responses), dtype=torch.float32)
         parts: dict[str, Tensor] = {}
         any_uncertainty = False
-        for name, src, w in zip(self.names, self.sources, self.weights):
-            s = src(prompts, responses)
+        results = [src(prompts, responses) for src in self.sources]
+        steps: list[list[tuple[int, float]]] | None = None
+        if any(r.steps is not None for r in results):  # a process source: outcome-only ones score the last step
+            rows: list[list[tuple[int, float]]] = [[] for _ in responses]
+            for r, w in zip(results, self.weights):
+                for row, own in zip(rows, step_rewards(r, responses)):
+                    row.extend((end, w * v) for end, v in own)
+            steps = [sorted(row) for row in rows]
+        for name, src, w, s in zip(self.names, self.sources, self.weights, results):
             t = s.total.float().cpu()
             total += w * t
             parts[name] = t
@@ -383,7 +456,8 @@ class WeightedSum:
             if s.uncertainty is not None:
                 any_uncertainty = True
                 variance += (w * s.uncertainty.float().cpu()) ** 2
-        return Scores(total=total, parts=parts, uncertainty=variance.sqrt() if any_uncertainty else None)
+        uncertainty = variance.sqrt() if any_uncertainty else None
+        return Scores(total=total, parts=parts, uncertainty=uncertainty, steps=steps)
 
 
 class RunningNormalizer:
@@ -447,7 +521,8 @@ class RunningNormalizer:
 class Normalized:
     """A source whose total is standardized by a RunningNormalizer (if given) and then clipped to [-clip, clip].
 
-    parts stay raw and gain "raw_total" (the total before normalization); uncertainty is divided by the same std.
+    parts stay raw and gain "raw_total" (the total before normalization); uncertainty is divided by the same std;
+    process steps stay raw.
     ``state_dict`` / ``load_state_dict`` carry the normalizer's statistics across a resume.
     """
 
@@ -468,7 +543,7 @@ class Normalized:
                 uncertainty = uncertainty.float().cpu() / math.sqrt(self.normalizer.var + self.normalizer.eps)
         if self.clip is not None:
             total = total.clamp(-self.clip, self.clip)
-        return Scores(total=total, parts={**s.parts, "raw_total": raw}, uncertainty=uncertainty)
+        return Scores(total=total, parts={**s.parts, "raw_total": raw}, uncertainty=uncertainty, steps=s.steps)
 
     def state_dict(self) -> dict[str, Any]:
         return self.normalizer.state_dict() if self.normalizer is not None else {}

@@ -49,6 +49,8 @@ class Rollout:
     ref_logprobs: Tensor | None = None  # (B, R) float32 log pi_ref(a_t | s_t), same temperature
     values: Tensor | None = None  # (B, R) float32 critic V(s_t) before token t
     scores: Tensor | None = None  # (B,) float32 sequence reward (after normalization and penalties)
+    token_scores: Tensor | None = None  # (B, R) float32 process rewards at step-end tokens (reward_placement=process)
+    step_mask: Tensor | None = None  # (B, R) float32 1 at step-end tokens (each row's last token always ends a step)
     advantages: Tensor | None = None  # (B, R) float32 per-token advantage
     returns: Tensor | None = None  # (B, R) float32 value targets (critic only)
     kl_coef: Tensor | None = None  # (B,) float32 per-sequence KL coefficient (the controller's, scaled by uncertainty)

@@ -5,7 +5,8 @@ Each rollout step:
     1. rollout: sample num_samples responses per prompt from the current policy          (rl_common.collect)
     2. score: reward sources -> (B,) scores (running normalization, clip, missing-EOS penalty)
     3. forward without gradients: log pi_old, values, log pi_ref per response token
-    4. per-token KL to the reference; token rewards = score at the last token - kl_coef * KL (placement=reward)
+    4. per-token KL to the reference; token rewards = score at the last token (or each step's reward at its end
+       token: algo.reward_placement=process) - kl_coef * KL (placement=reward)
     5. advantages: GAE + whitening (ppo), group-normalized (grpo), leave-one-out (rloo), whitened return-to-go
        (reinforce: REINFORCE++); whitening statistics are global over every process
     6. epochs over mini-batches, each ONE optimizer step (trainers/step.py): clipped surrogate + clipped value loss
@@ -28,7 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rlhfkit.advantages import broadcast_to_tokens, gae, group_normalized, leave_one_out, reinforce_pp
+from rlhfkit.advantages import (
+    broadcast_to_tokens,
+    gae,
+    group_normalized,
+    group_process_advantages,
+    leave_one_out,
+    reinforce_pp,
+)
 from rlhfkit.advantages import whiten_advantages as _whiten
 from rlhfkit.config import AlgoConfig, ConfigError, RLConfig, to_dict
 from rlhfkit.kl import kl_loss_term, per_token_kl_penalty, shape_rewards
@@ -61,6 +69,11 @@ def _adv_ppo(
 def _adv_grpo(
     ro: Rollout, token_rewards: Tensor, a: AlgoConfig, reduce: AllReduce | None = None
 ) -> tuple[Tensor, Tensor | None]:
+    if a.reward_placement == "process":  # normalized step rewards summed over the steps still ahead (Shao §4.1.3)
+        adv = group_process_advantages(
+            token_rewards, ro.step_mask, ro.response_mask, a.num_samples, 1e-6, a.scale_by_std
+        )
+        return adv, None
     seq = token_rewards.sum(-1)  # the score (minus the summed KL penalty when it is placed in the reward)
     adv = group_normalized(seq, a.num_samples, scale_by_std=a.scale_by_std)  # Shao et al. 2024 eq. 3
     return broadcast_to_tokens(adv, ro.response_mask), None
@@ -216,7 +229,7 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         else:  # reuse_old: the penalty is in the loss; the KL is logged from the training forward
             kl_tok, seq_kl = torch.zeros_like(mask), None
         penalty = ro.kl_coef.unsqueeze(1) * kl_tok if kl_cfg.placement == "reward" else torch.zeros_like(mask)
-        token_rewards = shape_rewards(ro.scores, penalty, mask)
+        token_rewards = shape_rewards(ro.scores if ro.token_scores is None else ro.token_scores, penalty, mask)
 
         # 5. advantages (and returns for the critic), whitened over every process
         ro.advantages, ro.returns = ADVANTAGES[a.name](ro, token_rewards, a, all_reduce)

@@ -30,6 +30,7 @@ from rlhfkit.models import Reference, build_reference
 from rlhfkit.rewards import build_reward, check_reward_paths
 from rlhfkit.rewards.base import Scores
 from rlhfkit.rewards.preference import PreferenceConditioner, check_objectives
+from rlhfkit.rewards.process import process_token_scores
 from rlhfkit.rewards.sources import RunningNormalizer
 from rlhfkit.rollout import (
     HFEngine,
@@ -166,6 +167,9 @@ def collect(run: OnlineRun, step: int) -> tuple[Rollout, Tensor, Scores]:
     if a.missing_eos_penalty is not None:
         scores = scores - a.missing_eos_penalty * (~ro.finished).float()
     ro.scores = scores
+    if a.reward_placement == "process":  # each step's reward at its end token, the missing-EOS penalty on the last
+        args = (ro.texts, ro.response_ids, ro.response_mask, run.tokenizer, scores - raw)
+        ro.token_scores, ro.step_mask = process_token_scores(scored, *args)
     # the KL coefficient of each sequence: its domain's controller's, larger where an ensemble of reward models disagrees
     ro.domain = run.kl_ctl.index([p.domain for p in batch_prompts for _ in range(a.num_samples)]).to(device)
     coef = run.kl_ctl.coefs(ro.domain)
