@@ -148,22 +148,28 @@ def _rm_overrides(tiny_dir: Path, out: Path, data: Path, steps: int = 20) -> lis
     ]
 
 
-def test_two_head_reward_model_learns_opposite_orderings(tiny_dir, tmp_path):
+@pytest.fixture(scope="module")
+def two_head_rm(tiny_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """A two-head reward model trained once (in process) for the tests below: (its run directory, its summary)."""
+    from rlhfkit.trainers.rm import train_rm
+
+    root = tmp_path_factory.mktemp("two_head")
+    cfg = load_config(RMConfig, None, _rm_overrides(tiny_dir, root / "rm", _two_dimension_prefs(root / "p.jsonl")))
+    return root / "rm", train_rm(cfg)
+
+
+def test_two_head_reward_model_learns_opposite_orderings(two_head_rm):
     from transformers import AutoModelForSequenceClassification
 
     from rlhfkit.rewards.sources import RewardModelSource
-    from rlhfkit.trainers.rm import train_rm
 
-    cfg = load_config(
-        RMConfig, None, _rm_overrides(tiny_dir, tmp_path / "rm", _two_dimension_prefs(tmp_path / "p.jsonl"))
-    )
-    summary = train_rm(cfg)
+    run_dir, summary = two_head_rm
     ev = summary["eval"]
     assert ev["accuracy/pos"] >= 0.9 and ev["accuracy/neg"] >= 0.9, ev
     assert ev["pairs/pos"] > ev["pairs/neg"]  # the rows without a "neg" label do not count for it
     assert any("pos on" in n for n in summary["notes"])
     # a plain Hugging Face directory that names its heads
-    model_dir = tmp_path / "rm" / "model"
+    model_dir = run_dir / "model"
     hf = AutoModelForSequenceClassification.from_pretrained(model_dir)
     assert hf.config.num_labels == 2 and hf.config.id2label == {0: "pos", 1: "neg"}
     src = RewardModelSource.from_path(model_dir, name="rm")
@@ -362,31 +368,18 @@ def test_simulated_raters_label_each_dimension_with_its_own_gold():
 # the CLI end to end: multi-head reward model -> preference-vector RLOO on it -> Pareto sweep
 
 
-def test_cli_multi_objective_end_to_end(tiny_dir, tmp_path):
-    prefs = _two_dimension_prefs(tmp_path / "p.jsonl", 24)
+def test_cli_multi_objective_end_to_end(tiny_dir, two_head_rm, tmp_path):
+    rm_dir = two_head_rm[0] / "model"  # `rlhfkit rm objectives=[pos, neg]`, in process above
+    assert json.loads((rm_dir / "rlhfkit_encoding.json").read_text())["objectives"] == ["pos", "neg"]
     write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say something about film number {i}."} for i in range(16)])
     write_jsonl(tmp_path / "held.jsonl", [{"prompt": f"Say something about film number {i}."} for i in range(50, 54)])
     common = ["train.batch_size=4", "train.progress=false", "data.max_length=64", "data.max_prompt_length=40"]
-    r = _cli(
-        "rm",
-        f"model.name_or_path={tiny_dir}",
-        f"data.train={prefs}",
-        "objectives=[pos, neg]",
-        "train.max_steps=3",
-        *common,
-        "-o",
-        str(tmp_path / "rm"),
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr
-    enc = json.loads((tmp_path / "rm" / "model" / "rlhfkit_encoding.json").read_text())
-    assert enc["objectives"] == ["pos", "neg"]
     r = _cli(
         "rloo",
         f"model.name_or_path={tiny_dir}",
         f"data.train={tmp_path / 'prompts.jsonl'}",
         f"data.eval={tmp_path / 'held.jsonl'}",
-        f"reward.sources=[{{kind: multi_rm, path: {tmp_path / 'rm' / 'model'}}}]",
+        f"reward.sources=[{{kind: multi_rm, path: {rm_dir}}}]",
         "preference.objectives=[pos, neg]",
         "train.max_steps=2",
         "sampling.max_new_tokens=6",
@@ -428,6 +421,6 @@ def test_cli_multi_objective_end_to_end(tiny_dir, tmp_path):
     from rlhfkit.pipeline.pareto import load_run_config, parse_weights
 
     with pytest.raises(ConfigError, match=r"rm/config.yaml: command 'rm' is not an online trainer"):
-        load_run_config(tmp_path / "rm")
+        load_run_config(two_head_rm[0])
     with pytest.raises(ConfigError, match=r"^--weights '1,2,3': give 2 non-negative numbers with a positive sum$"):
         parse_weights(["1,2,3"], 2)
