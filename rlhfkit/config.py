@@ -64,6 +64,8 @@ KLEstimator = Literal["k1", "k2", "k3"]
 KLPlacement = Literal["reward", "loss"]
 AlgoName = Literal["ppo", "grpo", "rloo", "reinforce", "online-dpo"]
 Critic = Literal["head", "separate", "none"]
+RolloutWeights = Literal["gather", "copy"]
+FrozenPlacement = Literal["shard", "replicate"]
 SampleFormat = Literal["samples", "sft", "prefs"]
 ALIASES: dict[str, str] = {"reinforce++": "reinforce"}
 """Other accepted spellings of a named choice (algo.name, the command, the pipeline's optimize.algorithm), each read as
@@ -646,6 +648,19 @@ class AlgoConfig:
 
 
 @dataclass(frozen=True)
+class ShardingConfig:
+    """Online RL under FSDP2 (train.fsdp=true or accelerate's fsdp2.yaml); ignored otherwise."""
+
+    rollout: RolloutWeights = "gather"
+    """How the rollout engine gets whole weights: gather (all-gather the policy for each generate call, freed after)
+    or copy (an unsharded inference copy per process, synced before each generate call: more memory, faster
+    decoding). docs/benchmarks.md measures both."""
+    frozen: FrozenPlacement = "replicate"
+    """The frozen reference and reward models: shard (FSDP2, gathered block by block at each forward: less memory)
+    or replicate (a whole copy per process: no communication). Under LoRA the reference is the policy itself."""
+
+
+@dataclass(frozen=True)
 class RLConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy to optimize; also the reference (frozen copy, or adapters disabled under LoRA)."""
@@ -668,6 +683,8 @@ class RLConfig:
     and length."""
     gold: RewardConfig = field(default_factory=RewardConfig)
     """Optional held-out-only reward sources (e.g. a gold scorer), reported beside the training reward: proxy vs gold."""
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    """Online RL under FSDP2: whole weights for the rollout engine, frozen models sharded or replicated."""
 
     def validate(self) -> None:
         refuse_packing(self.data)
