@@ -72,7 +72,8 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
 
             # 3. (best, worst) pairs, the same number on every process
             pairs = rl_common.pair_rows(ro.scores, a.num_samples)
-            n_pairs = int(acc.reduce(torch.tensor(len(pairs) // 2, device=device), "min").item())
+            # the fewest over processes: accelerate's reduce has no "min" (it summed), so the max of the negatives
+            n_pairs = -int(acc.reduce(torch.tensor(-(len(pairs) // 2), device=device), "max").item())
             train_ro = ro.select(pairs[: 2 * n_pairs])
 
             # 4. log pi_ref of every sample (the pairs' for the loss, all of them for the logged KL)
