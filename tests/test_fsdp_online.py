@@ -199,3 +199,26 @@ def test_fsdp_online_hung_process_is_an_error_naming_rank_and_step(work, tmp_pat
     assert r.returncode != 0
     assert "error: rank 0, step 2: a collective with the other processes failed" in r.stderr, r.stderr[-4000:]
     assert "train.collective_timeout=3s" in r.stderr
+
+
+def test_separate_critic_values_are_its_head_on_every_response_position():
+    """The separate critic runs its own forward (what FSDP needs) and still gives the head's value at each position
+    that predicts a response token, with gradients to the whole critic; a forward hook left behind would leak."""
+    from rlhfkit.models.tiny import tiny_causal_lm, tiny_reward_model
+    from rlhfkit.models.value import PolicyWithValue
+
+    torch.manual_seed(0)
+    policy, critic = tiny_causal_lm(), tiny_reward_model()
+    module = PolicyWithValue(policy, "separate", critic)
+    ids = torch.randint(3, 60, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a left-padded row
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    r = 4
+    _, _, values = module(ids, mask, pos, ids[:, -r:])
+    h = critic.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state[:, -(r + 1) : -1]
+    assert values.shape == (3, r)
+    assert torch.allclose(values, critic.score(h).squeeze(-1), atol=1e-6)
+    values.sum().backward()
+    assert critic.score.weight.grad is not None and critic.model.embed_tokens.weight.grad.abs().sum() > 0
+    assert not critic._forward_hooks and not critic.score._forward_hooks
