@@ -265,23 +265,12 @@ def finish_online(
     session.close()
     if not session.is_main:
         return {}
-    a = run.cfg.algo
     tok_s = run.gen_tokens / max(seconds, 1e-9)
     info = distributed_info(run.accelerator) | run.sharding
     result = LoopResult(run.n_steps, seconds, last, evals, tok_s, True, session.world, info, state)
-    extra = {f"before/{k}": v for k, v in before.items()}
-    return finish_run(
-        run.out,
-        a.name,
-        run.policy,
-        run.tokenizer,
-        result,
-        run.notes,
-        len(run.prompts),
-        len(run.eval_prompts),
-        eval_extra=extra,
-        algo=a.name,
-    )
+    extra, name = {f"before/{k}": v for k, v in before.items()}, run.cfg.algo.name
+    rows = (len(run.prompts), len(run.eval_prompts))
+    return finish_run(run.out, name, run.policy, run.tokenizer, result, run.notes, *rows, eval_extra=extra, algo=name)
 
 
 def pair_rows(scores: Tensor, group_size: int) -> list[int]:
