@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", __file__]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([*cmd, "--worker", "--steps", str(a.steps)], env=env, capture_output=True, text=True)
-    print("\n".join(x for x in r.stdout.splitlines() if x.startswith("{")) or r.stderr[-3000:])
+    lines = re.findall(r"\{[^{}]*\}", r.stdout)  # the two processes' lines may interleave
+    print("\n".join(sorted(lines)) or r.stderr[-3000:])
     sys.exit(r.returncode)
 
 
