@@ -65,6 +65,8 @@ KLPlacement = Literal["reward", "loss"]
 RewardPlacement = Literal["outcome", "process"]
 AlgoName = Literal["ppo", "grpo", "rloo", "reinforce", "online-dpo"]
 Critic = Literal["head", "separate", "none"]
+RolloutWeights = Literal["gather", "copy"]
+FrozenPlacement = Literal["shard", "replicate"]
 SampleFormat = Literal["samples", "sft", "prefs"]
 RedTeamSuccess = Literal["no-refusal", "no-refusal-and-target"]
 ALIASES: dict[str, str] = {"reinforce++": "reinforce"}
@@ -743,6 +745,16 @@ class PreferenceVectorConfig:
         require(self.dirichlet_alpha > 0, f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
         require("{weights}" in self.format, f"format must contain {{weights}}, got {self.format!r}")
         require(1 <= self.decimals <= 6, f"decimals must be in [1, 6], got {self.decimals}")
+class ShardingConfig:
+    """Online RL under FSDP2 (train.fsdp=true or accelerate's fsdp2.yaml); ignored otherwise."""
+
+    rollout: RolloutWeights = "gather"
+    """How the rollout engine gets whole weights: gather (all-gather the policy for each generate call, freed after)
+    or copy (an unsharded inference copy per process, synced before each generate call: more memory, faster
+    decoding). docs/benchmarks.md measures both."""
+    frozen: FrozenPlacement = "replicate"
+    """The frozen reference and reward models: shard (FSDP2, gathered block by block at each forward: less memory)
+    or replicate (a whole copy per process: no communication). Under LoRA the reference is the policy itself."""
 
 
 @dataclass(frozen=True)
@@ -770,6 +782,8 @@ class RLConfig:
     """Optional held-out-only reward sources (e.g. a gold scorer), reported beside the training reward: proxy vs gold."""
     preference: PreferenceVectorConfig = field(default_factory=PreferenceVectorConfig)
     """Preference-vector policy: random objective weights in each prompt, reward = their weighted sum (off by default)."""
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    """Online RL under FSDP2: whole weights for the rollout engine, frozen models sharded or replicated."""
 
     def validate(self) -> None:
         refuse_packing(self.data)

@@ -85,10 +85,22 @@ class PolicyWithValue(nn.Module):
         if want_hidden:
             v = self.value_head(stats.hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         elif values and self.critic_kind == "separate":
-            h = self.critic.base_model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-            ).last_hidden_state[:, -(r + 1) : -1]
-            v = _score_head(self.critic)(h).squeeze(-1).float()
+            # the critic runs its own forward (a sharded critic gathers its weights there) and returns its head's
+            # output at every position instead of the pooled last-token score: hooks swap the output before any other
+            # hook sees it (FSDP's post-forward then prepares the backward through it)
+            head_out: list[Tensor] = []
+            handles = [
+                _score_head(self.critic).register_forward_hook(lambda _m, _i, out: head_out.append(out)),
+                self.critic.register_forward_hook(lambda _m, _i, _out: head_out[-1], prepend=True),
+            ]
+            try:
+                per_position = self.critic(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                )
+            finally:
+                for handle in handles:
+                    handle.remove()
+            v = per_position[:, -(r + 1) : -1].squeeze(-1).float()
         assert stats.entropy is not None
         return stats.logprobs, stats.entropy, v
 

@@ -26,7 +26,7 @@ from rlhfkit.models import (
 )
 from rlhfkit.rundir import check_run_dir
 from rlhfkit.seeding import set_seed
-from rlhfkit.trainers.distributed import start_processes
+from rlhfkit.trainers.distributed import plain_copy, start_processes
 
 
 def check_rows(n_rows: int, train: TrainConfig, what: str = "training rows") -> None:
@@ -90,11 +90,18 @@ def finish_run(
     eval_extra: dict[str, float] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Save the model in Hugging Face format (LoRA merged; under FSDP the gathered weights) and write / print the
-    run's summary."""
-    save_model(model, tokenizer, out_dir / "model", merge_lora=True, state_dict=result.model_state)
+    """Save the model in Hugging Face format (LoRA merged, and the adapters alone in adapter/; under FSDP the
+    gathered weights) and write / print the run's summary."""
+    state = result.model_state
+    if state is not None and hasattr(model, "peft_config"):  # sharded LoRA: merged from an unsharded copy
+        model, state = plain_copy(model, state), None
+    save_model(model, tokenizer, out_dir / "model", merge_lora=True, state_dict=state)
+    adapter = {}
+    if hasattr(model, "peft_config"):
+        adapter = {"adapter": str(save_model(model, None, out_dir / "adapter"))}
     summary = {
         "model": str(out_dir / "model"),
+        **adapter,
         **extra,
         "distributed": result.distributed,
         "train_rows": train_rows,

@@ -10,6 +10,12 @@
 - Under FSDP the weights and the optimizer state live in shards: `trainable_state` / `optimizer_state` gather the full
   state (a collective: every process calls them; rank 0 gets the tensors), `load_trainable` / `load_optimizer` shard
   a full state back. Without sharding they are the plain `named_parameters` / `state_dict`.
+- `prepare_sharded(acc, model, optimizer)`: FSDP2 over every transformer block, and over every Hugging Face model
+  held inside a wrapper (the online trainers' policy + critic module): such a model is called on its own too (the
+  rollout engine, the reference as the policy with adapters disabled), so it must be a unit whose forward gathers
+  its own weights. LoRA shards like full fine-tuning (frozen and trainable parameters share units).
+- `plain_copy(model, state)`: on rank 0, an unsharded model of the same architecture holding gathered full weights
+  (what a LoRA model is merged and saved from).
 - `collective_guard(rank, step, timeout)`: a collective that timed out (a hung or dead peer) becomes a
   `CollectiveTimeout` naming this rank and the step.
 """
@@ -17,6 +23,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,6 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+from peft import PeftModel, get_peft_model
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -32,6 +40,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.fsdp import FSDPModule
+from transformers import PreTrainedModel
 
 from rlhfkit.config import TrainConfig
 from rlhfkit.errors import CollectiveTimeout
@@ -110,6 +120,53 @@ def distributed_info(acc: Accelerator) -> dict[str, Any]:
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0 gets the whole state on CPU, others {}
+
+
+def block_classes(model: torch.nn.Module) -> list[str]:
+    """Names of the transformer-block classes (`_no_split_modules`) of every Hugging Face model inside `model`."""
+    found = {type(m).__name__ for m in model.modules()}
+    names: list[str] = []
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel):
+            names += [n for n in (m._no_split_modules or []) if n in found and n not in names]
+    return names
+
+
+def inner_models(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The outermost Hugging Face (or peft) models strictly inside a wrapper module; [] when `model` is one."""
+    if isinstance(model, (PreTrainedModel, PeftModel)):
+        return []
+    out: list[torch.nn.Module] = []
+    for child in model.children():
+        out += [child] if isinstance(child, (PreTrainedModel, PeftModel)) else inner_models(child)
+    return out
+
+
+def prepare_sharded(acc: Accelerator, model: torch.nn.Module, optimizer: Any) -> tuple[torch.nn.Module, Any]:
+    """FSDP2 through accelerate: one unit per transformer block, one per model inside a wrapper, then the root."""
+    plugin = acc.state.fsdp_plugin
+    names = list(plugin.transformer_cls_names_to_wrap or []) + block_classes(model)
+    names += [type(m).__name__ for m in inner_models(model)]
+    plugin.transformer_cls_names_to_wrap = list(dict.fromkeys(names))
+    model, optimizer = acc.prepare(model, optimizer)
+    # the root must be known before an inner model runs forward on its own (else FSDP takes that one as the root)
+    model._get_fsdp_state()._lazy_init()
+    return model, optimizer
+
+
+def plain_copy(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """An unsharded model of `model`'s architecture (a Hugging Face model, with its LoRA adapters if any) holding the
+    full weights `state` (gathered on rank 0), on CPU."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    cls = type(base)
+    if issubclass(cls, FSDPModule):  # fully_shard made it FSDP<Class>(FSDPModule, Class)
+        cls = next(c for c in cls.__bases__ if c is not FSDPModule)
+    fresh = cls._from_config(copy.deepcopy(base.config), dtype=next(iter(state.values())).dtype)
+    if isinstance(model, PeftModel):
+        name = model.active_adapter
+        fresh = get_peft_model(fresh, copy.deepcopy(model.peft_config[name]), adapter_name=name)
+    fresh.load_state_dict(state, strict=True)
+    return fresh
 
 
 def trainable_names(model: torch.nn.Module) -> list[str]:

@@ -40,6 +40,7 @@ from rlhfkit.trainers.distributed import (
     full_model_state,
     is_sharded,
     make_accelerator,
+    prepare_sharded,
 )
 from rlhfkit.trainers.step import OptimizerStep
 
@@ -129,10 +130,6 @@ class Session:
         self.is_main = self.accelerator.is_main_process
         self.identity = identity
         sharded = is_sharded(self.accelerator)
-        if sharded and hasattr(model, "peft_config"):
-            raise ValueError(
-                "train.fsdp: LoRA under FSDP2 is not supported yet; train LoRA with DDP (without train.fsdp)"
-            )
         if not sharded:
             self.model = self.accelerator.prepare(model)  # on its device (and wrapped for DDP) before the optimizer
         groups = [g for g in param_groups if g["params"]]
@@ -147,7 +144,7 @@ class Session:
             cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * n_updates), num_training_steps=n_updates
         )
         if sharded:  # FSDP2 replaces the parameters by sharded ones: model and optimizer are prepared together
-            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+            self.model, self.optimizer = prepare_sharded(self.accelerator, model, optimizer)
         else:
             self.optimizer = self.accelerator.prepare(optimizer)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]

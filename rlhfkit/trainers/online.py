@@ -48,6 +48,7 @@ from rlhfkit.models.value import PolicyWithValue
 from rlhfkit.ops import masked_mean
 from rlhfkit.rollout import Rollout, rollout_forward
 from rlhfkit.trainers import rl_common
+from rlhfkit.trainers.distributed import collective_guard
 from rlhfkit.trainers.loop import Session
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -196,101 +197,104 @@ def train_rl(cfg: RLConfig) -> dict[str, Any]:
         a, kl_cfg.estimator, kl_cfg.placement == "loss", run.temperature, reuse_old, kl_cfg.log_ratio_clip
     )
 
-    before = rl_common.evaluate(run, micro_size) if start == 0 else {}
+    with collective_guard(acc.process_index, 0, tc.collective_timeout):
+        before = rl_common.evaluate(run, micro_size) if start == 0 else {}
     session.log(0, "eval", before)
     bar = session.progress(start, run.n_steps)
     t0, last = time.perf_counter(), {}
     for step in range(start, run.n_steps):
-        # 1-2. rollout, score
-        ro, raw, scored = rl_common.collect(run, step)
+        with collective_guard(acc.process_index, step + 1, tc.collective_timeout):  # a hung peer: an error
+            # 1-2. rollout, score
+            ro, raw, scored = rl_common.collect(run, step)
 
-        # 3. log pi_old and values (no gradients), log pi_ref
-        t = time.perf_counter()
-        if not reuse_old:
-            with acc.autocast():  # the same precision as the update's forward, so the first ratio is 1
-                ro.logprobs, ro.values = rollout_forward(
-                    lambda mb: _logprobs_and_values(unwrapped, mb, run.temperature), ro, micro_size
+            # 3. log pi_old and values (no gradients), log pi_ref
+            t = time.perf_counter()
+            if not reuse_old:
+                with acc.autocast():  # the same precision as the update's forward, so the first ratio is 1
+                    ro.logprobs, ro.values = rollout_forward(
+                        lambda mb: _logprobs_and_values(unwrapped, mb, run.temperature), ro, micro_size
+                    )
+            ro.ref_logprobs = rl_common.reference_logprobs(run, ro, micro_size)
+            run.timings["forward"] = time.perf_counter() - t
+            mismatch: dict[
+                str, Tensor
+            ] = {}  # engine vs training log-probs of the same tokens (in the update's stats when reuse_old)
+            if ro.logprobs is not None and ro.rollout_logprobs is not None:
+                mismatch = rollout_mismatch_stats(ro.logprobs, ro.rollout_logprobs, ro.response_mask, a.tis_cap)
+
+            # 4. per-token KL and token rewards
+            mask = ro.response_mask
+            if ro.logprobs is not None:
+                kl_tok = per_token_kl_penalty(
+                    ro.logprobs, ro.ref_logprobs, mask, 1.0, kl_cfg.estimator, kl_cfg.log_ratio_clip
                 )
-        ro.ref_logprobs = rl_common.reference_logprobs(run, ro, micro_size)
-        run.timings["forward"] = time.perf_counter() - t
-        mismatch: dict[
-            str, Tensor
-        ] = {}  # engine vs training log-probs of the same tokens (in the update's stats when reuse_old)
-        if ro.logprobs is not None and ro.rollout_logprobs is not None:
-            mismatch = rollout_mismatch_stats(ro.logprobs, ro.rollout_logprobs, ro.response_mask, a.tis_cap)
+                seq_kl = ((ro.logprobs - ro.ref_logprobs) * mask).sum(-1)  # k1 per sequence: controller and logs
+            else:  # reuse_old: the penalty is in the loss; the KL is logged from the training forward
+                kl_tok, seq_kl = torch.zeros_like(mask), None
+            penalty = ro.kl_coef.unsqueeze(1) * kl_tok if kl_cfg.placement == "reward" else torch.zeros_like(mask)
+            token_rewards = shape_rewards(ro.scores if ro.token_scores is None else ro.token_scores, penalty, mask)
 
-        # 4. per-token KL and token rewards
-        mask = ro.response_mask
-        if ro.logprobs is not None:
-            kl_tok = per_token_kl_penalty(
-                ro.logprobs, ro.ref_logprobs, mask, 1.0, kl_cfg.estimator, kl_cfg.log_ratio_clip
-            )
-            seq_kl = ((ro.logprobs - ro.ref_logprobs) * mask).sum(-1)  # k1 per sequence: controller and logs
-        else:  # reuse_old: the penalty is in the loss; the KL is logged from the training forward
-            kl_tok, seq_kl = torch.zeros_like(mask), None
-        penalty = ro.kl_coef.unsqueeze(1) * kl_tok if kl_cfg.placement == "reward" else torch.zeros_like(mask)
-        token_rewards = shape_rewards(ro.scores if ro.token_scores is None else ro.token_scores, penalty, mask)
+            # 5. advantages (and returns for the critic), whitened over every process
+            ro.advantages, ro.returns = ADVANTAGES[a.name](ro, token_rewards, a, all_reduce)
 
-        # 5. advantages (and returns for the critic), whitened over every process
-        ro.advantages, ro.returns = ADVANTAGES[a.name](ro, token_rewards, a, all_reduce)
+            # 6. epochs over mini-batches: one optimizer step each
+            t = time.perf_counter()
+            stat_sums: dict[str, float] = {}
+            n_updates_now, stopped_early, loss_sum, grad_norm = 0, False, 0.0, float("nan")
+            for _epoch in range(a.epochs):
+                for micro in rl_common.mini_batches(len(ro), mini, micro_size):
+                    batches = [ro.select(m).trimmed() for m in micro]
+                    rows = torch.cat(micro).tolist()
+                    result = session.step(
+                        batches,
+                        [normalizer_count(b, a) for b in batches],
+                        rl_common.micro_sizes(micro),
+                        lambda b: _loss_and_stats(model, b, ctx),
+                        rl_common.on_diverge(run, session, step, rows),
+                    )
+                    n_updates_now += 1
+                    loss_sum += result.loss
+                    grad_norm = result.grad_norm
+                    for k, v in result.metrics.items():
+                        stat_sums[k] = stat_sums.get(k, 0.0) + v
+                    if a.target_kl is not None:  # this mini-batch's KL to the rollout policy, the same on every process
+                        approx = acc.reduce(torch.tensor(result.metrics.get("approx_kl", 0.0), device=device), "mean")
+                        if approx.item() > a.target_kl:
+                            stopped_early = True
+                            break
+                if stopped_early:
+                    break
+            run.timings["train"] = time.perf_counter() - t
 
-        # 6. epochs over mini-batches: one optimizer step each
-        t = time.perf_counter()
-        stat_sums: dict[str, float] = {}
-        n_updates_now, stopped_early, loss_sum, grad_norm = 0, False, 0.0, float("nan")
-        for _epoch in range(a.epochs):
-            for micro in rl_common.mini_batches(len(ro), mini, micro_size):
-                batches = [ro.select(m).trimmed() for m in micro]
-                rows = torch.cat(micro).tolist()
-                result = session.step(
-                    batches,
-                    [normalizer_count(b, a) for b in batches],
-                    rl_common.micro_sizes(micro),
-                    lambda b: _loss_and_stats(model, b, ctx),
-                    rl_common.on_diverge(run, session, step, rows),
-                )
-                n_updates_now += 1
-                loss_sum += result.loss
-                grad_norm = result.grad_norm
-                for k, v in result.metrics.items():
-                    stat_sums[k] = stat_sums.get(k, 0.0) + v
-                if a.target_kl is not None:  # this mini-batch's KL to the rollout policy, the same on every process
-                    approx = acc.reduce(torch.tensor(result.metrics.get("approx_kl", 0.0), device=device), "mean")
-                    if approx.item() > a.target_kl:
-                        stopped_early = True
-                        break
-            if stopped_early:
-                break
-        run.timings["train"] = time.perf_counter() - t
-
-        # 7. KL controller, logs, evaluation, checkpoint
-        if seq_kl is None:
-            seq_kl = torch.full_like(ro.scores, stat_sums.get("policy_kl", 0.0) / max(n_updates_now, 1))
-        kl_mean = acc.reduce(seq_kl.mean().detach().float(), "mean").item()  # one beta for every process
-        kl_coef = run.kl_ctl.value
-        per_domain = run.kl_ctl.update(seq_kl.detach().float(), ro.domain, all_reduce)  # every controller, its own KL
-        done = step + 1
-        last = rl_common.base_metrics(run, ro, raw, scored, kl_mean, t0) | {
-            "kl_coef": kl_coef,
-            "loss": loss_sum / max(n_updates_now, 1),
-            "lr": session.scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm,
-            "updates": n_updates_now,
-            "stopped_early": float(stopped_early),
-            **{k: v / max(n_updates_now, 1) for k, v in stat_sums.items()},
-            **{k: float(v) for k, v in mismatch.items()},
-            **per_domain,
-        }
-        if ro.returns is not None and ro.values is not None:
-            last["explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))
-        if done % tc.log_every == 0 or done == run.n_steps:
-            session.log(done, "train", last)
-        bar.set_postfix(score=f"{last['score']:.3f}", kl=f"{last['kl']:.2f}", len=f"{last['response_length']:.0f}")
-        bar.update(1)
-        if tc.eval_every and done % tc.eval_every == 0 and done < run.n_steps:
-            session.log(done, "eval", rl_common.evaluate(run, micro_size))
-        if tc.save_every and done % tc.save_every == 0 and done < run.n_steps:
-            session.checkpoint(done, rl_common.checkpoint_state(run))
+            # 7. KL controller, logs, evaluation, checkpoint
+            if seq_kl is None:
+                seq_kl = torch.full_like(ro.scores, stat_sums.get("policy_kl", 0.0) / max(n_updates_now, 1))
+            kl_mean = acc.reduce(seq_kl.mean().detach().float(), "mean").item()  # one beta for every process
+            kl_coef = run.kl_ctl.value
+            # every domain's controller, with its own KL
+            per_domain = run.kl_ctl.update(seq_kl.detach().float(), ro.domain, all_reduce)
+            done = step + 1
+            last = rl_common.base_metrics(run, ro, raw, scored, kl_mean, t0) | {
+                "kl_coef": kl_coef,
+                "loss": loss_sum / max(n_updates_now, 1),
+                "lr": session.scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "updates": n_updates_now,
+                "stopped_early": float(stopped_early),
+                **{k: v / max(n_updates_now, 1) for k, v in stat_sums.items()},
+                **{k: float(v) for k, v in mismatch.items()},
+                **per_domain,
+            }
+            if ro.returns is not None and ro.values is not None:
+                last["explained_variance"] = float(explained_variance(ro.values, ro.returns, mask))
+            if done % tc.log_every == 0 or done == run.n_steps:
+                session.log(done, "train", last)
+            bar.set_postfix(score=f"{last['score']:.3f}", kl=f"{last['kl']:.2f}", len=f"{last['response_length']:.0f}")
+            bar.update(1)
+            if tc.eval_every and done % tc.eval_every == 0 and done < run.n_steps:
+                session.log(done, "eval", rl_common.evaluate(run, micro_size))
+            if tc.save_every and done % tc.save_every == 0 and done < run.n_steps:
+                session.checkpoint(done, rl_common.checkpoint_state(run))
     bar.close()
     return rl_common.finish_online(run, session, start, t0, last, before, micro_size)
 

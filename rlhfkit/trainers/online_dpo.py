@@ -30,6 +30,7 @@ from rlhfkit.losses.policy import rollout_mismatch_stats
 from rlhfkit.models.value import PolicyWithValue
 from rlhfkit.rollout import Rollout, rollout_forward
 from rlhfkit.trainers import rl_common
+from rlhfkit.trainers.distributed import collective_guard
 from rlhfkit.trainers.loop import Session
 
 
@@ -41,6 +42,11 @@ def online_dpo_loss(module: Any, mb: Rollout, beta: float, temperature: float) -
     losses, r_c, r_r = PREFERENCE_LOSSES["dpo"](seq[0::2], seq[1::2], ref[0::2], ref[1::2], beta=beta)
     stats = {"dpo/accuracy": (r_c > r_r).float().mean().detach(), "dpo/margin": (r_c - r_r).mean().detach()}
     return losses.sum(), stats
+
+
+def _policy_logprobs(policy: Any, mb: Rollout, temperature: float) -> torch.Tensor:
+    """log pi (B, R) of a mini-batch's response tokens."""
+    return policy(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids, temperature)[0]
 
 
 def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
@@ -60,79 +66,77 @@ def train_online_dpo(cfg: RLConfig) -> dict[str, Any]:
     start = rl_common.restore(run, session)
     micro = 2 * micro_pairs
 
-    before = rl_common.evaluate(run, micro) if start == 0 else {}
+    with collective_guard(acc.process_index, 0, tc.collective_timeout):
+        before = rl_common.evaluate(run, micro) if start == 0 else {}
     session.log(0, "eval", before)
     bar = session.progress(start, run.n_steps)
     t0, last = time.perf_counter(), {}
     for step in range(start, run.n_steps):
-        # 1-2. rollout, score
-        ro, raw, scored = rl_common.collect(run, step)
+        with collective_guard(acc.process_index, step + 1, tc.collective_timeout):  # a hung peer: an error
+            # 1-2. rollout, score
+            ro, raw, scored = rl_common.collect(run, step)
 
-        # 3. (best, worst) pairs, the same number on every process
-        pairs = rl_common.pair_rows(ro.scores, a.num_samples)
-        n_pairs = int(acc.reduce(torch.tensor(len(pairs) // 2, device=device), "min").item())
-        train_ro = ro.select(pairs[: 2 * n_pairs])
+            # 3. (best, worst) pairs, the same number on every process
+            pairs = rl_common.pair_rows(ro.scores, a.num_samples)
+            # the fewest over processes: accelerate's reduce has no "min" (it summed), so the max of the negatives
+            n_pairs = -int(acc.reduce(torch.tensor(-(len(pairs) // 2), device=device), "max").item())
+            train_ro = ro.select(pairs[: 2 * n_pairs])
 
-        # 4. log pi_ref of every sample (the pairs' for the loss, all of them for the logged KL)
-        t = time.perf_counter()
-        ro.ref_logprobs = rl_common.reference_logprobs(run, ro, micro)
-        with acc.autocast(), torch.no_grad():
-            logp = rollout_forward(
-                lambda mb: (
-                    unwrapped(mb.input_ids, mb.attention_mask, mb.position_ids, mb.response_ids, run.temperature)[0],
-                    None,
-                ),
-                ro,
-                micro,
-            )[0]
-        train_ro.ref_logprobs = ro.ref_logprobs[torch.as_tensor(pairs[: 2 * n_pairs], dtype=torch.long)]
-        run.timings["forward"] = time.perf_counter() - t
+            # 4. log pi_ref of every sample (the pairs' for the loss, all of them for the logged KL)
+            t = time.perf_counter()
+            ro.ref_logprobs = rl_common.reference_logprobs(run, ro, micro)
+            with acc.autocast(), torch.no_grad():
+                logp = rollout_forward(lambda mb: (_policy_logprobs(unwrapped, mb, run.temperature), None), ro, micro)[
+                    0
+                ]
+            train_ro.ref_logprobs = ro.ref_logprobs[torch.as_tensor(pairs[: 2 * n_pairs], dtype=torch.long)]
+            run.timings["forward"] = time.perf_counter() - t
 
-        # 5. epochs over mini-batches of pairs
-        t = time.perf_counter()
-        stat_sums: dict[str, float] = {}
-        n_now, loss_sum, grad_norm = 0, 0.0, float("nan")
-        for _epoch in range(a.epochs if n_pairs else 0):
-            for mb in rl_common.mini_batches(2 * n_pairs, 2 * mini_pairs, micro, pairs=True):
-                batches = [train_ro.select(m).trimmed() for m in mb]
-                rows = torch.cat(mb).tolist()
-                result = session.step(
-                    batches,
-                    [len(b) / 2 for b in batches],
-                    rl_common.micro_sizes(mb),
-                    lambda b: online_dpo_loss(model, b, a.dpo_beta, run.temperature),
-                    rl_common.on_diverge(run, session, step, rows),
-                )
-                n_now, loss_sum, grad_norm = n_now + 1, loss_sum + result.loss, result.grad_norm
-                for k, v in result.metrics.items():
-                    stat_sums[k] = stat_sums.get(k, 0.0) + v
-        run.timings["train"] = time.perf_counter() - t
+            # 5. epochs over mini-batches of pairs
+            t = time.perf_counter()
+            stat_sums: dict[str, float] = {}
+            n_now, loss_sum, grad_norm = 0, 0.0, float("nan")
+            for _epoch in range(a.epochs if n_pairs else 0):
+                for mb in rl_common.mini_batches(2 * n_pairs, 2 * mini_pairs, micro, pairs=True):
+                    batches = [train_ro.select(m).trimmed() for m in mb]
+                    rows = torch.cat(mb).tolist()
+                    result = session.step(
+                        batches,
+                        [len(b) / 2 for b in batches],
+                        rl_common.micro_sizes(mb),
+                        lambda b: online_dpo_loss(model, b, a.dpo_beta, run.temperature),
+                        rl_common.on_diverge(run, session, step, rows),
+                    )
+                    n_now, loss_sum, grad_norm = n_now + 1, loss_sum + result.loss, result.grad_norm
+                    for k, v in result.metrics.items():
+                        stat_sums[k] = stat_sums.get(k, 0.0) + v
+            run.timings["train"] = time.perf_counter() - t
 
-        # 6. logs, evaluation, checkpoint
-        seq_kl = ((logp - ro.ref_logprobs) * ro.response_mask).sum(-1)
-        kl_mean = acc.reduce(seq_kl.mean().float(), "mean").item()
-        lp_rollout = ro.rollout_logprobs  # the engine's log-probs vs the training forward's (logged only)
-        mismatch = rollout_mismatch_stats(logp, lp_rollout, ro.response_mask) if lp_rollout is not None else {}
-        # KL per prompt domain for the logs only: the DPO beta, not a KL coefficient, holds the policy here
-        per_domain = run.kl_ctl.update(seq_kl.float(), ro.domain, lambda t: acc.reduce(t, "sum"), adapt=False)
-        done = step + 1
-        last = rl_common.base_metrics(run, ro, raw, scored, kl_mean, t0) | {
-            "pairs": float(n_pairs),
-            "loss": loss_sum / max(n_now, 1),
-            "lr": session.scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm,
-            "updates": n_now,
-            **{k: v / max(n_now, 1) for k, v in stat_sums.items()},
-            **{k: float(v) for k, v in mismatch.items()},
-            **per_domain,
-        }
-        if done % tc.log_every == 0 or done == run.n_steps:
-            session.log(done, "train", last)
-        bar.set_postfix(score=f"{last['score']:.3f}", kl=f"{last['kl']:.2f}", pairs=n_pairs)
-        bar.update(1)
-        if tc.eval_every and done % tc.eval_every == 0 and done < run.n_steps:
-            session.log(done, "eval", rl_common.evaluate(run, micro))
-        if tc.save_every and done % tc.save_every == 0 and done < run.n_steps:
-            session.checkpoint(done, rl_common.checkpoint_state(run))
+            # 6. logs, evaluation, checkpoint
+            seq_kl = ((logp - ro.ref_logprobs) * ro.response_mask).sum(-1)
+            kl_mean = acc.reduce(seq_kl.mean().float(), "mean").item()
+            lp_rollout = ro.rollout_logprobs  # the engine's log-probs vs the training forward's (logged only)
+            mismatch = rollout_mismatch_stats(logp, lp_rollout, ro.response_mask) if lp_rollout is not None else {}
+            # KL per prompt domain for the logs only: the DPO beta, not a KL coefficient, holds the policy here
+            per_domain = run.kl_ctl.update(seq_kl.float(), ro.domain, lambda t: acc.reduce(t, "sum"), adapt=False)
+            done = step + 1
+            last = rl_common.base_metrics(run, ro, raw, scored, kl_mean, t0) | {
+                "pairs": float(n_pairs),
+                "loss": loss_sum / max(n_now, 1),
+                "lr": session.scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "updates": n_now,
+                **{k: v / max(n_now, 1) for k, v in stat_sums.items()},
+                **{k: float(v) for k, v in mismatch.items()},
+                **per_domain,
+            }
+            if done % tc.log_every == 0 or done == run.n_steps:
+                session.log(done, "train", last)
+            bar.set_postfix(score=f"{last['score']:.3f}", kl=f"{last['kl']:.2f}", pairs=n_pairs)
+            bar.update(1)
+            if tc.eval_every and done % tc.eval_every == 0 and done < run.n_steps:
+                session.log(done, "eval", rl_common.evaluate(run, micro))
+            if tc.save_every and done % tc.save_every == 0 and done < run.n_steps:
+                session.checkpoint(done, rl_common.checkpoint_state(run))
     bar.close()
     return rl_common.finish_online(run, session, start, t0, last, before, micro)

@@ -45,8 +45,9 @@ from rlhfkit.rollout import (
     sampling_params,
 )
 from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
-from rlhfkit.trainers.distributed import distributed_info, is_sharded
+from rlhfkit.trainers.distributed import collective_guard, distributed_info, is_sharded
 from rlhfkit.trainers.loop import DataOrder, LoopResult, Session, make_accelerator
+from rlhfkit.trainers.sharding import policy_state, shard_online
 
 
 @dataclass
@@ -73,6 +74,8 @@ class OnlineRun:
     """Preference-vector policy: weights drawn per prompt and written into it; reward = w . r (None: off)."""
     gen_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    sharding: dict[str, str] = field(default_factory=dict)
+    """Under FSDP: how the engine gets whole weights and where the frozen models live (sharding.shard_online)."""
 
     @property
     def device(self) -> torch.device:
@@ -104,8 +107,6 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     write_run_files(out, cfg, command)
     policy, tokenizer = load_for_training(cfg.model, "causal", tc.seed)
     accelerator = make_accelerator(tc)
-    if is_sharded(accelerator):
-        raise ValueError("train.fsdp: the online trainers do not shard yet; run them with DDP (without train.fsdp)")
     device = accelerator.device
     reference = build_reference(policy, cfg.model, cfg.reference, True, device)
     reward = build_reward(replace(cfg.reward, normalize=False, clip=None), device=str(device), dtype=cfg.model.dtype)
@@ -118,7 +119,7 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
         check_objectives(reward, conditioner.objectives)
     order = DataOrder(len(prompts), tc.batch_size * accelerator.num_processes, tc.seed)
     n_steps = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(tc.epochs * order.steps_per_epoch))
-    return OnlineRun(
+    run = OnlineRun(
         cfg=cfg,
         out=out,
         policy=policy,
@@ -138,6 +139,9 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
         params=sampling_params(cfg.sampling),
         conditioner=conditioner,
     )
+    if is_sharded(accelerator):  # before the session shards the policy
+        run.sharding = shard_online(run, cfg.sharding.rollout, cfg.sharding.frozen)
+    return run
 
 
 def collect(run: OnlineRun, step: int) -> tuple[Rollout, Tensor, Scores]:
@@ -274,32 +278,22 @@ def finish_online(
     micro: int,
 ) -> dict[str, Any]:
     """Final evaluation, checkpoint, summary (main process only)."""
-    evals = evaluate(run, micro)
-    session.log(run.n_steps, "eval", evals)
-    if run.n_steps > start:
-        session.checkpoint(run.n_steps, checkpoint_state(run))
+    with collective_guard(session.rank, run.n_steps, run.cfg.train.collective_timeout):
+        evals = evaluate(run, micro)
+        session.log(run.n_steps, "eval", evals)
+        if run.n_steps > start:
+            session.checkpoint(run.n_steps, checkpoint_state(run))
+        state = policy_state(session.accelerator, session.model)
     seconds = time.perf_counter() - t0
     session.close()
     if not session.is_main:
         return {}
-    a = run.cfg.algo
     tok_s = run.gen_tokens / max(seconds, 1e-9)
-    result = LoopResult(
-        run.n_steps, seconds, last, evals, tok_s, True, session.world, distributed_info(run.accelerator)
-    )
-    extra = {f"before/{k}": v for k, v in before.items()}
-    return finish_run(
-        run.out,
-        a.name,
-        run.policy,
-        run.tokenizer,
-        result,
-        run.notes,
-        len(run.prompts),
-        len(run.eval_prompts),
-        eval_extra=extra,
-        algo=a.name,
-    )
+    info = distributed_info(run.accelerator) | run.sharding
+    result = LoopResult(run.n_steps, seconds, last, evals, tok_s, True, session.world, info, state)
+    extra, name = {f"before/{k}": v for k, v in before.items()}, run.cfg.algo.name
+    rows = (len(run.prompts), len(run.eval_prompts))
+    return finish_run(run.out, name, run.policy, run.tokenizer, result, run.notes, *rows, eval_extra=extra, algo=name)
 
 
 def pair_rows(scores: Tensor, group_size: int) -> list[int]:
