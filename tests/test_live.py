@@ -298,10 +298,12 @@ class Server:
         self.thread.join(timeout=10)
 
 
+def read_events(events: Path) -> list[dict]:
+    return [json.loads(x) for x in events.read_text().splitlines() if x.strip()] if events.exists() else []
+
+
 def updates(events: Path) -> int:
-    if not events.exists():
-        return 0
-    return sum(json.loads(x)["event"] == "update" for x in events.read_text().splitlines() if x.strip())
+    return sum(e["event"] == "update" for e in read_events(events))
 
 
 def rater(url: str, token: str, done: threading.Event, active: threading.Event, hold=None, log=None) -> None:
@@ -343,7 +345,7 @@ def test_run_with_live_feedback_through_the_http_api(tmp_path: Path) -> None:
         "seed": 3,
         "prompts": {"train": str(root / "prompts.jsonl"), "eval_count": 6, "template": "Say: {prompt}"},
         "label": {"source": "human", "db": db, "gold": gold,
-                  "live": {"queue": 6, "batch_pairs": 3, "staleness": K, "min_rate": 30.0, "window": 3.0,
+                  "live": {"queue": 6, "batch_pairs": 3, "staleness": K, "min_rate": 30.0, "window": 2.0,
                            "wait_timeout": 120.0, "poll_seconds": 0.1}},  # fmt: skip
         "optimize": {
             "algorithm": "online-dpo",
@@ -395,7 +397,8 @@ def test_run_with_live_feedback_through_the_http_api(tmp_path: Path) -> None:
                 assert trainer.is_alive() and time.monotonic() - t0 < 240, errors
                 time.sleep(0.05)
             active.clear()
-            while "pause" not in events.read_text():
+            stopped = updates(events)
+            while not any(e["event"] == "pause" and e["version"] >= stopped for e in read_events(events)):
                 assert trainer.is_alive() and time.monotonic() - t0 < 240, errors
                 time.sleep(0.05)
             paused_at = updates(events)
@@ -418,12 +421,11 @@ def test_run_with_live_feedback_through_the_http_api(tmp_path: Path) -> None:
     metrics = [json.loads(x) for x in (out / "round-1/optimize/metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if "train/live/labels" in m]
     assert len(train) == steps and train[-1]["train/live/stale"] == len(stale)
-    assert train[-1]["train/live/labels"] == len(store.new_labels(f"{out.name}-round-1"))
-    evs = [json.loads(x) for x in events.read_text().splitlines()]
-    kinds = [e["event"] for e in evs if e["event"] in ("pause", "resume", "update")]
-    i = kinds.index("pause")
-    assert kinds[i + 1] == "resume" and "update" in kinds[i + 2 :] and evs[[e["event"] for e in evs].index("pause")]["rate"] < 30
-    assert train[-1]["train/live/paused_s"] >= 1.0
+    assert 3 * steps <= train[-1]["train/live/labels"] <= len(store.new_labels(f"{out.name}-round-1"))  # raters go on
+    evs = [e for e in read_events(events) if e["event"] in ("pause", "resume", "update")]
+    i = next(i for i, e in enumerate(evs) if e["event"] == "pause" and e["version"] >= 4)  # the raters' break
+    assert evs[i]["rate"] < 30 and evs[i + 1]["event"] == "resume" and evs[i + 2]["event"] == "update"
+    assert evs[i + 1]["paused_s"] >= 1.0 and train[-1]["train/live/paused_s"] >= 1.0
 
     # DPO moved the policy toward the raters' preference: the implicit reward margin of the labelled pairs is positive
     margin = implicit_margin(root / "tiny", out / "round-1/optimize/model", store, f"{out.name}-round-1", rows)
