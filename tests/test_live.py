@@ -344,9 +344,20 @@ def test_run_with_live_feedback_through_the_http_api(tmp_path: Path) -> None:
         "rounds": 1,
         "seed": 3,
         "prompts": {"train": str(root / "prompts.jsonl"), "eval_count": 6, "template": "Say: {prompt}"},
-        "label": {"source": "human", "db": db, "gold": gold,
-                  "live": {"queue": 6, "batch_pairs": 3, "staleness": K, "min_rate": 30.0, "window": 2.0,
-                           "wait_timeout": 120.0, "poll_seconds": 0.1}},  # fmt: skip
+        "label": {
+            "source": "human",
+            "db": db,
+            "gold": gold,
+            "live": {
+                "queue": 6,
+                "batch_pairs": 3,
+                "staleness": K,
+                "min_rate": 30.0,
+                "window": 2.0,
+                "wait_timeout": 120.0,
+                "poll_seconds": 0.1,
+            },
+        },  # fmt: skip
         "optimize": {
             "algorithm": "online-dpo",
             "train": {"max_steps": steps, "lr": 3e-3, "eval_every": 4, "save_every": 2},

@@ -697,7 +697,9 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
         keys = ("updates", "labels", "labels_per_min", "trained_pairs", "stale_dropped", "downweighted", "ties",
                 "staleness_mean", "staleness_max", "pauses", "paused_s", "minutes")  # fmt: skip
         runs = {str(k): v.get("summary") or {} for k, v in live.items() if isinstance(v, Mapping)}
-        s.table(_Table(["", *runs], [[k, *(r.get(k) for r in runs.values())] for k in keys], ["", *[".4g"] * len(runs)]))
+        s.table(
+            _Table(["", *runs], [[k, *(r.get(k) for r in runs.values())] for k in keys], ["", *[".4g"] * len(runs)])
+        )
         s.note(
             "Staleness: policy versions (updates) between the policy that sampled a pair and the update that used it; "
             "stale pairs (beyond label.live.staleness) are dropped or down-weighted. Labels per minute over the "

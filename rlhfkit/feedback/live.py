@@ -164,7 +164,12 @@ class LiveFeed:
         self._event("start" if not state else "resume_run", step=step)
 
     def state(self) -> dict[str, Any]:
-        return {"used": sorted(self.used), "cursor": self.cursor, "counts": dict(self.counts), "paused_s": self.paused_s}
+        return {
+            "used": sorted(self.used),
+            "cursor": self.cursor,
+            "counts": dict(self.counts),
+            "paused_s": self.paused_s,
+        }
 
     # ------------------------------------------------------------ the loop's one call
 
@@ -246,9 +251,7 @@ class LiveFeed:
         return sum(
             1
             for p in self.items
-            if p not in self.used
-            and not self._decided(p)
-            and (c.stale == "downweight" or self._age(p) <= c.staleness)
+            if p not in self.used and not self._decided(p) and (c.stale == "downweight" or self._age(p) <= c.staleness)
         )
 
     def _refill(self, sample: Callable[[list[int]], list[SampledPair]]) -> None:

@@ -225,7 +225,8 @@ def live_optimize(cfg: PipelineConfig, db: str, campaign: str, where: str = "<pi
     return {
         "algo": {"num_samples": 2},
         "reward": {"sources": user["sources"][1:], "normalize": user["normalize"]},
-        "live": to_dict(cfg.label.live) | {"db": db, "campaign": campaign, "raters_per_item": cfg.label.raters_per_item},
+        "live": to_dict(cfg.label.live)
+        | {"db": db, "campaign": campaign, "raters_per_item": cfg.label.raters_per_item},
     }
 
 

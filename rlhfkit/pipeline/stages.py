@@ -260,7 +260,10 @@ class Pipeline:
 
         settings: dict[str, Any] = {"optimize": self.cfg.optimize}
         if live:
-            settings["live"] = to_dict(self.cfg.label.live) | {"db": self.annotation_db, "gold": to_dict(self.cfg.label)["gold"]}
+            settings["live"] = to_dict(self.cfg.label.live) | {
+                "db": self.annotation_db,
+                "gold": to_dict(self.cfg.label)["gold"],
+            }
             settings["raters_per_item"] = self.cfg.label.raters_per_item
         return Stage(r, "optimize", settings, inputs, ("model",), run)
 

@@ -56,8 +56,12 @@ def _sample_pairs(run: rl_common.OnlineRun, rows: list[int]) -> list[SampledPair
     ro = run.engine.generate([run.prompts[i].ids for i in rows], run.params, 2)
     ids = [r[m.bool()].tolist() for r, m in zip(ro.response_ids, ro.response_mask)]
     return [
-        SampledPair(i, PromptExample(run.prompts[i].messages).to_row()["prompt"], tuple(ro.texts[2 * j : 2 * j + 2]),
-                    (ids[2 * j], ids[2 * j + 1]))  # fmt: skip
+        SampledPair(
+            i,
+            PromptExample(run.prompts[i].messages).to_row()["prompt"],
+            tuple(ro.texts[2 * j : 2 * j + 2]),
+            (ids[2 * j], ids[2 * j + 1]),
+        )  # fmt: skip
         for j, i in enumerate(rows)
     ]
 
