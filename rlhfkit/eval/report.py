@@ -700,6 +700,15 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
         s.table(
             _Table(["", *runs], [[k, *(r.get(k) for r in runs.values())] for k in keys], ["", *[".4g"] * len(runs)])
         )
+        timeline = [
+            [str(name), g.get("step"), g.get("minutes"), g.get("gold")]
+            for name, run in live.items()
+            if isinstance(run, Mapping)
+            for g in run.get("gold") or []
+            if isinstance(g, Mapping)
+        ]
+        if timeline:
+            s.table(_Table(["run", "update", "minutes", "held-out gold"], timeline, ["", "d", ".2f", ".4f"]))
         s.note(
             "Staleness: policy versions (updates) between the policy that sampled a pair and the update that used it; "
             "stale pairs (beyond label.live.staleness) are dropped or down-weighted. Labels per minute over the "
