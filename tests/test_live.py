@@ -5,6 +5,7 @@ tiny model while rater threads label through the real HTTP API of a uvicorn serv
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -435,7 +436,7 @@ def test_run_with_live_feedback_through_the_http_api(tmp_path: Path) -> None:
     assert 3 * steps <= train[-1]["train/live/labels"] <= len(store.new_labels(f"{out.name}-round-1"))  # raters go on
     evs = [e for e in read_events(events) if e["event"] in ("pause", "resume", "update")]
     i = next(i for i, e in enumerate(evs) if e["event"] == "pause" and e["version"] >= 4)  # the raters' break
-    assert evs[i]["rate"] < 30 and evs[i + 1]["event"] == "resume" and evs[i + 2]["event"] == "update"
+    assert evs[i]["rate"] < 30 and evs[i + 1]["event"] == "resume" and "update" in [e["event"] for e in evs[i + 2 :]]
     assert evs[i + 1]["paused_s"] >= 1.0 and train[-1]["train/live/paused_s"] >= 1.0
 
     # DPO moved the policy toward the raters' preference: the implicit reward margin of the labelled pairs is positive
@@ -475,3 +476,26 @@ def implicit_margin(ref_dir: Path, policy_dir: Path, store: Store, campaign: str
     diff = (response_logprobs(policy, ro, 1.0) - response_logprobs(ref, ro, 1.0)) * ro.response_mask
     seq = diff.sum(-1)
     return float((seq[0::2] - seq[1::2]).mean())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"label": {"source": "simulated"}}, "label.live needs source=human, got source=simulated"),
+        ({"optimize": {"algorithm": "ppo"}}, "label.live trains with optimize.algorithm=online-dpo, got ppo"),
+        ({"eval": {"judge": "rm"}}, "label.live trains no reward model: eval.judge must be gold or judge"),
+        ({"label": {"live": {"queue": 2, "batch_pairs": 3}}}, "label.live.batch_pairs=3 must be <= queue=2"),
+        ({"optimize": {"train": {"max_steps": 0}}}, "live feedback: train.max_steps (updates) must be set"),
+    ],
+)
+def test_live_pipeline_settings_fail_at_load_naming_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    from rlhfkit.config import deep_merge
+
+    d = {
+        "output": str(tmp_path / "run"),
+        "label": {"source": "human", "live": {"queue": 8}},
+        "optimize": {"algorithm": "online-dpo", "train": {"max_steps": 4}},
+    }
+    (tmp_path / "p.yaml").write_text(json.dumps(deep_merge(d, change)))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_pipeline(tmp_path / "p.yaml")
