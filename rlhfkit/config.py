@@ -58,6 +58,7 @@ PreferenceLossName = Literal["dpo", "ipo", "robust", "hinge", "simpo", "orpo"]
 DPOTies = Literal["drop", "davidson", "rao-kupper"]
 RewardKind = Literal["model", "multi_rm", "ensemble", "rule", "callable", "sentiment", "arithmetic"]
 EnsembleReduce = Literal["mean", "min", "mean-std"]
+StaleMode = Literal["drop", "downweight"]
 Backend = Literal["auto", "hf", "hf-static"]
 KLControllerName = Literal["fixed", "adaptive"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -745,6 +746,8 @@ class PreferenceVectorConfig:
         require(self.dirichlet_alpha > 0, f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
         require("{weights}" in self.format, f"format must contain {{weights}}, got {self.format!r}")
         require(1 <= self.decimals <= 6, f"decimals must be in [1, 6], got {self.decimals}")
+
+
 class ShardingConfig:
     """Online RL under FSDP2 (train.fsdp=true or accelerate's fsdp2.yaml); ignored otherwise."""
 
@@ -807,8 +810,9 @@ class RLConfig:
             a.name != "online-dpo" or not (mini % 2 or micro % 2),
             "online-dpo trains on pairs: algo.mini_batch_size and train.micro_batch_size must be even",
         )
+        live = getattr(self, "live", None)  # online DPO with live human feedback needs no reward source
         require(
-            bool(self.reward.sources),
+            bool(self.reward.sources) or (live is not None and live.enabled),
             "reward.sources is empty: give at least one reward source, e.g. a reward model directory",
         )
         require(
@@ -868,6 +872,66 @@ class ReinforceConfig(RLConfig):
 
 
 @dataclass(frozen=True)
+class LiveSettings:
+    """Live human feedback while online DPO trains (rlhfkit.feedback.live): the knobs shared by the trainer's `live`
+    section and the pipeline's `label.live`."""
+
+    queue: int = 8
+    """Pairs kept waiting for raters: once batch_pairs of them are labelled (or stale), the current policy samples that
+    many more."""
+    batch_pairs: int = 4
+    """Labelled pairs an update waits for; it then trains on every labelled pair not used yet (each pair once)."""
+    staleness: int = 4
+    """K: a label on a pair sampled more than K policy versions (updates) before the update that would use it is
+    stale."""
+    stale: StaleMode = "drop"
+    """What a stale label gets: drop (not trained on; counted) or downweight (weight stale_decay^(age - K))."""
+    stale_decay: float = 0.5
+    """stale=downweight: the weight's factor per version beyond K."""
+    min_rate: float = 0.0
+    """Labels per minute (over the last `window` seconds) below which training pauses, even with labels waiting,
+    rather than drift on a trickle; 0 = never pause."""
+    window: float = 60.0
+    """Seconds over which the label rate is measured."""
+    wait_timeout: float = 600.0
+    """Stop with an error (after a checkpoint: --resume continues) when no update was possible for this many seconds;
+    0 = wait for ever."""
+    poll_seconds: float = 0.5
+    """How often the annotation store is read for new labels while waiting."""
+
+    def validate(self) -> None:
+        require(self.queue >= 1 and self.batch_pairs >= 1, "queue and batch_pairs must be >= 1")
+        require(
+            self.batch_pairs <= self.queue,
+            f"batch_pairs={self.batch_pairs} must be <= queue={self.queue}: an update waits for that many queued pairs",
+        )
+        require(self.staleness >= 0, f"staleness must be >= 0 (policy versions), got {self.staleness}")
+        require(0.0 < self.stale_decay <= 1.0, f"stale_decay must be in (0, 1], got {self.stale_decay}")
+        require(self.min_rate >= 0 and self.window > 0, "min_rate must be >= 0 and window > 0")
+        require(self.wait_timeout >= 0 and self.poll_seconds > 0, "wait_timeout must be >= 0 and poll_seconds > 0")
+
+
+@dataclass(frozen=True)
+class LiveConfig(LiveSettings):
+    db: str = ""
+    """Annotation database (SQLite file or SQLAlchemy URL) the raters label in (`rlhfkit annotate serve --db`); empty =
+    no live feedback. Set, the policy's fresh samples stream to `campaign` and human labels are the preference."""
+    campaign: str = "live"
+    """Campaign the samples stream into (created on the first push; a name an earlier run took gets "-2", "-3"...)."""
+    raters_per_item: int = 1
+    """Raters per pair; with more than one, the majority's answer once all of them have answered."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.db)
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.raters_per_item >= 1, f"raters_per_item must be >= 1, got {self.raters_per_item}")
+        require(bool(self.campaign.strip()), "campaign must be a non-empty name")
+
+
+@dataclass(frozen=True)
 class OnlineDPOConfig(RLConfig):
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-7, batch_size=8, scheduler="constant"))
     """Optimization; train.batch_size = prompts per rollout (per process), train.max_steps = rollouts."""
@@ -877,6 +941,15 @@ class OnlineDPOConfig(RLConfig):
         default_factory=lambda: AlgoConfig(name="online-dpo", num_samples=4, epochs=1, critic="none")
     )
     """The policy-optimization algorithm."""
+    live: LiveConfig = field(default_factory=LiveConfig)
+    """Live human feedback: pairs of the current policy's samples labelled by raters in the annotation app (live.db)
+    instead of ranked by reward.sources."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.live.enabled:
+            require(self.algo.num_samples == 2, "live feedback labels pairs: algo.num_samples must be 2")
+            require(self.train.max_steps > 0, "live feedback: train.max_steps (updates) must be set (> 0)")
 
 
 @dataclass(frozen=True)

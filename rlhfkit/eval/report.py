@@ -31,6 +31,7 @@ matplotlib's mathtext never parses them.
               success_before, success_after, response_after}]}}}    (rlhfkit.eval.redteam.redteam_model per model)
     pareto_objectives: [str]            the objectives of a preference-vector sweep (rlhfkit pareto)
     pareto: [{policy, weights: [float], <objective>: float, <objective>_se?, scalarized?, length?, on_front?}]
+    live: {run name: rlhfkit.feedback.live.live_report output}   (labels per minute, staleness, gold over time)
 NaN and None print as "n/a".
 """
 
@@ -562,6 +563,42 @@ def pareto_png(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> 
     return base64.b64decode(encoded) if encoded else None
 
 
+def _live_png(runs: Mapping[str, Any]) -> str | None:
+    """Live feedback: labels per minute and gold against wall-clock minutes, and the staleness of the labels used."""
+    fig = _new_figure(3)
+    ax_rate, ax_age, ax_gold = fig.subplots(1, 3, squeeze=False)[0]
+    drawn = False
+    for c, (name, run) in enumerate(runs.items()):
+        if not isinstance(run, Mapping):
+            continue
+        color = f"C{c % 10}"
+        x, y = _xy(run.get("timeline") or [], "labels_per_min", x_key="minutes")
+        ax_rate.plot(x, y, "-", color=color, marker=".", label=_label(name))
+        x, y = _xy(run.get("gold") or [], "gold", x_key="minutes")
+        ax_gold.plot(x, y, "-o", color=color, markersize=4, label=_label(name))
+        hist = [h for h in run.get("staleness") or [] if isinstance(h, Mapping)]
+        ages = np.array([_num(h.get("age")) for h in hist])
+        width = 0.8 / max(len(runs), 1)
+        trained = np.array([_num(h.get("trained")) for h in hist])
+        stale = np.array([_num(h.get("stale")) for h in hist])
+        ax_age.bar(ages + c * width, trained, width, color=color, label=f"{_label(name)} trained")
+        ax_age.bar(ages + c * width, stale, width, bottom=trained, color=color, alpha=0.35, hatch="//",
+                   label=f"{_label(name)} stale")  # fmt: skip
+        drawn = drawn or bool(x) or bool(hist)
+    if not drawn:
+        return None
+    for ax, title, xlabel in (
+        (ax_rate, "labels per minute (sliding window)", "minutes"),
+        (ax_age, "staleness of labelled pairs", "age (policy versions)"),
+        (ax_gold, "gold score on held-out prompts", "minutes"),
+    ):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    ax_age.legend(fontsize=7)
+    return _png(fig)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # sections
 
@@ -818,6 +855,32 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
             _Column("gold", "gold", ".3f"),
         ]
         s.table(_table(overopt, cols))
+        out.append(s)
+
+    live = _mapping(data, "live")
+    if live:
+        s = section("live", "Live feedback")
+        s.figure(lambda: _live_png(live), "labels per minute, staleness and gold over time")
+        keys = ("updates", "labels", "labels_per_min", "trained_pairs", "stale_dropped", "downweighted", "ties",
+                "staleness_mean", "staleness_max", "pauses", "paused_s", "minutes")  # fmt: skip
+        runs = {str(k): v.get("summary") or {} for k, v in live.items() if isinstance(v, Mapping)}
+        s.table(
+            _Table(["", *runs], [[k, *(r.get(k) for r in runs.values())] for k in keys], ["", *[".4g"] * len(runs)])
+        )
+        timeline = [
+            [str(name), g.get("step"), g.get("minutes"), g.get("gold")]
+            for name, run in live.items()
+            if isinstance(run, Mapping)
+            for g in run.get("gold") or []
+            if isinstance(g, Mapping)
+        ]
+        if timeline:
+            s.table(_Table(["run", "update", "minutes", "held-out gold"], timeline, ["", "d", ".2f", ".4f"]))
+        s.note(
+            "Staleness: policy versions (updates) between the policy that sampled a pair and the update that used it; "
+            "stale pairs (beyond label.live.staleness) are dropped or down-weighted. Labels per minute over the "
+            "trainer's sliding window; a pause is training held while the rate was below label.live.min_rate."
+        )
         out.append(s)
 
     examples = _rows(data, "examples")

@@ -618,6 +618,91 @@ class Store:
             "required_labels": int(total) * c.raters_per_item,
         }
 
+    def append_items(self, name: str, items: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Add items to an existing campaign (a live campaign grows while the policy trains); returns their positions.
+
+        Items are validated like create_campaign's (pairs of identical responses are skipped). Each gets the campaign's
+        ``raters_per_item`` distinct raters among every rater in the store now (raters added since the campaign began
+        included), least-loaded in this campaign first, and goes to the end of their queues (raters label in order)."""
+        with self._session() as s:
+            c = self._campaign(s, name)
+            kind, per_item, seed = c.kind, c.raters_per_item, c.seed
+        prepared = _prepare_items(items, kind, "chain")
+
+        def append(s: Session) -> list[int]:
+            c = self._campaign(s, name)
+            pool = list(s.scalars(select(Rater).order_by(Rater.id)))
+            if len(pool) < per_item:
+                raise ValueError(f"raters_per_item={per_item} but only {len(pool)} rater(s) in the store")
+            last = s.scalar(select(func.max(Item.position)).where(Item.campaign_id == c.id))
+            start = 0 if last is None else last + 1
+            rows = s.execute(
+                select(Assignment.rater_id, func.count(Assignment.id), func.max(Assignment.sequence))
+                .where(Assignment.campaign_id == c.id)
+                .group_by(Assignment.rater_id)
+            ).all()
+            load = {r.id: 0 for r in pool} | {rid: int(n) for rid, n, _ in rows}
+            next_seq = {r.id: 0 for r in pool} | {rid: int(m) + 1 for rid, _, m in rows}
+            db_items = [
+                Item(campaign_id=c.id, position=start + i, prompt=p, responses=r, gold=g, origin=o)
+                for i, (p, r, g, o) in enumerate(prepared)
+            ]
+            s.add_all(db_items)
+            s.flush()
+            rng = random.Random(f"{seed}:{name}:{start}")
+            for item in db_items:
+                for r in sorted(pool, key=lambda r: (load[r.id], rng.random()))[:per_item]:
+                    load[r.id] += 1
+                    order = list(range(len(item.responses)))
+                    rng.shuffle(order)  # display randomization, recorded per assignment
+                    s.add(
+                        Assignment(
+                            campaign_id=c.id,
+                            item_id=item.id,
+                            rater_id=r.id,
+                            sequence=next_seq[r.id],
+                            display_order=order,
+                        )
+                    )
+                    next_seq[r.id] += 1
+            s.commit()
+            return [item.position for item in db_items]
+
+        return self._write(append)
+
+    def items(self, name: str) -> list[dict[str, Any]]:
+        """Every item of the campaign: {"position", "prompt", "responses", "origin"}, in order."""
+        _c, items = self._items(name)
+        return [
+            {"position": i.position, "prompt": i.prompt, "responses": list(i.responses), "origin": dict(i.origin or {})}
+            for i in items
+        ]
+
+    def new_labels(self, name: str, after: int = 0) -> list[dict[str, Any]]:
+        """The campaign's labels with an id above ``after``, oldest first: {"id", "item", "rater", "choice",
+        "strength", "ranks"} (canonical); a reader keeps the largest id it saw and asks for what came since."""
+        with self._session() as s:
+            c = self._campaign(s, name)
+            rows = s.execute(
+                select(Label, Item.position, Rater.name)
+                .join(Assignment, Label.assignment_id == Assignment.id)
+                .join(Item, Assignment.item_id == Item.id)
+                .join(Rater, Assignment.rater_id == Rater.id)
+                .where(Assignment.campaign_id == c.id, Label.id > after)
+                .order_by(Label.id)
+            ).all()
+        return [
+            {
+                "id": lab.id,
+                "item": pos,
+                "rater": rater,
+                "choice": lab.choice,
+                "strength": lab.strength,
+                "ranks": lab.ranks,
+            }
+            for lab, pos, rater in rows
+        ]
+
     @staticmethod
     def _campaign(s: Session, name: str) -> Campaign:
         c = s.scalar(select(Campaign).where(Campaign.name == name))

@@ -14,6 +14,7 @@ from rlhfkit.config import (
     FILE_PATH,
     MODEL_PATH,
     ConfigError,
+    LiveSettings,
     RewardSpec,
     RMConfig,
     SamplingConfig,
@@ -23,6 +24,7 @@ from rlhfkit.config import (
     load_config,
     require,
     resolve,
+    to_dict,
 )
 
 LabelSource = Literal["simulated", "judge", "human", "file"]
@@ -120,12 +122,17 @@ class LabelStage:
     """source=human: give up waiting for labels after this long (0 = wait for ever)."""
     poll_seconds: float = 10.0
     """source=human: how often to check the campaign's progress."""
+    live: LiveSettings | None = None
+    """source=human with optimize.algorithm=online-dpo: label while training. Each round's optimize stage streams pairs
+    of the current policy's samples to the campaign RUN-round-R and trains on the labels as they come (staleness
+    bound, minimum label rate); the round has no sample, label or rm stage. Empty = label between training stages."""
 
     def validate(self) -> None:
         require(0.0 <= self.heldout_fraction < 1.0, f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         require(0.0 <= self.human_share <= 1.0 and 0.0 <= self.audit_share <= 1.0, "human_share, audit_share in [0, 1]")
         require(self.source != "file" or bool(self.file), "file is empty: source=file needs a preference file")
         require(self.raters_per_item >= 1 and self.poll_seconds > 0, "raters_per_item >= 1 and poll_seconds > 0")
+        require(self.live is None or self.source == "human", f"live needs source=human, got source={self.source}")
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,10 @@ class PipelineConfig:
 
     def validate(self) -> None:
         require(self.rounds >= 1, f"rounds must be at least 1, got {self.rounds}")
+        if self.label.live is not None:
+            algo = canonical(str(self.optimize.get("algorithm", "ppo")))
+            require(algo == "online-dpo", f"label.live trains with optimize.algorithm=online-dpo, got {algo}")
+            require(self.eval.judge != "rm", "label.live trains no reward model: eval.judge must be gold or judge")
 
 
 def load_pipeline(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
@@ -197,6 +208,8 @@ def load_pipeline(path: str | Path | None, overrides: list[str] | None = None) -
     _stage_config(RMConfig, cfg.rm, {}, where, "rm.")
     cls, online = OPTIMIZERS[algo].config, OPTIMIZERS[algo].online
     placeholder = {"reward": optimize_reward(cfg.optimize, "<the round's reward model>", where)} if online else {}
+    if cfg.label.live is not None:
+        placeholder = live_optimize(cfg, "<label.db>", "<the round's campaign>", where)
     _stage_config(cls, _without(cfg.optimize, "algorithm"), placeholder, where, "optimize.")
     return cfg
 
@@ -239,6 +252,19 @@ def optimize_reward(optimize: dict[str, Any], rm: str, where: str = "<pipeline>"
     if not isinstance(sources, list):
         raise ConfigError(f"{where}: key 'optimize.reward.sources' must be a list of reward sources, got {sources!r}")
     return {"sources": [{"kind": "model", "path": rm}, *sources], "normalize": user.get("normalize", True)}
+
+
+def live_optimize(cfg: PipelineConfig, db: str, campaign: str, where: str = "<pipeline>") -> dict[str, Any]:
+    """What a live round forces on its online-DPO stage: pairs (2 samples), the raters' campaign and the label.live
+    knobs, and only the user's own `optimize.reward.sources` (logged beside the labels; none needed)."""
+    assert cfg.label.live is not None
+    user = optimize_reward(cfg.optimize, "", where)
+    return {
+        "algo": {"num_samples": 2},
+        "reward": {"sources": user["sources"][1:], "normalize": user["normalize"]},
+        "live": to_dict(cfg.label.live)
+        | {"db": db, "campaign": campaign, "raters_per_item": cfg.label.raters_per_item},
+    }
 
 
 def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ RUN/manifest.json  pipeline.yaml  report.html  report.md  annotations.db
 RUN/round-0/prompts/{train,eval}.jsonl      RUN/round-0/sft/model/          RUN/round-R/eval/{responses.jsonl,eval.json}
 RUN/round-R/sample/{prompts,samples}.jsonl  RUN/round-R/label/{prefs,heldout}.jsonl
 RUN/round-R/rm/model/                       RUN/round-R/optimize/{model/,metrics.jsonl}
+RUN/round-R/optimize/live/{labels,events}.jsonl   (label.live: the live feed's logs, rlhfkit.feedback.live)
 RUN/round-R/STAGE/stage.json                (every stage's record)
 """
 
@@ -69,10 +70,14 @@ class RunLayout:
     def optimize_metrics(self, round_: int) -> Path:
         return self.file(round_, "optimize", "metrics.jsonl")
 
+    def live_log(self, round_: int, name: str) -> Path:
+        """The live feed's `labels.jsonl` or `events.jsonl` of a round (written by the optimize stage's trainer)."""
+        return self.file(round_, "optimize", f"live/{name}")
+
     # what is there
     def rounds(self, stage: str, name: str) -> list[int]:
         """Rounds whose `stage` directory holds `name`, in order."""
-        found = [int(p.parent.parent.name.split("-")[1]) for p in self.dir.glob(f"round-*/{stage}/{name}")]
+        found = [int(p.relative_to(self.dir).parts[0].split("-")[1]) for p in self.dir.glob(f"round-*/{stage}/{name}")]
         return sorted(found)
 
     def records(self) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 from rlhfkit.eval.overopt import alarms, build_points
 from rlhfkit.eval.ratings import ratings_table
 from rlhfkit.eval.report import write_report
+from rlhfkit.feedback.live import EVENTS_FILE, LABELS_FILE, LIVE_DIR, live_report
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.tracking import read_metrics
 
@@ -125,6 +126,12 @@ def report_data(run_dir: str | Path) -> dict[str, Any]:
                     }
                 )
     data["training_curves"], data["eval_curves"], data["overopt"] = curves, eval_curves, overopt
+    live = {}
+    for r in layout.rounds("optimize", f"{LIVE_DIR}/{LABELS_FILE}"):
+        metrics = read_metrics(layout.optimize_metrics(r)) if layout.optimize_metrics(r).exists() else []
+        live[f"round {r}"] = live_report(layout.live_log(r, LABELS_FILE), layout.live_log(r, EVENTS_FILE), metrics)
+    if live:
+        data["live"] = live
     # one curve per round (each round starts from the previous policy); a curve of fewer than 4 held-out evaluations
     # is too short to tell a trend from sampling noise, so it raises no alarm
     per_round = {r: [x for x in overopt if x["round"] == r] for r in sorted({x["round"] for x in overopt})}

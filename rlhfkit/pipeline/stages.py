@@ -3,6 +3,8 @@
 round 0:  prompts -> sft -> eval (the baseline)
 round r:  sample (K responses per prompt from the newest policy) -> label (simulated | judge | human | file)
           -> rm (on every label so far) -> optimize (ppo | grpo | rloo | reinforce | online-dpo | dpo) -> eval
+live round r (label.live): optimize (online DPO; raters label its fresh samples in the annotation app as it trains)
+          -> eval
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from rlhfkit.config import ConfigError, RMConfig, SampleConfig, SFTConfig, resol
 from rlhfkit.data import load_examples, read_rows, resolve_data_path, train_eval_split, write_jsonl
 from rlhfkit.data.schemas import parse_prompt
 from rlhfkit.errors import TooFewRowsError
-from rlhfkit.pipeline.config import PipelineConfig, _stage_config, _without, optimize_reward, rater_attributes
+from rlhfkit.pipeline.config import (
+    PipelineConfig,
+    _stage_config,
+    _without,
+    live_optimize,
+    optimize_reward,
+    rater_attributes,
+)
 from rlhfkit.pipeline.layout import RunLayout
 from rlhfkit.pipeline.runner import Stage, stage_seed
 
@@ -235,7 +244,10 @@ class Pipeline:
         cls, online = opt.config, opt.online
         user = _without(self.cfg.optimize, "algorithm")
         inputs = {"policy": Path(self.policy(r - 1)), "reference": Path(self.base_policy)}
-        if online:
+        live = self.cfg.label.live is not None
+        if live:  # people label while it trains: no reward model, no label files
+            inputs |= {"prompts": self.layout.prompts("train"), "eval": self.layout.prompts("eval")}
+        elif online:
             inputs |= {"prompts": self.layout.prompts("train"), "eval": self.layout.prompts("eval")}
             inputs["rm"] = self.layout.model(r, "rm")
             for i, spec in enumerate(optimize_reward(user, "", self.where)["sources"][1:]):
@@ -252,7 +264,11 @@ class Pipeline:
                 "reference": self.base_policy,
                 "train": {"output_dir": str(d), "resume": resume, "seed": stage_seed(self.cfg.seed, r, "optimize")},
             }
-            if online:
+            if live:
+                forced["data"] = {"train": str(inputs["prompts"]), "eval": str(inputs["eval"])}
+                forced |= live_optimize(self.cfg, self.annotation_db, f"{self.dir.name}-round-{r}", self.where)
+                forced["gold"] = {"sources": [to_dict(s) for s in self.cfg.label.gold]}  # evaluation only
+            elif online:
                 forced["data"] = {"train": str(inputs["prompts"]), "eval": str(inputs["eval"])}
                 forced["reward"] = optimize_reward(user, str(inputs["rm"]), self.where)  # the rm + the user's sources
                 if self.cfg.label.source == "simulated" and not user.get("gold"):
@@ -266,7 +282,18 @@ class Pipeline:
             cfg = _stage_config(cls, user, forced, self.where, "optimize.")
             return _train(self.algo, cfg, r, "optimize", "" if online else f", or {LABEL_MORE}")
 
-        return Stage(r, "optimize", {"optimize": self.cfg.optimize}, inputs, ("model",), run)
+        settings: dict[str, Any] = {"optimize": self.cfg.optimize}
+        if live:
+            settings["live"] = to_dict(self.cfg.label.live) | {
+                "db": self.annotation_db,
+                "gold": to_dict(self.cfg.label)["gold"],
+            }
+            settings["raters_per_item"] = self.cfg.label.raters_per_item
+        return Stage(r, "optimize", settings, inputs, ("model",), run)
+
+    @property
+    def annotation_db(self) -> str:
+        return self.cfg.label.db or f"sqlite:///{self.layout.annotations_db}"
 
     def eval_stage(self, r: int) -> Stage:
         c = self.cfg.eval
@@ -294,6 +321,10 @@ class Pipeline:
             yield self.sft_stage()
         yield self.eval_stage(0)
         for r in range(1, self.cfg.rounds + 1):
+            if self.cfg.label.live is not None:  # sampling and labelling happen inside the optimize stage
+                yield self.optimize_stage(r)
+                yield self.eval_stage(r)
+                continue
             yield self.sample_stage(r)
             yield self.label_stage(r)
             if self.algo != "dpo" or self.cfg.eval.judge == "rm":

@@ -11,7 +11,7 @@ from rlhfkit.rollout.forward import (
     sampling_params,
     sequence_kl,
 )
-from rlhfkit.rollout.hf import HFEngine, left_pad, right_pad
+from rlhfkit.rollout.hf import HFEngine, left_pad, right_pad, rollout_from_ids
 from rlhfkit.rollout.prompts import Prompt, condition_messages, draw_weights, encode_prompts, format_weights
 from rlhfkit.rollout.types import Engine, Rollout, SamplingParams
 
@@ -32,6 +32,7 @@ __all__ = [
     "response_logprobs",
     "right_pad",
     "rollout_forward",
+    "rollout_from_ids",
     "sample_with_kl",
     "sampling_params",
     "sequence_kl",

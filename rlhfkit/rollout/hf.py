@@ -36,6 +36,23 @@ def right_pad(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
 
 
+def rollout_from_ids(
+    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int, eos_ids: Sequence[int]
+) -> Rollout:
+    """Rows sampled earlier (prompt ids, response ids up to and including any EOS) -> the Rollout generate() built for
+    them: prompts left-padded, responses right-padded, each row its own group."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    width = max([len(r) for r in responses] + [1])
+    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width), dtype=torch.float32)
+    for i, r in enumerate(responses):
+        if r:
+            response_ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
+            response_mask[i, : len(r)] = 1.0
+    finished = torch.tensor([bool(r) and r[-1] in eos_ids for r in responses], dtype=torch.bool)
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, finished, torch.arange(len(responses)))
+
+
 def _response_mask(generated: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
     """(B, N) float mask of generated tokens up to and including the first EOS."""
     is_eos = torch.isin(generated, torch.as_tensor(list(eos_ids), device=generated.device))

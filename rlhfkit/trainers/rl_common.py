@@ -76,6 +76,9 @@ class OnlineRun:
     timings: dict[str, float] = field(default_factory=dict)
     sharding: dict[str, str] = field(default_factory=dict)
     """Under FSDP: how the engine gets whole weights and where the frozen models live (sharding.shard_online)."""
+    extra_state: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    """More checkpoint state, by key (e.g. online DPO's live feed); `resumed` holds what the checkpoint saved."""
+    resumed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -109,7 +112,8 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     accelerator = make_accelerator(tc)
     device = accelerator.device
     reference = build_reference(policy, cfg.model, cfg.reference, True, device)
-    reward = build_reward(replace(cfg.reward, normalize=False, clip=None), device=str(device), dtype=cfg.model.dtype)
+    raw_cfg = replace(cfg.reward, normalize=False, clip=None)  # no sources: people decide (online DPO's live feed)
+    reward = build_reward(raw_cfg, device=str(device), dtype=cfg.model.dtype) if cfg.reward.sources else None
     gold = build_reward(cfg.gold, device=str(device), dtype=cfg.model.dtype) if cfg.gold.sources else None
     fmt = ChatFormatter(tokenizer, cfg.data.max_length, cfg.data.prompt_length, cfg.data.truncation)
     prompts, eval_prompts = encode_prompts(train_ex, fmt), encode_prompts(eval_ex, fmt)[: cfg.eval_samples]
@@ -207,10 +211,10 @@ def evaluate(run: OnlineRun, micro: int) -> dict[str, float]:
         prompts, weights = c.prepare(prompts, weights=c.uniform())
     ro, kl = sample_with_kl(run.engine, [p.ids for p in prompts], run.params, run.reference, micro)
     messages = [p.messages for p in prompts]
-    scored = run.reward(messages, ro.texts)
+    scored = run.reward(messages, ro.texts) if run.reward is not None else None  # None: people decide (live)
     out = {
-        "score": float((scored.total if c is None else c.reward(scored, weights)).mean()),
-        **(c.means(scored) if c is not None else {}),
+        **({"score": float((scored.total if c is None else c.reward(scored, weights)).mean())} if scored else {}),
+        **(c.means(scored) if c is not None and scored is not None else {}),
         "kl": float(kl.mean()),
         "response_length": float(ro.response_lengths.mean()),
         "finished": float(ro.finished.float().mean()),
@@ -226,6 +230,7 @@ def checkpoint_state(run: OnlineRun) -> dict[str, Any]:
     return {
         **run.kl_ctl.state_dict(),
         "reward_normalizer": run.normalizer and run.normalizer.state_dict(),
+        **{key: state() for key, state in run.extra_state.items()},
     }
 
 
@@ -245,6 +250,7 @@ def restore(run: OnlineRun, session: Session) -> int:
     state = session.resume()
     if not state:
         return 0
+    run.resumed = state
     run.kl_ctl.load_state_dict(state)
     if run.normalizer is not None and state.get("reward_normalizer"):
         run.normalizer.load_state_dict(state["reward_normalizer"])
