@@ -104,7 +104,7 @@ def main() -> None:
     params = SamplingParams(args.new_tokens, 0, args.temperature)
     t_lp = params.logprob_temperature
     rows: list[dict[str, Any]] = []
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     for dtype in args.dtypes.split(","):
         model = load_causal_lm(args.model, dtype=dtype).to(args.device).eval()
         for name in args.engines.split(","):
@@ -143,6 +143,7 @@ def main() -> None:
         "temperature": args.temperature,
         "seed": args.seed,
         "wall_s": round(time.perf_counter() - t_start, 1),
+        "load_avg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # at the start and the end: a shared CPU
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
