@@ -14,7 +14,7 @@ import bisect
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["StepEncoding", "encode_steps", "split_steps", "step_end_tokens", "token_char_ends"]
+__all__ = ["PrefixLengths", "StepEncoding", "encode_steps", "split_steps", "step_end_tokens", "token_char_ends"]
 
 
 def split_steps(text: str, delimiter: str = "\n") -> list[tuple[int, int]]:
@@ -36,15 +36,35 @@ def split_steps(text: str, delimiter: str = "\n") -> list[tuple[int, int]]:
     return spans
 
 
-def token_char_ends(tokenizer: Any, ids: Sequence[int]) -> list[int]:
-    """For each token i, the length of the text decoded from ids[: i + 1] (special tokens skipped, as rollout texts
-    are decoded): the character offset just past token i. Made non-decreasing, since a token that ends inside a
-    multi-byte character decodes to a replacement character that the next token completes."""
-    ends, best = [], 0
-    for i in range(len(ids)):
-        best = max(best, len(tokenizer.decode(list(ids[: i + 1]), skip_special_tokens=True)))
-        ends.append(best)
-    return ends
+class PrefixLengths(Sequence[int]):
+    """The length of the text decoded from ids[: i + 1] (special tokens skipped, as rollout texts are decoded): the
+    character offset just past token i. Computed on first use, so that finding S step ends by bisection costs
+    O(S log T) decodes rather than T. Non-decreasing: a token that ends inside a multi-byte character decodes to one
+    replacement character, which the token completing it replaces."""
+
+    def __init__(self, tokenizer: Any, ids: Sequence[int]) -> None:
+        self.tokenizer, self.ids = tokenizer, list(ids)
+        self.cache: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _at(self, i: int) -> int:
+        if i not in self.cache:
+            self.cache[i] = len(self.tokenizer.decode(self.ids[: i + 1], skip_special_tokens=True))
+        return self.cache[i]
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._at(k) for k in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._at(i % len(self))
+
+
+def token_char_ends(tokenizer: Any, ids: Sequence[int]) -> PrefixLengths:
+    """For each token i, the character offset just past it in the decoded text (lazy; see PrefixLengths)."""
+    return PrefixLengths(tokenizer, ids)
 
 
 def step_end_tokens(text: str, char_ends: Sequence[int], step_ends: Sequence[int], n_tokens: int) -> list[int]:
@@ -52,7 +72,8 @@ def step_end_tokens(text: str, char_ends: Sequence[int], step_ends: Sequence[int
 
     A step ends at the first token whose decoded prefix covers its last character; an offset with nothing but
     whitespace after it in `text` (the final step, or a whole-response score) goes to the last token, n_tokens - 1.
-    char_ends: `token_char_ends` of the response's n_tokens ids (at least n_tokens entries).
+    char_ends: `token_char_ends` of the response's n_tokens ids (at least n_tokens entries; any non-decreasing
+    sequence, read by bisection).
     """
     if n_tokens < 1:
         raise ValueError("a response without tokens has no step ends")
