@@ -749,6 +749,7 @@ class PreferenceVectorConfig:
         require(1 <= self.decimals <= 6, f"decimals must be in [1, 6], got {self.decimals}")
 
 
+@dataclass(frozen=True)
 class ShardingConfig:
     """Online RL under FSDP2 (train.fsdp=true or accelerate's fsdp2.yaml); ignored otherwise."""
 
