@@ -363,8 +363,10 @@ def test_readme_command_runs_as_written(cmd: DocCommand, workspace: Workspace):
         assert rows and all(r["prompt"] and isinstance(r["response"], str) for r in rows), rows[:2]
     if "--best-of" in cmd.argv:  # one response per prompt, the best of N
         assert all(r["n"] == int(cmd.argv[cmd.argv.index("--best-of") + 1]) for r in rows), rows[:2]
-    if cmd.argv[1] == "eval":
+    if cmd.argv[1] == "eval" and "--prompts" in cmd.argv:
         assert "win rate" in res.stdout, res.stdout
+    if cmd.argv[1] == "eval" and "--redteam" in cmd.argv:  # the attack's headline, per model
+        assert res.stdout.count("red team of ") == len({*cmd.argv[1:]} & {"--policy", "--baseline"}), res.stdout
 
 
 def test_readme_every_documented_command_has_help():
