@@ -196,7 +196,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlhfkit {args.command}: error: {e}", file=sys.stderr)
             return 2
         raise
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Leave the process group before the interpreter exits: a gloo group torn down by the exit itself can abort the
+    process ("terminate called without an active exception") after the run has finished well."""
+    dist = sys.modules.get("torch.distributed")  # only a command that ran loaded it; `--help` stays torch-free
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
