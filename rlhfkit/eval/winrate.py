@@ -66,7 +66,9 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: the float difference leaves ~1e-17
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def _from_outcomes(outcomes: np.ndarray, method: str, confidence: float, n_boot: int, seed: int) -> WinRate:
