@@ -15,7 +15,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,19 +195,8 @@ class RewardModelSource:
             return self._score_steps(prompts, responses)
         seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
         out = torch.zeros(len(seqs), len(self.heads or [0]), dtype=torch.float32)  # (B, K)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # longest first: memory peaks on batch one
-        device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()  # no dropout while scoring, even if the caller trains this model elsewhere
-        try:
-            with torch.no_grad():
-                for start in range(0, len(order), self.batch_size):
-                    idx = order[start : start + self.batch_size]
-                    ids, mask = pad_batch([seqs[i] for i in idx], self.pad_id, side="right")
-                    logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                    out[idx] = logits.float().cpu()
-        finally:
-            self.model.train(was_training)
+        for idx, ids, mask in self._batches(seqs):
+            out[idx] = self.model(input_ids=ids, attention_mask=mask).logits.float().cpu()
         bad = (~torch.isfinite(out).all(-1)).nonzero().flatten().tolist()
         if bad:
             raise ValueError(f"reward model {self.name!r} produced non-finite scores for responses {bad[:10]}")
@@ -216,10 +205,10 @@ class RewardModelSource:
         total = out @ torch.tensor(self.head_weights, dtype=torch.float32)  # (B,) weighted sum of the heads
         return Scores(total=total, parts={h: out[:, k] for k, h in enumerate(self.heads)})
 
-    def _score_steps(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Scores:
-        encoded = [encode_steps(self.formatter, p, r, self.delimiter or "\n") for p, r in zip(prompts, responses)]
-        probs: list[list[float]] = [[] for _ in encoded]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    def _batches(self, seqs: Sequence[list[int]]) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+        """(row indices, ids, attention mask) on the model's device, longest rows first (memory peaks on batch one),
+        in eval mode without gradients (no dropout while scoring, even if the caller trains this model elsewhere)."""
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
@@ -227,12 +216,18 @@ class RewardModelSource:
             with torch.no_grad():
                 for start in range(0, len(order), self.batch_size):
                     idx = order[start : start + self.batch_size]
-                    ids, mask = pad_batch([encoded[i][0] for i in idx], self.pad_id, side="right")
-                    per_token = token_scores(self.model, ids.to(device), mask.to(device)).cpu()  # (b, T)
-                    for j, i in enumerate(idx):
-                        probs[i] = torch.sigmoid(per_token[j, encoded[i][1]]).tolist()
+                    ids, mask = pad_batch([seqs[i] for i in idx], self.pad_id, side="right")
+                    yield idx, ids.to(device), mask.to(device)
         finally:
             self.model.train(was_training)
+
+    def _score_steps(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Scores:
+        encoded = [encode_steps(self.formatter, p, r, self.delimiter or "\n") for p, r in zip(prompts, responses)]
+        probs: list[list[float]] = [[] for _ in encoded]
+        for idx, ids, mask in self._batches([e[0] for e in encoded]):
+            per_token = token_scores(self.model, ids, mask).cpu()  # (b, T)
+            for j, i in enumerate(idx):
+                probs[i] = torch.sigmoid(per_token[j, encoded[i][1]]).tolist()
         if any(not math.isfinite(v) for row in probs for v in row):
             raise ValueError(f"process reward model {self.name!r} produced non-finite step scores")
         total = torch.tensor([min(row) if row else 0.0 for row in probs], dtype=torch.float32)
