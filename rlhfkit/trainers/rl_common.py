@@ -213,7 +213,11 @@ def evaluate(run: OnlineRun, micro: int) -> dict[str, float]:
     messages = [p.messages for p in prompts]
     scored = run.reward(messages, ro.texts) if run.reward is not None else None  # None: people decide (live)
     out = {
-        **({"score": float((scored.total if c is None else c.reward(scored, weights)).mean())} if scored else {}),
+        **(
+            {"score": float((scored.total if c is None else c.reward(scored, weights)).mean())}
+            if scored is not None
+            else {}
+        ),
         **(c.means(scored) if c is not None and scored is not None else {}),
         "kl": float(kl.mean()),
         "response_length": float(ro.response_lengths.mean()),
