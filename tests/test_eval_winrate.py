@@ -19,7 +19,8 @@ def test_wilson_hand_values() -> None:
     assert lo == pytest.approx(0.396778, abs=1e-6) and hi == pytest.approx(0.892209, abs=1e-6)
     # 0 of 10: [0, z² / (n + z²)] = [0, 0.277533]; 10 of 10 mirrors it
     assert wilson_interval(0, 10) == pytest.approx((0.0, 3.841459 / 13.841459), abs=1e-6)
-    assert wilson_interval(0, 7)[0] == 0.0 and wilson_interval(7, 7)[1] == 1.0  # exactly, not a float remainder such as 2.8e-17
+    # exactly, not a float remainder such as 2.8e-17
+    assert wilson_interval(0, 7)[0] == 0.0 and wilson_interval(7, 7)[1] == 1.0
     assert wilson_interval(10, 10) == pytest.approx((1 - 3.841459 / 13.841459, 1.0), abs=1e-6)
     # the formula written out once more, for a fractional count (ties as half) and another confidence
     p, n, z = 5.5 / 9, 9, 1.6448536269514722  # 90%
