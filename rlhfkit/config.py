@@ -68,6 +68,7 @@ AlgoName = Literal["ppo", "grpo", "rloo", "reinforce", "online-dpo"]
 Critic = Literal["head", "separate", "none"]
 RolloutWeights = Literal["gather", "copy"]
 FrozenPlacement = Literal["shard", "replicate"]
+ZeroStage = Literal[0, 2, 3]
 SampleFormat = Literal["samples", "sft", "prefs"]
 RedTeamSuccess = Literal["no-refusal", "no-refusal-and-target"]
 ALIASES: dict[str, str] = {"reinforce++": "reinforce"}
@@ -253,6 +254,11 @@ class TrainConfig:
     """Shard the model, gradients and optimizer state over the processes with FSDP2 (`fully_shard`, one unit per
     transformer block) through accelerate; also on under `accelerate launch --config_file configs/accelerate/fsdp2.yaml`.
     Checkpoints and the final model hold the full (gathered) weights."""
+    deepspeed: ZeroStage = 0
+    """DeepSpeed ZeRO stage through accelerate (SFT, reward model, DPO family, KTO): 2 partitions the gradients and
+    the optimizer state over the processes, 3 the parameters too; 0 is off. Also on under `accelerate launch
+    --config_file configs/accelerate/deepspeed_zero{2,3}.yaml`. Needs `pip install 'rlhfkit[deepspeed]'`. Checkpoints
+    and the final model hold the full (gathered) weights."""
     collective_timeout: float = 1800.0
     """Seconds a collective (all-reduce, all-gather) may wait for the other processes before the run stops with an
     error naming the rank and the step (a hung process instead of a silent hang)."""
@@ -280,6 +286,11 @@ class TrainConfig:
                 "(or pip install 'rlhfkit[tracking]' for every sink)",
             )
         require(self.collective_timeout > 0, "collective_timeout must be > 0 seconds")
+        require(not (self.fsdp and self.deepspeed), "fsdp and deepspeed are two ways to shard: choose one")
+        require(
+            not (self.deepspeed and self.mixed_precision == "fp16"),
+            "mixed_precision=fp16 is not supported with deepspeed (its loss scaler is not wired to the loop): use bf16",
+        )
 
     def validate_accumulation(self) -> None:
         """Offline trainers: micro-batches must tile the batch (online RL checks its mini-batches instead)."""

@@ -67,13 +67,15 @@ def _decoder(base: nn.Module) -> nn.Module | None:
 
 def lm_head(model: nn.Module) -> LMHead | None:
     """The output head as (weight, bias, scale, soft-cap), or None when it is not a plain linear layer (e.g. a LoRA
-    adapter on lm_head, a quantized head), its weight is sharded (FSDP: outside the model's forward only a shard
-    is there) or the architecture has no separate decoder."""
+    adapter on lm_head, a quantized head), its weight is sharded (FSDP, ZeRO-3: outside the model's forward only a
+    shard is there) or the architecture has no separate decoder."""
     base = unwrap_model(model)
     if getattr(base, "_rlhfkit_plain_head", False) or _decoder(base) is None:
         return None
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if type(head) is not nn.Linear or type(head.weight.data) is not torch.Tensor:  # a DTensor shard, a quantized one
+        return None
+    if hasattr(head.weight, "ds_id"):  # DeepSpeed ZeRO-3: whole only inside the head's own forward
         return None
     cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     scale = float(getattr(cfg, "logit_scale", None) or 1.0)  # Cohere multiplies

@@ -1,15 +1,16 @@
-"""How the processes of one run train together, through accelerate (DDP, FSDP2; DeepSpeed by accelerate's own config).
+"""How the processes of one run train together, through accelerate (DDP, FSDP2, DeepSpeed ZeRO-2/3: `zero.py`).
 
 - `start_processes(cfg)` joins the run's processes, once per process, exactly as the accelerator will (CPU unless CUDA
   is there, the collective timeout). Whatever asks "am I the main process?" before the accelerator exists goes through
   it: a bare `PartialState()` would settle accelerate on "no distribution" for the whole process, and every process of
   `accelerate launch --cpu` or `torchrun` would then train alone and write the same output directory.
 - `make_accelerator(cfg)`: the run's accelerator; FSDP2 (`fully_shard` per transformer block) when `train.fsdp` is on
-  or `accelerate launch --config_file fsdp2.yaml` asks for it. accelerate picks FSDP on accelerators only; on CPU the
-  same accelerate path runs over gloo (that is how the CPU tests prove it).
-- Under FSDP the weights and the optimizer state live in shards: `trainable_state` / `optimizer_state` gather the full
-  state (a collective: every process calls them; rank 0 gets the tensors), `load_trainable` / `load_optimizer` shard
-  a full state back. Without sharding they are the plain `named_parameters` / `state_dict`.
+  or `accelerate launch --config_file fsdp2.yaml` asks for it, DeepSpeed ZeRO when `train.deepspeed` or a DeepSpeed
+  launch config does (`zero.py`). accelerate picks FSDP and DeepSpeed on accelerators only; on CPU the same accelerate
+  paths run over gloo (that is how the CPU tests prove them).
+- Under FSDP and ZeRO the weights and the optimizer state live in shards: `trainable_state` / `optimizer_state` gather
+  the full state (a collective: every process calls them; rank 0 gets the tensors), `load_trainable` /
+  `load_optimizer` shard a full state back. Without sharding they are the plain `named_parameters` / `state_dict`.
 - `prepare_sharded(acc, model, optimizer)`: FSDP2 over every transformer block, and over every Hugging Face model
   held inside a wrapper (the online trainers' policy + critic module): such a model is called on its own too (the
   rollout engine, the reference as the policy with adapters disabled), so it must be a unit whose forward gathers
@@ -45,6 +46,7 @@ from transformers import PreTrainedModel
 
 from rlhfkit.config import TrainConfig
 from rlhfkit.errors import CollectiveTimeout
+from rlhfkit.trainers import zero
 
 
 def _on_cpu() -> bool:
@@ -79,13 +81,17 @@ def _fsdp_plugin(cfg: TrainConfig) -> FullyShardedDataParallelPlugin | None:
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The accelerator a trainer shares with the loop, so that models it prepares itself land on the same device."""
-    start_processes(cfg)
+    state = start_processes(cfg)
     plugin = _fsdp_plugin(cfg)
+    ds_plugin = zero.deepspeed_plugin(cfg, state.num_processes)
+    if plugin is not None and ds_plugin is not None:
+        raise ValueError("FSDP and DeepSpeed are both asked for (train.fsdp, train.deepspeed, the launch config)")
     acc = Accelerator(
         mixed_precision=cfg.mixed_precision,
         cpu=_on_cpu(),
         kwargs_handlers=[_process_group_kwargs(cfg)],
         fsdp_plugin=plugin,
+        deepspeed_plugin=ds_plugin,
     )
     if plugin is not None and acc.distributed_type == DistributedType.MULTI_CPU:
         # accelerate selects FSDP on accelerators only; fully_shard runs on CPU with gloo, so take the same path there
@@ -93,12 +99,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         if acc.mixed_precision != "no":
             plugin.set_mixed_precision(acc.mixed_precision)
         acc.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        # DeepSpeed's engine steps inside backward and clips itself; the one optimizer step (step.py) does both, and
-        # the two are not yet reconciled nor tested: refuse rather than train differently from one process
-        raise ValueError(
-            "DeepSpeed is not supported by rlhfkit's training loop yet: use FSDP2 (configs/accelerate/fsdp2.yaml)"
-        )
+    if ds_plugin is not None:
+        zero.use_deepspeed(acc, ds_plugin, cfg.mixed_precision)
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and acc.num_processes == 1 and acc.is_main_process:
         acc.print(
             "note: `accelerate launch --cpu` starts one process unless given --mpirun_hostfile; for data parallelism "
@@ -108,7 +110,13 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 
 def is_sharded(acc: Accelerator) -> bool:
+    """FSDP (DTensor shards); DeepSpeed is `zero.is_deepspeed`."""
     return acc.distributed_type == DistributedType.FSDP
+
+
+def prepared_together(acc: Accelerator) -> bool:
+    """FSDP and DeepSpeed replace the parameters: the model and its optimizer are prepared in one call."""
+    return is_sharded(acc) or zero.is_deepspeed(acc)
 
 
 def distributed_info(acc: Accelerator) -> dict[str, Any]:
@@ -116,6 +124,8 @@ def distributed_info(acc: Accelerator) -> dict[str, Any]:
     info: dict[str, Any] = {"processes": acc.num_processes, "type": acc.distributed_type.value}
     if is_sharded(acc):
         info["fsdp_version"] = acc.state.fsdp_plugin.fsdp_version
+    if zero.is_deepspeed(acc):
+        info["zero_stage"] = zero.zero_stage(acc)
     return info
 
 
@@ -143,7 +153,10 @@ def inner_models(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def prepare_sharded(acc: Accelerator, model: torch.nn.Module, optimizer: Any) -> tuple[torch.nn.Module, Any]:
-    """FSDP2 through accelerate: one unit per transformer block, one per model inside a wrapper, then the root."""
+    """FSDP2 through accelerate: one unit per transformer block, one per model inside a wrapper, then the root.
+    DeepSpeed: accelerate's `deepspeed.initialize` (ZeRO partitions every parameter by itself)."""
+    if zero.is_deepspeed(acc):
+        return acc.prepare(model, optimizer)
     plugin = acc.state.fsdp_plugin
     names = list(plugin.transformer_cls_names_to_wrap or []) + block_classes(model)
     names += [type(m).__name__ for m in inner_models(model)]
@@ -175,6 +188,8 @@ def trainable_names(model: torch.nn.Module) -> list[str]:
 
 def trainable_state(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full trainable weights on CPU. Under FSDP a collective (every process calls it; only rank 0 gets tensors)."""
+    if zero.is_deepspeed(acc):
+        return zero.master_weights(acc, model)
     model = acc.unwrap_model(model)
     names = trainable_names(model)
     if is_sharded(acc):
@@ -185,15 +200,19 @@ def trainable_state(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch
 
 
 def full_model_state(acc: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """Under FSDP, the whole model's gathered weights on rank 0 (a collective; other ranks get {}); else None (the
-    model itself holds them)."""
+    """Under FSDP and ZeRO-3, the whole model's gathered weights on rank 0 (a collective; other ranks get {}); else
+    None (the model itself holds them)."""
+    if zero.is_deepspeed(acc):
+        return zero.gathered_model_state(acc, model)
     if not is_sharded(acc):
         return None
     return get_model_state_dict(acc.unwrap_model(model), options=_FULL)
 
 
 def load_trainable(acc: Accelerator, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy full trainable weights into the model (sharding them under FSDP)."""
+    """Copy full trainable weights into the model (sharding them under FSDP and ZeRO)."""
+    if zero.is_deepspeed(acc):
+        return zero.load_master_weights(acc, model, weights)
     model = acc.unwrap_model(model)
     if is_sharded(acc):
         set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
@@ -206,13 +225,17 @@ def load_trainable(acc: Accelerator, model: torch.nn.Module, weights: dict[str, 
 
 def optimizer_state(acc: Accelerator, model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
     """The optimizer's full state (keyed by parameter name under FSDP: a collective, rank 0 gets it)."""
+    if zero.is_deepspeed(acc):
+        return zero.full_optimizer_state(acc, model)
     if is_sharded(acc):
         return get_optimizer_state_dict(acc.unwrap_model(model), _inner(optimizer), options=_FULL)
     return optimizer.state_dict()
 
 
 def load_optimizer(acc: Accelerator, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
-    if is_sharded(acc):
+    if zero.is_deepspeed(acc):
+        zero.load_full_optimizer_state(acc, model, state)
+    elif is_sharded(acc):
         opts = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(acc.unwrap_model(model), _inner(optimizer), state, options=opts)
     else:

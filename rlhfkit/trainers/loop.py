@@ -38,9 +38,9 @@ from rlhfkit.trainers.distributed import (
     collective_guard,
     distributed_info,
     full_model_state,
-    is_sharded,
     make_accelerator,
     prepare_sharded,
+    prepared_together,
 )
 from rlhfkit.trainers.step import OptimizerStep
 
@@ -129,7 +129,7 @@ class Session:
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
         self.identity = identity
-        sharded = is_sharded(self.accelerator)
+        sharded = prepared_together(self.accelerator)  # FSDP / DeepSpeed
         if not sharded:
             self.model = self.accelerator.prepare(model)  # on its device (and wrapped for DDP) before the optimizer
         groups = [g for g in param_groups if g["params"]]
@@ -143,7 +143,7 @@ class Session:
         self.scheduler = get_scheduler(
             cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * n_updates), num_training_steps=n_updates
         )
-        if sharded:  # FSDP2 replaces the parameters by sharded ones: model and optimizer are prepared together
+        if sharded:  # FSDP2 / ZeRO replace the parameters by sharded ones: model and optimizer are prepared together
             self.model, self.optimizer = prepare_sharded(self.accelerator, model, optimizer)
         else:
             self.optimizer = self.accelerator.prepare(optimizer)

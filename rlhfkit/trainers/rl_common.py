@@ -48,6 +48,7 @@ from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_f
 from rlhfkit.trainers.distributed import collective_guard, distributed_info, is_sharded
 from rlhfkit.trainers.loop import DataOrder, LoopResult, Session, make_accelerator
 from rlhfkit.trainers.sharding import policy_state, shard_online
+from rlhfkit.trainers.zero import refuse_deepspeed
 
 
 @dataclass
@@ -107,6 +108,7 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     check_models(cfg.model, cfg.reference)
     check_reward_paths(cfg.reward, "reward")
     check_reward_paths(cfg.gold, "gold")
+    refuse_deepspeed(tc, f"online RL ({command})")
     write_run_files(out, cfg, command)
     policy, tokenizer = load_for_training(cfg.model, "causal", tc.seed)
     accelerator = make_accelerator(tc)

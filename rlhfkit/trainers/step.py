@@ -12,6 +12,11 @@
 
 Because the normalizer is global, 1 micro-batch of 8 and 8 micro-batches of 1 give the same update, and so do one and
 two processes (tested).
+
+Under DeepSpeed the model is its engine, driven as DeepSpeed documents for accumulation led by the caller: the boundary
+is set before each backward (ZeRO reduces the gradients in the last one, averaging them like DDP), and after step 3
+one `engine.step()` does 4-6: it measures the global norm, skips the update when the norm is not finite (then the
+run stops as above, the weights untouched), else clips to its `gradient_clipping` (= max_grad_norm) and steps.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 
 @dataclass
@@ -58,6 +64,7 @@ class OptimizerStep:
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.params, self.max_grad_norm, self.max_fp16_skips = list(params), max_grad_norm, max_fp16_skips
         self.skips_in_a_row = 0
+        self.engine = model if accelerator.distributed_type == DistributedType.DEEPSPEED else None
 
     def __call__(
         self,
@@ -80,8 +87,12 @@ class OptimizerStep:
         loss_local = torch.zeros((), dtype=torch.float64, device=device)
         bad_local = torch.zeros((), dtype=torch.float64, device=device)
         bad_value = math.nan
+        engine = self.engine
         for i, batch in enumerate(batches):
-            sync = acc.no_sync(self.model) if i < len(batches) - 1 else contextlib.nullcontext()
+            last = i == len(batches) - 1
+            sync = acc.no_sync(self.model) if not last and engine is None else contextlib.nullcontext()
+            if engine is not None:
+                engine.set_gradient_accumulation_boundary(last)
             with sync:
                 with acc.autocast():
                     loss_sum, mb_metrics = loss_fn(batch)
@@ -92,7 +103,10 @@ class OptimizerStep:
                 if not finite:
                     bad_local += 1.0
                     bad_value = float(loss.detach())
-                acc.backward(loss)
+                if engine is None:
+                    acc.backward(loss)
+                else:  # not accelerate's backward: it would step the engine before the checks below
+                    engine.backward(loss, scale_wrt_gas=False)
             if finite:
                 loss_local += loss.detach().double() / world
             for k, v in mb_metrics.items():
@@ -100,8 +114,15 @@ class OptimizerStep:
         # 3. finite loss on every process
         loss_total = acc.reduce(loss_local, "sum").item()
         if acc.reduce(bad_local, "sum").item() > 0:
-            self.optimizer.zero_grad(set_to_none=True)
+            engine.zero_grad() if engine is not None else self.optimizer.zero_grad(set_to_none=True)
             raise diverged("loss", bad_value)
+        if engine is not None:
+            engine.step()  # 4-6 in one call (module docstring)
+            grad_norm = float(engine.get_global_grad_norm())
+            if not math.isfinite(grad_norm):
+                raise diverged("gradient norm", grad_norm)
+            self.scheduler.step()
+            return StepResult(loss_total, grad_norm, metrics)
         # 4. the true norm (clipping with an infinite bound measures without changing anything)
         bound = self.max_grad_norm if self.max_grad_norm > 0 else math.inf
         norm = acc.clip_grad_norm_(self.params, bound)

@@ -1,0 +1,199 @@
+"""DeepSpeed ZeRO-2 / ZeRO-3 through accelerate, for the offline loop (SFT, reward model, DPO family, KTO).
+
+- `deepspeed_plugin(cfg, world)`: accelerate's `DeepSpeedPlugin` when `train.deepspeed` is 2 or 3, or `accelerate
+  launch --config_file configs/accelerate/deepspeed_zero{2,3}.yaml` asks for DeepSpeed; else None. What the one
+  optimizer step decides comes from rlhfkit's `train.*` fields (micro-batch, accumulation, clipping), replacing the
+  launcher's values. deepspeed is imported only then; absent, the run stops with "pip install 'rlhfkit[deepspeed]'".
+- `use_deepspeed(acc, plugin)`: accelerate selects DeepSpeed on accelerators only; on CPU DeepSpeed's own CPU
+  accelerator runs ZeRO over gloo, so take the same accelerate path there (as `make_accelerator` does for FSDP).
+  Models are loaded whole and partitioned by `deepspeed.initialize` (zero3_init_flag off), and transformers is not
+  told of ZeRO-3: a model loaded later (a reference) or sampled from stays an ordinary module.
+- The one optimizer step (step.py) drives the engine as DeepSpeed documents for accumulation driven by the caller:
+  the boundary set before each micro-batch's backward (ZeRO reduces the gradients in the last one), then, after the
+  finite-loss check on every process, ONE `engine.step()`: it measures the global gradient norm, skips the update when
+  the norm is not finite (nothing changes; step.py then stops the run), else clips to `gradient_clipping` (=
+  train.max_grad_norm) and steps AdamW. The learning-rate scheduler stays rlhfkit's.
+- Checkpoints hold the same files as one process writes: the fp32 master weights and AdamW's state gathered to full
+  tensors (`deepspeed.utils.safe_get_full_*`: collectives, every process calls them), numbered as one process numbers
+  them, written by rank 0 and partitioned again on resume. The final model: ZeRO-3 gathers it on rank 0 (the
+  engine's consolidated state dict); under ZeRO-2 every process holds it whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+from rlhfkit.config import TrainConfig
+
+INSTALL = "pip install 'rlhfkit[deepspeed]'"
+_ADAM_STATE = ("exp_avg", "exp_avg_sq")
+
+
+def launched_with_deepspeed() -> bool:
+    """`accelerate launch` with a DeepSpeed config (the launcher sets this for every process)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def deepspeed_requested(cfg: TrainConfig) -> bool:
+    return bool(cfg.deepspeed) or launched_with_deepspeed()
+
+
+def refuse_deepspeed(cfg: TrainConfig, what: str) -> None:
+    """Stop before any model loads where rlhfkit does not run DeepSpeed yet."""
+    if deepspeed_requested(cfg):
+        raise ValueError(
+            f"{what} does not run under DeepSpeed yet (train.deepspeed / a deepspeed_zero*.yaml launch config): "
+            "use FSDP2 (train.fsdp=true or configs/accelerate/fsdp2.yaml)"
+        )
+
+
+def deepspeed_plugin(cfg: TrainConfig, world: int) -> DeepSpeedPlugin | None:
+    if not deepspeed_requested(cfg):
+        return None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ImportError(f"DeepSpeed was asked for but is not installed: {INSTALL}")
+    if launched_with_deepspeed():
+        plugin = DeepSpeedPlugin()  # the launcher's DEEPSPEED settings (stage, offload, config file)
+        if cfg.deepspeed and cfg.deepspeed != plugin.zero_stage:
+            raise ValueError(
+                f"train.deepspeed={cfg.deepspeed} but the accelerate config asks for ZeRO-{plugin.zero_stage}: "
+                "leave train.deepspeed at 0 under a DeepSpeed launch config"
+            )
+    else:
+        plugin = DeepSpeedPlugin(zero_stage=cfg.deepspeed, zero3_init_flag=False)
+    if plugin.zero_stage not in (2, 3):
+        raise ValueError(f"rlhfkit runs DeepSpeed ZeRO stage 2 or 3, not {plugin.zero_stage}")
+    plugin.zero3_init_flag = False  # models are loaded whole, then partitioned by deepspeed.initialize
+    ds = plugin.deepspeed_config
+    # the one optimizer step's settings: rlhfkit's train.* decide them, whatever the launch config says
+    ds["train_micro_batch_size_per_gpu"] = cfg.micro
+    ds["gradient_accumulation_steps"] = cfg.grad_accum
+    ds["train_batch_size"] = cfg.batch_size * world
+    ds["gradient_clipping"] = cfg.max_grad_norm
+    ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+    return plugin
+
+
+def use_deepspeed(acc: Accelerator, plugin: DeepSpeedPlugin, mixed_precision: str) -> None:
+    """Make `acc` a DeepSpeed accelerator (on CPU, where accelerate would not), and keep transformers unaware of
+    ZeRO-3 (see the module docstring)."""
+    if acc.distributed_type != DistributedType.DEEPSPEED:  # CPU: DeepSpeed's CPU accelerator over gloo
+        plugin.set_mixed_precision(mixed_precision)
+        plugin.select(_from_accelerator_state=True)
+        acc.state.deepspeed_plugins = plugin
+        acc.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+        acc.native_amp = False  # DeepSpeed casts the model itself (bf16 section of its config)
+    if acc.mixed_precision == "bf16":  # a non-finite gradient norm then also skips the update (ZeRO-2 would not)
+        plugin.deepspeed_config["bf16"]["check_grad_overflow"] = True
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
+def is_deepspeed(acc: Accelerator) -> bool:
+    return acc.distributed_type == DistributedType.DEEPSPEED
+
+
+def zero_stage(acc: Accelerator) -> int:
+    return acc.state.deepspeed_plugin.zero_stage
+
+
+def _engine(acc: Accelerator, model: Any) -> Any:
+    engine = acc.deepspeed_engine_wrapped.engine
+    assert model is engine or acc.unwrap_model(model) is engine.module, "not the model DeepSpeed prepared"
+    return engine
+
+
+def _trainable(engine: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+
+
+def master_weights(acc: Accelerator, model: Any) -> dict[str, torch.Tensor]:
+    """The full fp32 master weights of the trainable parameters (a collective; rank 0 gets them, others {})."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out: dict[str, torch.Tensor] = {}
+    for name, p in _trainable(_engine(acc, model)):
+        full = safe_get_full_fp32_param(p)
+        if acc.is_main_process:
+            out[name] = full.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def load_master_weights(acc: Accelerator, model: Any, weights: dict[str, torch.Tensor]) -> None:
+    """Full trainable weights into the model's (partitioned) parameters and DeepSpeed's fp32 master copies."""
+    from deepspeed import zero
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    engine = _engine(acc, model)
+    for name, p in _trainable(engine):
+        value = weights[name].to(acc.device)
+        gathered = zero.GatheredParameters([p], modifier_rank=0) if hasattr(p, "ds_id") else contextlib.nullcontext()
+        with gathered, torch.no_grad():  # ZeRO-3: whole while inside, repartitioned (from rank 0) on exit
+            p.copy_(value.to(p.dtype))
+        safe_set_full_fp32_param(p, value.float())
+
+
+def full_optimizer_state(acc: Accelerator, model: Any) -> dict[str, Any]:
+    """AdamW's state as one process's `optimizer.state_dict()` (parameters numbered in order), gathered from the
+    partitions (a collective; rank 0 gets the tensors)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    engine = _engine(acc, model)
+    base = engine.optimizer.optimizer  # the torch AdamW over DeepSpeed's flat fp32 partitions
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in base.param_groups]
+    params = _trainable(engine)
+    if len(groups) != 1:
+        raise ValueError("rlhfkit's DeepSpeed checkpoints hold one parameter group")
+    groups[0]["params"] = list(range(len(params)))
+    started = [s for s in base.state.values() if "step" in s]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for i, (_, p) in enumerate(params):
+        if started:
+            full = {k: safe_get_full_optimizer_state(p, k) for k in _ADAM_STATE}
+            step = started[0]["step"]
+            state[i] = {"step": step.detach().clone(), **{k: v.detach().to("cpu").clone() for k, v in full.items()}}
+    return {"state": state if acc.is_main_process else {}, "param_groups": groups}
+
+
+def load_full_optimizer_state(acc: Accelerator, model: Any, saved: dict[str, Any]) -> None:
+    """Partition a full AdamW state (as `full_optimizer_state` writes it) into DeepSpeed's optimizer."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    engine = _engine(acc, model)
+    base = engine.optimizer.optimizer
+    for group, hyper in zip(base.param_groups, saved["param_groups"]):
+        group.update({k: v for k, v in hyper.items() if k != "params"})  # lr, betas, ...: as one process restores
+    if not saved["state"]:
+        return
+    step = next(iter(saved["state"].values()))["step"]
+    opt = engine.optimizer  # ZeRO-3 hands AdamW its flat fp32 partitions only while stepping: take them from ZeRO
+    flats = opt.fp32_partitioned_groups_flat if zero_stage(acc) == 3 else opt.single_partition_of_fp32_groups
+    for flat in flats:  # AdamW creates its state lazily, at its first step: create it as AdamW would
+        st = base.state[flat]
+        st.setdefault("step", torch.zeros((), dtype=torch.float32))
+        for k in _ADAM_STATE:
+            st.setdefault(k, torch.zeros_like(flat, memory_format=torch.preserve_format))
+        st["step"].fill_(float(step))
+    if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-2 links its views of that state
+        opt._lazy_init_hp_params_optimizer_state()
+    for i, (_, p) in enumerate(_trainable(engine)):
+        for k in _ADAM_STATE:
+            safe_set_full_optimizer_state(p, saved["state"][i][k].to(acc.device).float(), k)
+
+
+def gathered_model_state(acc: Accelerator, model: Any) -> dict[str, torch.Tensor] | None:
+    """ZeRO-3: the whole model's weights gathered on rank 0 (a collective; other ranks get {}); ZeRO-2: None (every
+    process holds the whole model)."""
+    engine = _engine(acc, model)
+    if zero_stage(acc) < 3:
+        return None
+    state = engine._zero3_consolidated_16bit_state_dict()  # layer by layer; "16bit" is the training dtype
+    return dict(state) if state is not None else {}
