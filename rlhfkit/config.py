@@ -288,6 +288,11 @@ class TrainConfig:
         require(self.collective_timeout > 0, "collective_timeout must be > 0 seconds")
         require(not (self.fsdp and self.deepspeed), "fsdp and deepspeed are two ways to shard: choose one")
         require(
+            not self.deepspeed or importlib.util.find_spec("deepspeed") is not None,
+            f"deepspeed={self.deepspeed} needs the deepspeed package, which is not installed: "
+            "pip install 'rlhfkit[deepspeed]'",
+        )
+        require(
             not (self.deepspeed and self.mixed_precision == "fp16"),
             "mixed_precision=fp16 is not supported with deepspeed (its loss scaler is not wired to the loop): use bf16",
         )
