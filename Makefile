@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.installed
 	$(PIP) -e '.[dev]'
+	# DeepSpeed for tests/test_deepspeed.py (its CPU accelerator over gloo), without its dependency resolution: torch,
+	# numpy, pydantic, psutil, packaging and tqdm are rlhfkit's already; ninja and py-cpuinfo only build ops rlhfkit
+	# does not use
+	$(PIP) --no-deps deepspeed==0.19.8 hjson==3.1.0 msgpack==1.2.4 einops==0.8.2
 	touch $@
 
 install: $(VENV)/.installed

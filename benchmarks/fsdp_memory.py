@@ -1,7 +1,8 @@
-"""Peak memory per process and step time of DDP vs FSDP2 on 2 CPU processes (gloo), for DPO and PPO, on the builtin
-model (SmolLM2-135M-Instruct), through the CLI under torchrun.
+"""Peak memory per process and step time of DDP vs FSDP2 (and DeepSpeed ZeRO-3 for DPO) on 2 CPU processes (gloo),
+for DPO and PPO, on the builtin model (SmolLM2-135M-Instruct), through the CLI under torchrun.
 
     python benchmarks/fsdp_memory.py dpo-ddp dpo-fsdp ppo-ddp ppo-fsdp-gather ppo-fsdp-copy ppo-fsdp-gather-shard
+    python benchmarks/fsdp_memory.py dpo-zero3    # with deepspeed installed
 
 Each run: `torchrun --nproc_per_node 2` of this script in worker mode, which runs `rlhfkit <command>` in-process and
 writes its own peak RSS (`getrusage`, max resident set size) when it exits; one JSON line per run is appended to
@@ -42,6 +43,7 @@ PPO = [
 RUNS: dict[str, list[str]] = {
     "dpo-ddp": DPO,
     "dpo-fsdp": [*DPO, "train.fsdp=true"],
+    "dpo-zero3": [*DPO, "train.deepspeed=3"],  # needs deepspeed: pip install 'rlhfkit[deepspeed]'
     "ppo-ddp": PPO,
     "ppo-fsdp-gather": [*PPO, "train.fsdp=true", "sharding.rollout=gather"],
     "ppo-fsdp-copy": [*PPO, "train.fsdp=true", "sharding.rollout=copy"],
