@@ -191,7 +191,7 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
     # 6. KL to the reference on the policy's own samples (held-out prompts)
     kl = {}
     if result.model_state is not None and cfg.eval_kl_samples > 0:  # sampling would need every process's shards
-        notes.append("eval_kl_samples: skipped under FSDP (the sampled KL needs whole weights in one process)")
+        notes.append("eval_kl_samples: skipped under FSDP / ZeRO-3 (the sampled KL needs whole weights in one process)")
     elif eval_pairs and cfg.eval_kl_samples > 0:
         kl = _sampled_kl(model, tokenizer, reference, [p.prompt_ids for p in eval_pairs[: cfg.eval_kl_samples]], cfg)
     # 7. save and summarize
