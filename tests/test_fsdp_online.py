@@ -1,7 +1,7 @@
 """Online RL under FSDP2 through the CLI on 2 CPU processes (gloo), against 1 process with the same global batch:
 PPO's losses, gradient norms, KL and held-out metrics to 1e-5 with greedy sampling (samples then do not depend on how
 prompts are split over processes); resume continues exactly; LoRA + a separate critic with the inference-copy engine;
-online DPO sharded equals online DPO replicated (DDP: the same per-process sampling streams); a hung process in the
+online DPO, GRPO, RLOO and REINFORCE++ sharded equal the same replicated (DDP: the same per-process sampling streams); a hung process in the
 online loop is an error naming rank and step."""
 
 from __future__ import annotations
@@ -187,6 +187,25 @@ def test_fsdp_online_dpo_equals_ddp(work):
     assert pairs and all(p >= 1 for p in pairs)  # it trained on pairs (the same number on both processes)
     _assert_same_metrics(ddp, fsdp, 2)
     _assert_same_weights(ddp, fsdp)
+
+
+@pytest.mark.parametrize("command", ["grpo", "rloo", "reinforce++"])
+def test_fsdp_group_methods_equal_ddp(work, command):
+    """GRPO, RLOO and REINFORCE++ (sampled, 2 samples per prompt: groups with a spread, so the policy moves) sharded
+    with the frozen models sharded == replicated (DDP): the same samples from the same weights on each process, so
+    every logged number and the final weights agree."""
+    ddp, fsdp = work / f"{command}-ddp", work / f"{command}-fsdp"
+    more = ["algo.num_samples=2", "kl.coef=0.05"]
+    _run(TORCHRUN, _args(work, command, ddp, 2, 2, *more))
+    _run(TORCHRUN, _args(work, command, fsdp, 2, 2, *more, "train.fsdp=true", "sharding.frozen=shard"))
+    assert _distributed(ddp) == {"processes": 2, "type": "MULTI_CPU"}
+    assert _distributed(fsdp)["type"] == "FSDP"
+    assert any(abs(r.get("train/loss", 0.0)) > 0 for r in _rows(fsdp))  # advantages were not all zero
+    _assert_same_metrics(ddp, fsdp, 2)
+    _assert_same_weights(ddp, fsdp)
+    start = load_file(str(work / "tiny" / "model.safetensors"))
+    end = load_file(str(fsdp / "model" / "model.safetensors"))
+    assert any(not torch.equal(start[k], end[k]) for k in start)  # the policy moved
 
 
 def test_fsdp_online_hung_process_is_an_error_naming_rank_and_step(work, tmp_path):
