@@ -166,6 +166,27 @@ def test_fsdp_resume_continues_exactly(work, baselines):
     _assert_same_run(work / "fsdp-dpo" if (work / "fsdp-dpo").exists() else baselines["dpo"], out, 1e-5)
 
 
+def test_fsdp_lora_dpo_two_processes_equal_one_and_adapters_load_with_peft(work):
+    """Offline LoRA under FSDP2 (frozen base and adapters in the same units): 2 processes == 1; the saved adapters load
+    with peft onto the base model and give the merged model/ exactly."""
+    one, two = work / "lora-one", work / "lora-fsdp"
+    _run(ONE, _args(work, "dpo", one, 4, "model.lora.enabled=true"))
+    _run(TORCHRUN, _args(work, "dpo", two, 2, "model.lora.enabled=true", "train.fsdp=true"))
+    assert _distributed(two) == {"processes": 2, "type": "FSDP", "fsdp_version": 2}
+    _assert_same_run(one, two, 1e-5)
+    a = load_file(str(one / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(two / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(work / "tiny"), two / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(two / "model")
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        assert torch.allclose(peft(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
+
+
 def test_accelerate_launch_fsdp2_config(work, baselines):
     """The shipped FSDP2 config through accelerate's launcher (FSDP_* settings from the file)."""
     out = work / "acc-fsdp-sft"
