@@ -36,8 +36,9 @@ format: $(VENV)/.dev
 	$(VENV)/bin/ruff check --fix $(SRC)
 	$(VENV)/bin/ruff format $(SRC)
 
-test: lint
-	$(PY) -m pytest -q -p no:cacheprovider
+test: lint  # on 2 workers, then the tests that start several processes alone (tests/conftest.py)
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m 'not serial'
+	$(PY) -m pytest -q -p no:cacheprovider -m serial
 
 clean:
 	rm -rf runs outputs .pytest_cache
