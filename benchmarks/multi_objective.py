@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -22,11 +23,41 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "rlhfkit/tasks/data/review_prompts.jsonl"
+# the objectives (reward sources, named as the tag names them): "opposed" pulls the policy both ways on one axis, so
+# that only reading the tag raises the reward; "brevity" is the earlier pair, which a policy can raise together
+PAIRS = {
+    "opposed": (
+        "[sentiment, negativity]",
+        "{kind: sentiment}\n    - {kind: sentiment, name: negativity, params: {polarity: negative}}",
+    ),
+    "brevity": (
+        "[sentiment, brevity]",
+        "{kind: sentiment}\n    - {kind: rule, path: length, name: brevity, params: {max_words: 0, coef: 0.0625}}",
+    ),
+}
 
 
 def rlhfkit(*args: str) -> None:
     print("+ rlhfkit", " ".join(args), flush=True)
     subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], check=True, cwd=ROOT)
+
+
+def steering(rows: list[dict], objectives: list[str]) -> dict:
+    """Per policy, the weight vectors in order of the first weight: is each objective monotone in it (the first
+    rising, the second falling), and how far apart are the two extremes, in standard errors of their difference."""
+    out = {}
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        rs = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["weights"][0])
+        lo, hi = rs[0], rs[-1]
+        out[policy] = {
+            o: {
+                "monotone": all((b[o] - a[o]) * sign > 0 for a, b in zip(rs, rs[1:])),
+                "extremes_diff": hi[o] - lo[o],
+                "extremes_z": (hi[o] - lo[o]) / math.hypot(hi[o + "_se"], lo[o + "_se"]),
+            }
+            for o, sign in zip(objectives, (1, -1))
+        }
+    return out
 
 
 def main() -> None:
@@ -40,7 +71,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1.3e-4)
     ap.add_argument("--kl", type=float, default=0.1, help="kl.coef (k3, in the loss)")
     ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the training weights")
-    ap.add_argument("--heldout", type=int, default=32)
+    ap.add_argument("--heldout", type=int, default=48)
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="opposed", help="the two objectives (see PAIRS)")
+    ap.add_argument("--eval-samples", type=int, default=2, help="responses per held-out prompt and weight vector")
     ap.add_argument("--copy-results", action="store_true", help="write benchmarks/results and docs/ figures")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
@@ -57,9 +90,8 @@ algo: {{num_samples: {a.samples}}}
 kl: {{coef: {a.kl}, estimator: k3, placement: loss}}
 reward:
   sources:
-    - {{kind: sentiment}}
-    - {{kind: rule, path: length, name: brevity, params: {{max_words: 0, coef: 0.0625}}}}
-preference: {{objectives: [sentiment, brevity], dirichlet_alpha: {a.alpha}}}
+    - {PAIRS[a.pair][1]}
+preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}}}
 eval_samples: 8
 """
     )
@@ -70,7 +102,17 @@ eval_samples: 8
     rlhfkit("rloo", "--config", str(out / "rloo.yaml"), "-o", str(out / "rloo"))
     times["rloo_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    rlhfkit("pareto", "--run", str(out / "rloo"), "--prompts", str(out / "heldout.jsonl"), "-o", str(out / "pareto"))
+    rlhfkit(
+        "pareto",
+        "--run",
+        str(out / "rloo"),
+        "--prompts",
+        str(out / "heldout.jsonl"),
+        "-o",
+        str(out / "pareto"),
+        "--samples",
+        str(a.eval_samples),
+    )
     times["pareto_s"] = round(time.perf_counter() - t, 1)
     data = json.loads((out / "pareto" / "pareto.json").read_text())
     summary = json.loads((out / "rloo" / "summary.json").read_text())
@@ -80,6 +122,7 @@ eval_samples: 8
         "train_eval": summary["eval"],
         "summary": data["summary"],
         "pareto": data["pareto"],
+        "steering": steering(data["pareto"], data["pareto_objectives"]),
     }
     print(json.dumps(result))
     if a.copy_results:

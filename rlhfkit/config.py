@@ -517,7 +517,7 @@ class RewardSpec:
     """Label in logs (default: derived from kind and path)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of a rule or callable, e.g. {target: 40, coef: 0.01} for the length rule; multi_rm: {weights:
-    {head: weight}} (default 1 each)."""
+    {head: weight}} (default 1 each); sentiment: {polarity: negative} scores -compound (default positive)."""
     reduce: EnsembleReduce = "mean"
     """Ensemble reduction: mean, min, or mean-std (mean - std_coef * std; pessimistic under disagreement)."""
     std_coef: float = 1.0
