@@ -23,17 +23,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "rlhfkit/tasks/data/review_prompts.jsonl"
-# the objectives (reward sources, named as the tag names them): "opposed" pulls the policy both ways on one axis, so
-# that only reading the tag raises the reward; "brevity" is the earlier pair, which a policy can raise together
+# the objectives (reward sources, named as the tag names them): "opposed" pulls the policy both ways on one axis
+# (VADER compound and its negation), so that only reading the tag raises the reward; "brevity" is the earlier pair
+# (VADER and -words / 16), which a policy can raise together without reading the tag
 PAIRS = {
     "opposed": (
-        "[sentiment, negativity]",
-        "{kind: sentiment}\n    - {kind: sentiment, name: negativity, params: {polarity: negative}}",
+        "[positive, negative]",
+        "{kind: sentiment, name: positive}\n    - {kind: sentiment, name: negative, params: {polarity: negative}}",
     ),
     "brevity": (
-        "[sentiment, brevity]",
-        "{kind: sentiment}\n    - {kind: rule, path: length, name: brevity, params: {max_words: 0, coef: 0.0625}}",
+        "[positive, short]",
+        "{kind: sentiment, name: positive}\n    - {kind: rule, path: length, name: short, params: {max_words: 0, coef: 0.0625}}",
     ),
+}
+# how the weights are written: numbers ("[weights positive=0.70 negative=0.30]") or words on a 5-level grid
+# ("[very positive, slightly negative]", which an instruction-tuned model already half understands)
+TAGS = {
+    "numbers": "",
+    "words": ", levels: [not, slightly, moderately, quite, very], entry: '{weight} {name}', separator: ', ', "
+    "format: '[{weights}]'",
 }
 
 
@@ -73,6 +81,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the training weights")
     ap.add_argument("--heldout", type=int, default=48)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="opposed", help="the two objectives (see PAIRS)")
+    ap.add_argument("--tag", choices=sorted(TAGS), default="words", help="weights as numbers or words")
     ap.add_argument("--eval-samples", type=int, default=2, help="responses per held-out prompt and weight vector")
     ap.add_argument("--copy-results", action="store_true", help="write benchmarks/results and docs/ figures")
     a = ap.parse_args()
@@ -91,7 +100,7 @@ kl: {{coef: {a.kl}, estimator: k3, placement: loss}}
 reward:
   sources:
     - {PAIRS[a.pair][1]}
-preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}}}
+preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}{TAGS[a.tag]}}}
 eval_samples: 8
 """
     )
