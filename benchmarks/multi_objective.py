@@ -1,13 +1,15 @@
 """A preference-vector policy on the builtin model: two cheap objectives, a short RLOO run on random weights, then the
 Pareto front of the trained policy (and of the base model, with the same tags) on held-out prompts.
 
-    python benchmarks/multi_objective.py --out runs/multi_objective [--model smollm2-135m-instruct] [--steps 20]
+    python benchmarks/multi_objective.py --out runs/multi_objective [--pair opposed|brevity] [--tag words|numbers]
 
-Objectives: sentiment (VADER's compound score of the response, in [-1, 1]) and brevity (-words / 16, the length rule
-with max_words 0). Prompts: the builtin movie-review openings (rlhfkit/tasks/data/review_prompts.jsonl), the last 32
-held out. Each training prompt gets weights w ~ Dirichlet(alpha) written into it ("[weights sentiment=0.70
-brevity=0.30]") and its samples are rewarded w . r. Writes OUT/rloo (the run), OUT/pareto (pareto.json, pareto.png,
-report.html / .md) and, with --copy-results, benchmarks/results/multi_objective.json and docs/multi_objective_pareto.png.
+Objectives (--pair): opposed = positive (VADER's compound score of the response, in [-1, 1]) and negative (its
+negation), so that only reading the tag raises the reward; brevity = positive and short (-words / 16). Prompts: the
+builtin movie-review openings (rlhfkit/tasks/data/review_prompts.jsonl), the last 48 held out. Each training prompt
+gets weights w ~ Dirichlet(alpha) written into it (--tag words: "[quite positive, slightly negative]" on the 5-level
+grid; numbers: "[weights positive=0.70 negative=0.30]") and its samples are rewarded w . r. Writes OUT/rloo (the run),
+OUT/pareto (pareto.json, pareto.png, report.html / .md; 2 samples per held-out prompt and weight vector) and, with
+--copy-results, benchmarks/results/multi_objective.json and docs/multi_objective_pareto.png.
 """
 
 from __future__ import annotations
@@ -72,13 +74,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/multi_objective")
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--steps", type=int, default=20, help="RLOO rollouts")
-    ap.add_argument("--prompts-per-step", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=24, help="RLOO rollouts")
+    ap.add_argument("--prompts-per-step", type=int, default=6)
     ap.add_argument("--samples", type=int, default=4, help="RLOO group size")
     ap.add_argument("--tokens", type=int, default=24, help="max new tokens")
-    ap.add_argument("--lr", type=float, default=1.3e-4)
-    ap.add_argument("--kl", type=float, default=0.1, help="kl.coef (k3, in the loss)")
-    ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the training weights")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--kl", type=float, default=0.05, help="kl.coef (k3, in the loss)")
+    ap.add_argument("--alpha", type=float, default=0.25, help="Dirichlet concentration of the training weights")
     ap.add_argument("--heldout", type=int, default=48)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="opposed", help="the two objectives (see PAIRS)")
     ap.add_argument("--tag", choices=sorted(TAGS), default="words", help="weights as numbers or words")
