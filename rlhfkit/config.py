@@ -741,8 +741,8 @@ class PreferenceVectorConfig:
     levels: tuple[str, ...] = ()
     """Write each weight as a word instead of a number: with L levels, levels[i] stands for the weight i / (L - 1),
     e.g. [not, slightly, fairly, very, only]; weights are snapped to that grid, and the reward uses the snapped weights,
-    which is what the policy reads. Words an instruction-tuned model already understands steer it sooner than
-    decimals. Empty: numbers with `decimals`."""
+    which is what the policy reads. Words an instruction-tuned model knows can be easier to learn than decimals
+    (docs/benchmarks.md). Empty: numbers with `decimals`."""
     entry: str = "{name}={weight}"
     """How one objective is written in the tag: {name} is the objective, {weight} its number or level word (e.g.
     "{weight} {name}" with levels reads "very sentiment")."""
