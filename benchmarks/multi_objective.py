@@ -1,19 +1,22 @@
 """A preference-vector policy on the builtin model: two cheap objectives, a short RLOO run on random weights, then the
 Pareto front of the trained policy (and of the base model, with the same tags) on held-out prompts.
 
-    python benchmarks/multi_objective.py --out runs/multi_objective [--model smollm2-135m-instruct] [--steps 20]
+    python benchmarks/multi_objective.py --out runs/multi_objective [--pair opposed|brevity] [--tag words|numbers]
 
-Objectives: sentiment (VADER's compound score of the response, in [-1, 1]) and brevity (-words / 16, the length rule
-with max_words 0). Prompts: the builtin movie-review openings (rlhfkit/tasks/data/review_prompts.jsonl), the last 32
-held out. Each training prompt gets weights w ~ Dirichlet(alpha) written into it ("[weights sentiment=0.70
-brevity=0.30]") and its samples are rewarded w . r. Writes OUT/rloo (the run), OUT/pareto (pareto.json, pareto.png,
-report.html / .md) and, with --copy-results, benchmarks/results/multi_objective.json and docs/multi_objective_pareto.png.
+Objectives (--pair): opposed = positive (VADER's compound score of the response, in [-1, 1]) and negative (its
+negation), so that only reading the tag raises the reward; brevity = positive and short (-words / 16). Prompts: the
+builtin movie-review openings (rlhfkit/tasks/data/review_prompts.jsonl), the last 48 held out. Each training prompt
+gets weights w ~ Dirichlet(alpha) written into it (--tag words: "[quite positive, slightly negative]" on the 5-level
+grid; numbers: "[weights positive=0.70 negative=0.30]") and its samples are rewarded w . r. Writes OUT/rloo (the run),
+OUT/pareto (pareto.json, pareto.png, report.html / .md; 2 samples per held-out prompt and weight vector) and, with
+--copy-results, benchmarks/results/multi_objective.json and docs/multi_objective_pareto.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -22,6 +25,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "rlhfkit/tasks/data/review_prompts.jsonl"
+# the objectives (reward sources, named as the tag names them): "opposed" pulls the policy both ways on one axis
+# (VADER compound and its negation), so that only reading the tag raises the reward; "brevity" is the earlier pair
+# (VADER and -words / 16), which a policy can raise together without reading the tag
+PAIRS = {
+    "opposed": (
+        "[positive, negative]",
+        "{kind: sentiment, name: positive}\n    - {kind: sentiment, name: negative, params: {polarity: negative}}",
+    ),
+    "brevity": (
+        "[positive, short]",
+        "{kind: sentiment, name: positive}\n    - {kind: rule, path: length, name: short, params: {max_words: 0, coef: 0.0625}}",
+    ),
+}
+# how the weights are written: numbers ("[weights positive=0.70 negative=0.30]") or words on a 5-level grid
+# ("[very positive, slightly negative]", which an instruction-tuned model already half understands)
+TAGS = {
+    "numbers": "",
+    "words": ", levels: [not, slightly, moderately, quite, very], entry: '{weight} {name}', separator: ', ', "
+    "format: '[{weights}]'",
+}
 
 
 def rlhfkit(*args: str) -> None:
@@ -29,18 +52,39 @@ def rlhfkit(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "rlhfkit.cli", *args], check=True, cwd=ROOT)
 
 
+def steering(rows: list[dict], objectives: list[str]) -> dict:
+    """Per policy, the weight vectors in order of the first weight: is each objective monotone in it (the first
+    rising, the second falling), and how far apart are the two extremes, in standard errors of their difference."""
+    out = {}
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        rs = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["weights"][0])
+        lo, hi = rs[0], rs[-1]
+        out[policy] = {
+            o: {
+                "monotone": all((b[o] - a[o]) * sign > 0 for a, b in zip(rs, rs[1:])),
+                "extremes_diff": hi[o] - lo[o],
+                "extremes_z": (hi[o] - lo[o]) / math.hypot(hi[o + "_se"], lo[o + "_se"]),
+            }
+            for o, sign in zip(objectives, (1, -1))
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/multi_objective")
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--steps", type=int, default=20, help="RLOO rollouts")
-    ap.add_argument("--prompts-per-step", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=24, help="RLOO rollouts")
+    ap.add_argument("--prompts-per-step", type=int, default=6)
     ap.add_argument("--samples", type=int, default=4, help="RLOO group size")
     ap.add_argument("--tokens", type=int, default=24, help="max new tokens")
-    ap.add_argument("--lr", type=float, default=1.3e-4)
-    ap.add_argument("--kl", type=float, default=0.1, help="kl.coef (k3, in the loss)")
-    ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the training weights")
-    ap.add_argument("--heldout", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--kl", type=float, default=0.05, help="kl.coef (k3, in the loss)")
+    ap.add_argument("--alpha", type=float, default=0.25, help="Dirichlet concentration of the training weights")
+    ap.add_argument("--heldout", type=int, default=48)
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="opposed", help="the two objectives (see PAIRS)")
+    ap.add_argument("--tag", choices=sorted(TAGS), default="words", help="weights as numbers or words")
+    ap.add_argument("--eval-samples", type=int, default=2, help="responses per held-out prompt and weight vector")
     ap.add_argument("--copy-results", action="store_true", help="write benchmarks/results and docs/ figures")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
@@ -57,9 +101,8 @@ algo: {{num_samples: {a.samples}}}
 kl: {{coef: {a.kl}, estimator: k3, placement: loss}}
 reward:
   sources:
-    - {{kind: sentiment}}
-    - {{kind: rule, path: length, name: brevity, params: {{max_words: 0, coef: 0.0625}}}}
-preference: {{objectives: [sentiment, brevity], dirichlet_alpha: {a.alpha}}}
+    - {PAIRS[a.pair][1]}
+preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}{TAGS[a.tag]}}}
 eval_samples: 8
 """
     )
@@ -70,7 +113,17 @@ eval_samples: 8
     rlhfkit("rloo", "--config", str(out / "rloo.yaml"), "-o", str(out / "rloo"))
     times["rloo_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    rlhfkit("pareto", "--run", str(out / "rloo"), "--prompts", str(out / "heldout.jsonl"), "-o", str(out / "pareto"))
+    rlhfkit(
+        "pareto",
+        "--run",
+        str(out / "rloo"),
+        "--prompts",
+        str(out / "heldout.jsonl"),
+        "-o",
+        str(out / "pareto"),
+        "--samples",
+        str(a.eval_samples),
+    )
     times["pareto_s"] = round(time.perf_counter() - t, 1)
     data = json.loads((out / "pareto" / "pareto.json").read_text())
     summary = json.loads((out / "rloo" / "summary.json").read_text())
@@ -80,6 +133,7 @@ eval_samples: 8
         "train_eval": summary["eval"],
         "summary": data["summary"],
         "pareto": data["pareto"],
+        "steering": steering(data["pareto"], data["pareto_objectives"]),
     }
     print(json.dumps(result))
     if a.copy_results:

@@ -533,7 +533,7 @@ class RewardSpec:
     """Label in logs (default: derived from kind and path)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of a rule or callable, e.g. {target: 40, coef: 0.01} for the length rule; multi_rm: {weights:
-    {head: weight}} (default 1 each)."""
+    {head: weight}} (default 1 each); sentiment: {polarity: negative} scores -compound (default positive)."""
     reduce: EnsembleReduce = "mean"
     """Ensemble reduction: mean, min, or mean-std (mean - std_coef * std; pessimistic under disagreement)."""
     std_coef: float = 1.0
@@ -754,6 +754,16 @@ class PreferenceVectorConfig:
     At the end, so that keep_end prompt truncation never cuts it."""
     decimals: int = 2
     """Weights are rounded to this many decimals, and the reward uses exactly the rounded weights the policy reads."""
+    levels: tuple[str, ...] = ()
+    """Write each weight as a word instead of a number: with L levels, levels[i] stands for the weight i / (L - 1),
+    e.g. [not, slightly, fairly, very, only]; weights are snapped to that grid, and the reward uses the snapped weights,
+    which is what the policy reads. Words an instruction-tuned model knows can be easier to learn than decimals
+    (docs/benchmarks.md). Empty: numbers with `decimals`."""
+    entry: str = "{name}={weight}"
+    """How one objective is written in the tag: {name} is the objective, {weight} its number or level word (e.g.
+    "{weight} {name}" with levels reads "very sentiment")."""
+    separator: str = " "
+    """Between the entries of the tag."""
 
     def validate(self) -> None:
         names = [o.strip() for o in self.objectives]
@@ -763,6 +773,15 @@ class PreferenceVectorConfig:
         require(self.dirichlet_alpha > 0, f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
         require("{weights}" in self.format, f"format must contain {{weights}}, got {self.format!r}")
         require(1 <= self.decimals <= 6, f"decimals must be in [1, 6], got {self.decimals}")
+        words = [w.strip() for w in self.levels]
+        require(
+            not words or (len(words) >= 2 and all(words)), f"levels needs >= 2 non-empty words, got {list(self.levels)}"
+        )
+        require(len(set(words)) == len(words), f"levels must be distinct, got {list(self.levels)}")
+        require(
+            "{name}" in self.entry and "{weight}" in self.entry,
+            f"entry must contain {{name}} and {{weight}}, got {self.entry!r}",
+        )
 
 
 @dataclass(frozen=True)

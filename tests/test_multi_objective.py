@@ -219,6 +219,35 @@ def test_weights_are_drawn_on_the_simplex_and_formatted():
     assert turns == ({"role": "system", "content": "s"}, {"role": "user", "content": "hi\n[w]"})
 
 
+def test_weights_as_words_are_snapped_to_the_levels_the_tag_shows():
+    from rlhfkit.config import PreferenceVectorConfig
+    from rlhfkit.rewards.preference import PreferenceConditioner
+    from rlhfkit.rollout import Prompt, draw_weights, format_weights
+
+    levels = ("not", "slightly", "fairly", "very", "only")
+    w = draw_weights(400, 2, 0.3, (3,), levels=5)
+    assert set(w.ravel().tolist()) <= {0.0, 0.25, 0.5, 0.75, 1.0} and len(set(w[:, 0].tolist())) == 5
+    assert (abs(w.sum(1) - 1) < 1e-9).all()  # two objectives on a symmetric grid: each row still sums to 1
+    tag = format_weights(["sentiment", "brevity"], [0.75, 0.25], "[{weights}]", 2, levels, "{weight} {name}", ", ")
+    assert tag == "[very sentiment, slightly brevity]"
+    assert format_weights(["a", "b"], [0.62, 0.38], "<{weights}>", 2, levels) == "<a=fairly b=fairly>"  # nearest
+
+    class Fmt:  # records what the policy is shown
+        def encode_prompt(self, messages):
+            return [len(messages[-1]["content"])], messages[-1]["content"]
+
+    cfg = PreferenceVectorConfig(objectives=("s", "b"), levels=levels, entry="{weight} {name}", separator=", ")
+    cfg.validate()
+    c = PreferenceConditioner(cfg, Fmt())
+    prompts, weights = c.prepare([Prompt(({"role": "user", "content": "Review:"},), [1])] * 3, weights=[0.7, 0.3])
+    assert weights.tolist() == [[0.75, 0.25]] * 3  # the reward uses the weights the words stand for
+    assert prompts[0].ids[1] == "Review:\n[weights very s, slightly b]"
+    assert c.uniform() == [0.5, 0.5] and c.tag(c.uniform()) == "[weights fairly s, fairly b]"
+    for bad, needle in [({"levels": ("only",)}, "levels needs >= 2"), ({"entry": "{name}"}, "entry must contain")]:
+        with pytest.raises(Exception, match=needle):
+            PreferenceVectorConfig(objectives=("s", "b"), **bad).validate()
+
+
 def test_collect_writes_weights_into_prompts_and_rewards_the_weighted_sum(tiny_dir, tmp_path):
     from rlhfkit.config import RLOOConfig
     from rlhfkit.trainers import rl_common

@@ -344,6 +344,25 @@ def test_vader_sentiment_orders_positive_above_negative() -> None:
     assert analyzer() is analyzer()  # the lexicon is loaded once
 
 
+def test_negative_polarity_scores_minus_compound_and_is_its_own_part() -> None:
+    texts = ["What a great and beautiful film.", "awful", "The film is ninety minutes long."]
+    compound = sentiment_scores(texts)
+    cfg = from_dict(
+        RewardConfig,
+        {
+            "sources": [
+                {"kind": "sentiment"},
+                {"kind": "sentiment", "name": "negativity", "params": {"polarity": "negative"}},
+            ]
+        },
+    )
+    out = build_reward(cfg)(PROMPTS[:1] * 3, texts)
+    assert out.parts["sentiment"].tolist() == pytest.approx(compound)
+    assert out.parts["negativity"].tolist() == pytest.approx([-c for c in compound])
+    assert out.total.tolist() == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)  # opposed objectives, equal weights
+    assert compound[0] > 0.5 and compound[1] < -0.4 and compound[2] == 0.0
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # weighted sum
 
@@ -505,6 +524,11 @@ def test_build_reward_callable(tmp_path: Path) -> None:
         ([{"kind": "judge", "path": "x"}], ConfigError, ["sources[0].kind='judge'", "choose one of model"]),
         ([{"kind": "rule"}], ConfigError, ["reward.sources[0].path is empty"]),
         ([{"kind": "sentiment", "params": {"x": 1}}], ConfigError, ["reward.sources[0].params", "sentiment"]),
+        (
+            [{"kind": "sentiment", "params": {"polarity": "neg"}}],
+            ConfigError,
+            ["reward.sources[0]", "'polarity' must be positive or negative, got 'neg'"],
+        ),
         ([{"kind": "callable", "path": "no_such_mod_abc:f"}], ConfigError, ["reward.sources[0]", "no_such_mod_abc"]),
         ([{"kind": "ensemble", "path": "a,,b"}], ConfigError, ["reward.sources[0].path", "empty entry"]),
         ([{"kind": "ensemble", "path": "a", "std_coef": -1}], ConfigError, ["reward.sources[0].std_coef"]),

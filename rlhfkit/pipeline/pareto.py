@@ -66,9 +66,7 @@ def sweep(
     """For every policy (label -> model) and weight vector: `samples` responses per prompt under that vector's tag;
     each objective's mean and standard error, the scalarized reward w . r, the mean length in tokens. Every vector
     is sampled with the same seed (common random numbers), so differences come from the tag, not the draw."""
-    # torch: loaded when the command runs, not for `rlhfkit --help`
-    import torch
-
+    # loaded when the command runs, not for `rlhfkit --help`
     from rlhfkit.data import ChatFormatter, load_examples
     from rlhfkit.models import load_for_inference
     from rlhfkit.rewards import build_reward
@@ -92,12 +90,13 @@ def sweep(
             ro = engine.generate([p.ids for p in tagged], sampling_params(sampling), samples)
             scored = reward([p.messages for p in prompts for _ in range(samples)], ro.texts)
             values = objective_scores(scored, conditioner.objectives)  # (P * samples, K)
-            row: dict[str, Any] = {"policy": label, "weights": [float(x) for x in w]}
+            shown = weights[0]  # (K,) as the tag shows them (snapped to decimals or levels): what w . r uses
+            row: dict[str, Any] = {"policy": label, "weights": [round(float(x), 6) for x in shown]}
             for k, o in enumerate(conditioner.objectives):
                 col = values[:, k]
                 row[o] = float(col.mean())
                 row[f"{o}_se"] = float(col.std() / math.sqrt(len(col))) if len(col) > 1 else 0.0
-            row["scalarized"] = float((values * torch.tensor(w, dtype=torch.float32)).sum(-1).mean())
+            row["scalarized"] = float((values * shown).sum(-1).mean())
             row["length"] = float(ro.response_lengths.float().mean())
             rows.append(row)
         del model, engine

@@ -156,7 +156,13 @@ def _build_callable(spec: RewardSpec, where: str, device: str | torch.device, dt
 def _build_sentiment(spec: RewardSpec, where: str, device: str | torch.device, dtype: str) -> RewardSource:
     from rlhfkit.tasks.sentiment import SentimentSource  # here, not at the top: tasks.sentiment imports this package
 
-    return SentimentSource(name=spec.name or "sentiment")
+    unknown = sorted(set(spec.params) - {"polarity"})
+    if unknown:
+        raise ConfigError(f"{where}.params: unknown param {unknown[0]!r} for a sentiment source (valid: polarity)")
+    try:
+        return SentimentSource(name=spec.name or "sentiment", **spec.params)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _build_arithmetic(spec: RewardSpec, where: str, device: str | torch.device, dtype: str) -> RewardSource:
@@ -174,7 +180,7 @@ BUILDERS: dict[str, Callable[[RewardSpec, str, str | torch.device, str], RewardS
     "sentiment": _build_sentiment,
     "arithmetic": _build_arithmetic,
 }
-_TAKES_PARAMS = ("rule", "callable", "multi_rm")
+_TAKES_PARAMS = ("rule", "callable", "multi_rm", "sentiment")
 _MODEL_KINDS = ("model", "multi_rm", "ensemble")
 
 
@@ -189,7 +195,7 @@ def build_source(
         raise ConfigError(f"{where}.path is empty: a {spec.kind} source needs one")
     if spec.params and spec.kind not in _TAKES_PARAMS:
         raise ConfigError(
-            f"{where}.params: only rule, callable and multi_rm sources take params (this one is {spec.kind})"
+            f"{where}.params: only rule, callable, multi_rm and sentiment sources take params (this one is {spec.kind})"
         )
     if spec.kind in _MODEL_KINDS:
         if spec.batch_size < 1:

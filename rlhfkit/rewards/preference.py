@@ -14,7 +14,7 @@ from torch import Tensor
 from rlhfkit.config import ConfigError, PreferenceVectorConfig
 from rlhfkit.rewards.base import Scores
 from rlhfkit.rewards.sources import WeightedSum
-from rlhfkit.rollout.prompts import Prompt, condition_messages, draw_weights, format_weights
+from rlhfkit.rollout.prompts import Prompt, condition_messages, draw_weights, format_weights, snap_weights
 
 
 def objective_part(scores: Scores, objective: str) -> Tensor:
@@ -75,13 +75,21 @@ class PreferenceConditioner:
     def objectives(self) -> list[str]:
         return [o.strip() for o in self.cfg.objectives]
 
+    def snap(self, weights: Sequence[float]) -> list[float]:
+        """`weights` as the tag shows them (rounded to decimals, or to the nearest level): what the reward uses."""
+        return [float(x) for x in snap_weights(list(weights), self.cfg.decimals, len(self.cfg.levels))]
+
     def uniform(self) -> list[float]:
         k = len(self.objectives)
-        return [round(1.0 / k, self.cfg.decimals)] * k
+        return self.snap([1.0 / k] * k)
+
+    def tag(self, weights: Sequence[float]) -> str:
+        c = self.cfg
+        return format_weights(self.objectives, weights, c.format, c.decimals, c.levels, c.entry, c.separator)
 
     def condition(self, prompt: Prompt, weights: Sequence[float]) -> Prompt:
         """The prompt as the policy sees it under `weights`; its `messages` stay the task's (what reward sources see)."""
-        tag = format_weights(self.objectives, weights, self.cfg.format, self.cfg.decimals)
+        tag = self.tag(weights)
         ids = self.formatter.encode_prompt(condition_messages(prompt.messages, tag))
         if ids is None:  # truncation=drop, and the tag made the prompt too long
             raise ValueError(
@@ -94,16 +102,14 @@ class PreferenceConditioner:
         self, prompts: Sequence[Prompt], seed: Sequence[int] | None = None, weights: Sequence[float] | None = None
     ) -> tuple[list[Prompt], Tensor]:
         """(conditioned prompts, weights (P, K)): weights drawn with `seed` (e.g. (run seed, step, rank), so a resumed
-        run draws the same), or the one vector `weights` for every prompt."""
+        run draws the same), or the one vector `weights` for every prompt; both snapped to what the tag shows."""
+        c = self.cfg
         if weights is None:
-            w = torch.tensor(
-                draw_weights(
-                    len(prompts), len(self.objectives), self.cfg.dirichlet_alpha, seed or (0,), self.cfg.decimals
-                ),
-                dtype=torch.float32,
-            )
+            k, n = len(self.objectives), len(prompts)
+            drawn = draw_weights(n, k, c.dirichlet_alpha, seed or (0,), c.decimals, len(c.levels))
+            w = torch.tensor(drawn, dtype=torch.float32)
         else:
-            w = torch.tensor([list(weights)] * len(prompts), dtype=torch.float32).view(len(prompts), -1)
+            w = torch.tensor([self.snap(weights)] * len(prompts), dtype=torch.float32).view(len(prompts), -1)
         return [self.condition(p, row) for p, row in zip(prompts, w.tolist())], w
 
     def reward(self, scores: Scores, weights: Tensor) -> Tensor:

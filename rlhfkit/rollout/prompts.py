@@ -34,19 +34,43 @@ def encode_prompts(examples: Sequence[Any], formatter: Any) -> list[Prompt]:
 # preference-vector conditioning: objective weights written into the prompt
 
 
-def draw_weights(n: int, k: int, alpha: float, seed: Sequence[int], decimals: int = 2) -> np.ndarray:
-    """(n, k) weight vectors ~ Dirichlet(alpha, ..., alpha), rounded to `decimals` (so they are exactly what the prompt
-    shows; a row may then sum to 1 +- k * 10^-decimals). `seed` (e.g. (run seed, step, rank)) fixes the draw, so that a
-    resumed run draws the same weights."""
+def snap_weights(weights: np.ndarray, decimals: int = 2, levels: int = 0) -> np.ndarray:
+    """Weights as the tag can show them: rounded to `decimals`, or with `levels` >= 2 words to the nearest of the
+    grid 0, 1/(levels-1), ..., 1 (a row may then sum to 1 +- a rounding step)."""
+    if levels >= 2:
+        return np.round(np.asarray(weights, dtype=np.float64) * (levels - 1)) / (levels - 1)
+    return np.round(np.asarray(weights, dtype=np.float64), decimals)
+
+
+def draw_weights(n: int, k: int, alpha: float, seed: Sequence[int], decimals: int = 2, levels: int = 0) -> np.ndarray:
+    """(n, k) weight vectors ~ Dirichlet(alpha, ..., alpha), snapped to what the prompt shows (`snap_weights`).
+    `seed` (e.g. (run seed, step, rank)) fixes the draw, so that a resumed run draws the same weights."""
     rng = np.random.default_rng([int(s) for s in seed])
-    return np.round(rng.dirichlet([alpha] * k, size=n), decimals)
+    return snap_weights(rng.dirichlet([alpha] * k, size=n), decimals, levels)
 
 
-def format_weights(objectives: Sequence[str], weights: Sequence[float], template: str, decimals: int = 2) -> str:
-    """The tag the policy reads, e.g. "[weights sentiment=0.70 brevity=0.30]" for template "[weights {weights}]"."""
+def format_weights(
+    objectives: Sequence[str],
+    weights: Sequence[float],
+    template: str,
+    decimals: int = 2,
+    levels: Sequence[str] = (),
+    entry: str = "{name}={weight}",
+    separator: str = " ",
+) -> str:
+    """The tag the policy reads: template "[weights {weights}]" gives "[weights sentiment=0.70 brevity=0.30]"; with
+    levels (words for the grid 0 .. 1, e.g. ["not", "slightly", "fairly", "very", "only"]), entry "{weight} {name}"
+    and separator ", ", weights (0.75, 0.25) read "[weights very sentiment, slightly brevity]"."""
     if len(objectives) != len(weights):
         raise ValueError(f"{len(objectives)} objectives but {len(weights)} weights")
-    return template.replace("{weights}", " ".join(f"{o}={w:.{decimals}f}" for o, w in zip(objectives, weights)))
+
+    def shown(w: float) -> str:
+        if not levels:
+            return f"{w:.{decimals}f}"
+        return levels[min(len(levels) - 1, max(0, round(w * (len(levels) - 1))))]
+
+    parts = (entry.replace("{name}", o).replace("{weight}", shown(w)) for o, w in zip(objectives, weights))
+    return template.replace("{weights}", separator.join(parts))
 
 
 def condition_messages(messages: Sequence[Any], tag: str) -> tuple[Any, ...]:

@@ -29,15 +29,22 @@ def sentiment_scores(texts: Sequence[str]) -> list[float]:
     return [float(vader.polarity_scores(t)["compound"]) for t in texts]
 
 
+POLARITIES = {"positive": 1.0, "negative": -1.0}
+
+
 class SentimentSource:
-    """Reward source (config kind "sentiment"): the VADER compound score of each response; prompts are ignored."""
+    """Reward source (config kind "sentiment"): the VADER compound score of each response; prompts are ignored.
+    polarity "negative" scores -compound (a negativity objective, opposed to sentiment in a preference vector)."""
 
     kind = "sentiment"
 
-    def __init__(self, name: str = "sentiment") -> None:
+    def __init__(self, name: str = "sentiment", polarity: str = "positive") -> None:
+        if polarity not in POLARITIES:
+            raise ValueError(f"sentiment: param 'polarity' must be positive or negative, got {polarity!r}")
         self.name = name
+        self.sign = POLARITIES[polarity]
 
     def __call__(self, prompts: Sequence[Messages | str], responses: Sequence[str]) -> Scores:
         if len(prompts) != len(responses):
             raise ValueError(f"reward source {self.name!r}: {len(prompts)} prompts but {len(responses)} responses")
-        return as_scores(sentiment_scores(responses), self.name)
+        return as_scores([self.sign * x for x in sentiment_scores(responses)], self.name)
