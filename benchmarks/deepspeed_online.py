@@ -6,7 +6,8 @@ DDP, through the CLI, on the tiny random Llama of `rlhfkit.models.tiny` and a ti
 
 4 prompts per rollout in all (4 on 1 process, 2 per process on 2), 6 new tokens, lr 1e-3, 2 held-out prompts; the
 setup of tests/test_deepspeed.py. Greedy cases compare with 1 process (samples then do not depend on how prompts are
-split); sampled cases (2 samples per prompt) compare with DDP on 2 processes (the same sampling streams per process).
+split); sampled cases (2 samples per prompt) compare with DDP on 2 processes (the same sampling streams per process);
+`-resume` cases run 2 rollouts, then --resume to 3.
 One JSON line per case is appended to benchmarks/results/deepspeed_online_cpu.jsonl: the largest gap of every global
 number both runs logged (losses, gradient norms, KL, held-out score / KL / length) and of the final weights.
 """
@@ -53,7 +54,7 @@ def _zero2_config() -> list[str]:
 CASES = {
     "ppo-zero3": ("ppo", ([], 4), TORCHRUN, ["train.deepspeed=3"], GREEDY, 3),
     "ppo-zero3-resume": ("ppo", ([], 4), TORCHRUN, ["train.deepspeed=3"], GREEDY, 3),
-    "ppo-zero2": ("ppo", ([], 4), TORCHRUN, ["train.deepspeed=2"], GREEDY, 3),
+    "ppo-zero2-resume": ("ppo", ([], 4), TORCHRUN, ["train.deepspeed=2"], GREEDY, 3),
     "ppo-lora-critic-copy-zero3": ("ppo", ([], 4), TORCHRUN, ["train.deepspeed=3", "sharding.rollout=copy"], LORA, 2),
     "grpo-zero2": ("grpo", (TORCHRUN, 2), None, [], SAMPLED, 2),  # None: the shipped ZeRO-2 launch config
     "rloo-zero3": ("rloo", (TORCHRUN, 2), TORCHRUN, ["train.deepspeed=3"], SAMPLED, 2),
@@ -137,8 +138,11 @@ def run_case(name: str, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cases", nargs="*", choices=sorted(CASES), help="default: all")
+    parser.add_argument("cases", nargs="*", help=f"some of {', '.join(CASES)} (default: all)")
     args = parser.parse_args()
+    unknown = sorted(set(args.cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown cases {unknown}: choose from {', '.join(CASES)}")
     from rlhfkit.data import write_jsonl
     from rlhfkit.models.tiny import save_tiny
 

@@ -76,8 +76,7 @@ class OnlineRun:
     gen_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     sharding: dict[str, str] = field(default_factory=dict)
-    """Under FSDP / DeepSpeed: how the engine gets whole weights and where the frozen models live
-    (sharding.shard_online)."""
+    """Under FSDP / ZeRO: how the engine gets whole weights, where the frozen models live (sharding.shard_online)."""
     extra_state: dict[str, Callable[[], Any]] = field(default_factory=dict)
     """More checkpoint state, by key (e.g. online DPO's live feed); `resumed` holds what the checkpoint saved."""
     resumed: dict[str, Any] = field(default_factory=dict)

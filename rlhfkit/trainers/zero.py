@@ -182,6 +182,8 @@ def full_optimizer_state(acc: Accelerator, model: Any) -> dict[str, Any]:
         g["params"] = list(range(first, first + len(ps)))
         first += len(ps)
     started = [s for s in base.state.values() if "step" in s]
+    if started:
+        _link_state(engine.optimizer)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for i, p in enumerate(p for ps in params for p in ps):
         if started:
@@ -189,6 +191,14 @@ def full_optimizer_state(acc: Accelerator, model: Any) -> dict[str, Any]:
             step = started[0]["step"]
             state[i] = {"step": step.detach().clone(), **{k: v.detach().to("cpu").clone() for k, v in full.items()}}
     return {"state": state if acc.is_main_process else {}, "param_groups": groups}
+
+
+def _link_state(opt: Any) -> None:
+    """ZeRO-2 reads and writes AdamW's state through per-parameter views, linked once: after the first group's first
+    step (deepspeed 0.19.8), when a second group (a critic's) has no state yet. Link every group's now."""
+    if hasattr(opt, "_hp_optimizer_states_linked"):
+        opt._hp_optimizer_states_linked = False
+        opt._lazy_init_hp_params_optimizer_state()
 
 
 def load_full_optimizer_state(acc: Accelerator, model: Any, saved: dict[str, Any]) -> None:
@@ -208,8 +218,7 @@ def load_full_optimizer_state(acc: Accelerator, model: Any, saved: dict[str, Any
         for k in _ADAM_STATE:
             st.setdefault(k, torch.zeros_like(flat, memory_format=torch.preserve_format))
         st["step"].fill_(float(step))
-    if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-2 links its views of that state
-        opt._lazy_init_hp_params_optimizer_state()
+    _link_state(opt)
     for i, p in enumerate(p for ps in _groups(engine) for p in ps):
         for k in _ADAM_STATE:
             _set_full(p, saved["state"][i][k].to(acc.device).float(), k)
