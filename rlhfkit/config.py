@@ -786,15 +786,17 @@ class PreferenceVectorConfig:
 
 @dataclass(frozen=True)
 class ShardingConfig:
-    """Online RL under FSDP2 (train.fsdp=true or accelerate's fsdp2.yaml); ignored otherwise."""
+    """Online RL under FSDP2 (train.fsdp=true or accelerate's fsdp2.yaml) or DeepSpeed ZeRO (train.deepspeed=2|3 or a
+    deepspeed_zero*.yaml launch config); ignored otherwise."""
 
     rollout: RolloutWeights = "gather"
-    """How the rollout engine gets whole weights: gather (all-gather the policy for each generate call, freed after)
-    or copy (an unsharded inference copy per process, synced before each generate call: more memory, faster
-    decoding). docs/benchmarks.md measures both."""
+    """How the rollout engine gets whole weights: gather (all-gather the policy for each generate call, freed after;
+    ZeRO-2 holds them whole already) or copy (an unsharded inference copy per process, synced before each generate
+    call: more memory, faster decoding). docs/benchmarks.md measures both."""
     frozen: FrozenPlacement = "replicate"
-    """The frozen reference and reward models: shard (FSDP2, gathered block by block at each forward: less memory)
-    or replicate (a whole copy per process: no communication). Under LoRA the reference is the policy itself."""
+    """The frozen reference and reward models: shard (FSDP2 only, gathered block by block at each forward: less
+    memory) or replicate (a whole copy per process: no communication). Under LoRA the reference is the policy
+    itself."""
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,17 @@ TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("fsdp-online")
+def online_work(d: Path) -> Path:
+    """A tiny causal LM (the policy), a tiny reward model and 16 prompts in `d` (tests/test_deepspeed.py shares it)."""
     save_tiny(d / "tiny", kind="causal")
     save_tiny(d / "rm", kind="reward")
     write_jsonl(d / "prompts.jsonl", [{"prompt": f"Write about film {i}."} for i in range(16)])
     return d
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return online_work(tmp_path_factory.mktemp("fsdp-online"))
 
 
 def _args(work: Path, command: str, out: Path, per_process: int, steps: int, *more: str) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "rlhfkit"
 # what trainers share; not trainers themselves
-INFRA = {"loop", "step", "common", "checkpoint", "rl_common", "distributed"}
+INFRA = {"loop", "step", "common", "checkpoint", "rl_common", "distributed", "zero", "sharding"}  # not trainers
 
 
 def _module(path: Path) -> str:

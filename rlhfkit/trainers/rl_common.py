@@ -47,8 +47,8 @@ from rlhfkit.rollout import (
 from rlhfkit.trainers.common import check_models, check_rows, finish_run, load_for_training, write_run_files
 from rlhfkit.trainers.distributed import collective_guard, distributed_info, is_sharded
 from rlhfkit.trainers.loop import DataOrder, LoopResult, Session, make_accelerator
-from rlhfkit.trainers.sharding import policy_state, shard_online
-from rlhfkit.trainers.zero import refuse_deepspeed
+from rlhfkit.trainers.sharding import check_online, policy_state, shard_online
+from rlhfkit.trainers.zero import is_deepspeed
 
 
 @dataclass
@@ -76,7 +76,7 @@ class OnlineRun:
     gen_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     sharding: dict[str, str] = field(default_factory=dict)
-    """Under FSDP: how the engine gets whole weights and where the frozen models live (sharding.shard_online)."""
+    """Under FSDP / ZeRO: how the engine gets whole weights, where the frozen models live (sharding.shard_online)."""
     extra_state: dict[str, Callable[[], Any]] = field(default_factory=dict)
     """More checkpoint state, by key (e.g. online DPO's live feed); `resumed` holds what the checkpoint saved."""
     resumed: dict[str, Any] = field(default_factory=dict)
@@ -108,7 +108,7 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
     check_models(cfg.model, cfg.reference)
     check_reward_paths(cfg.reward, "reward")
     check_reward_paths(cfg.gold, "gold")
-    refuse_deepspeed(tc, f"online RL ({command})")
+    check_online(tc, cfg.sharding)
     write_run_files(out, cfg, command)
     policy, tokenizer = load_for_training(cfg.model, "causal", tc.seed)
     accelerator = make_accelerator(tc)
@@ -145,7 +145,7 @@ def setup_online(cfg: RLConfig, command: str) -> OnlineRun:
         params=sampling_params(cfg.sampling),
         conditioner=conditioner,
     )
-    if is_sharded(accelerator):  # before the session shards the policy
+    if is_sharded(accelerator) or is_deepspeed(accelerator):  # before the session shards the policy
         run.sharding = shard_online(run, cfg.sharding.rollout, cfg.sharding.frozen)
     return run
 

@@ -1,4 +1,5 @@
-"""Online RL under FSDP2: whole weights for the rollout engine, and the frozen models sharded or replicated.
+"""Online RL under FSDP2 and DeepSpeed ZeRO: whole weights for the rollout engine, the frozen models sharded or
+replicated.
 
 The policy (with its value head or separate critic, one module) is sharded by the session like any trainer's model
 (`distributed.prepare_sharded`: a unit per transformer block and one for the policy and for the critic). What online
@@ -17,19 +18,28 @@ RL adds:
 - The frozen reference and reward models: `sharding.frozen=shard` (FSDP2 units too: each forward all-gathers, every
   process runs the same number of forwards: same micro-batches and reward batches) or `replicate` (a whole copy on
   every process, no communication). Under LoRA the reference is the policy with adapters disabled: sharded with it.
+
+Under DeepSpeed the policy and its critic are one engine (`deepspeed.initialize` through the session). ZeRO-2 keeps
+the weights whole on every process, so `gather` gathers nothing; under ZeRO-3 `gather` is `zero.whole_weights` (the
+policy's parameters gathered once per generate call, the engine's per-module hooks lifted meanwhile) and `copy` syncs
+the copy inside the same gather. The frozen models stay plain modules, whole on every process (`replicate`; `shard`
+is refused before any model loads). Under LoRA the reference is the policy with adapters disabled: partitioned with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
+from rlhfkit.config import ShardingConfig, TrainConfig
 from rlhfkit.rollout import Rollout, SamplingParams
+from rlhfkit.trainers import zero
 from rlhfkit.trainers.distributed import block_classes, full_model_state
 
 
@@ -50,10 +60,17 @@ def whole_weights(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 class ShardedEngine:
-    """A rollout engine (`rollout.HFEngine`) over a sharded policy; `mode` is `sharding.rollout` (module docstring)."""
+    """A rollout engine (`rollout.HFEngine`) over a sharded policy; `mode` is `sharding.rollout`, `whole` makes the
+    policy's weights whole for a block (FSDP2's or ZeRO's; module docstring)."""
 
-    def __init__(self, engine: Any, policy: torch.nn.Module, mode: str):
-        self.inner, self.policy, self.mode = engine, policy, mode
+    def __init__(
+        self,
+        engine: Any,
+        policy: torch.nn.Module,
+        mode: str,
+        whole: Callable[[torch.nn.Module], contextlib.AbstractContextManager] = whole_weights,
+    ):
+        self.inner, self.policy, self.mode, self.whole = engine, policy, mode, whole
         self.replica: torch.nn.Module | None = None
         if mode == "copy":  # made before the policy is sharded: the unsharded architecture, without hooks
             self.replica = copy.deepcopy(policy).requires_grad_(False).eval()
@@ -67,7 +84,7 @@ class ShardedEngine:
         """The copy takes the policy's current trainable weights (every process calls this together)."""
         assert self.replica is not None
         target = dict(self.replica.named_parameters())
-        with whole_weights(self.policy), torch.no_grad():
+        with self.whole(self.policy), torch.no_grad():
             for name, p in self.policy.named_parameters():
                 if p.requires_grad:  # frozen weights (LoRA's base) never change
                     target[name].copy_(p)
@@ -76,7 +93,7 @@ class ShardedEngine:
         if self.replica is not None:
             self.sync()
             return self.inner.generate(prompts, params, num_samples)
-        with whole_weights(self.policy):
+        with self.whole(self.policy):
             return self.inner.generate(prompts, params, num_samples)
 
 
@@ -102,9 +119,21 @@ def reward_models(source: Any) -> list[torch.nn.Module]:
     return found
 
 
+def check_online(train: TrainConfig, sharding: ShardingConfig) -> None:
+    """Before any model loads: what online RL does not run under DeepSpeed."""
+    if zero.deepspeed_requested(train) and sharding.frozen == "shard":
+        raise ValueError(
+            "sharding.frozen=shard is FSDP2's: under DeepSpeed the frozen reference and reward models are replicated "
+            "on every process (leave sharding.frozen=replicate)"
+        )
+
+
 def shard_online(run: Any, mode: str, frozen: str) -> dict[str, str]:
     """Before the session shards the policy: the engine gets whole weights, frozen models are sharded when asked.
     Returns what the summary records."""
+    if zero.is_deepspeed(run.accelerator):  # frozen models replicated (check_online refused anything else)
+        run.engine = ShardedEngine(run.engine, run.policy, mode, functools.partial(zero.whole_weights, run.accelerator))
+        return {"rollout_weights": mode, "frozen_models": "replicate"}
     run.engine = ShardedEngine(run.engine, run.policy, mode)
     if frozen == "shard":
         models = reward_models(run.reward) + (reward_models(run.gold) if run.gold is not None else [])

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3 through accelerate, for the offline loop (SFT, reward model, DPO family, KTO).
+"""DeepSpeed ZeRO-2 / ZeRO-3 through accelerate, for every trainer (SFT, reward model, DPO family, KTO, online RL).
 
 - `deepspeed_plugin(cfg, world)`: accelerate's `DeepSpeedPlugin` when `train.deepspeed` is 2 or 3, or `accelerate
   launch --config_file configs/accelerate/deepspeed_zero{2,3}.yaml` asks for DeepSpeed; else None. What the one
@@ -16,7 +16,10 @@
 - Checkpoints hold the same files as one process writes: the fp32 master weights and AdamW's state gathered to full
   tensors (`deepspeed.utils.safe_get_full_*`: collectives, every process calls them), numbered as one process numbers
   them, written by rank 0 and partitioned again on resume. The final model: ZeRO-3 gathers it on rank 0 (the
-  engine's consolidated state dict); under ZeRO-2 every process holds it whole.
+  engine's consolidated state dict); under ZeRO-2 every process holds it whole. The optimizer's parameter groups (online
+  RL: the policy's and the critic's learning rates) are numbered as one process's AdamW numbers them.
+- Online RL (sharding.py): `whole_weights(acc, policy)` gives the rollout engine the policy's whole weights under
+  ZeRO-3 (one gather per generate call); the frozen reference and reward models stay plain, replicated modules.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -43,15 +47,6 @@ def launched_with_deepspeed() -> bool:
 
 def deepspeed_requested(cfg: TrainConfig) -> bool:
     return bool(cfg.deepspeed) or launched_with_deepspeed()
-
-
-def refuse_deepspeed(cfg: TrainConfig, what: str) -> None:
-    """Stop before any model loads where rlhfkit does not run DeepSpeed yet."""
-    if deepspeed_requested(cfg):
-        raise ValueError(
-            f"{what} does not run under DeepSpeed yet (train.deepspeed / a deepspeed_zero*.yaml launch config): "
-            "use FSDP2 (train.fsdp=true or configs/accelerate/fsdp2.yaml)"
-        )
 
 
 def deepspeed_plugin(cfg: TrainConfig, world: int) -> DeepSpeedPlugin | None:
@@ -115,6 +110,17 @@ def _trainable(engine: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
 
 
+def _groups(engine: Any) -> list[list[torch.nn.Parameter]]:
+    """The trainable parameters of each of the optimizer's groups, in order: as one process's AdamW numbers them."""
+    opt = engine.optimizer
+    if not hasattr(opt, "sub_group_to_group_id"):  # ZeRO-2 keeps each group's parameters in their order
+        return [list(g) for g in opt.bit16_groups]
+    groups: dict[int, list[torch.nn.Parameter]] = {}  # ZeRO-3 cuts a large group into consecutive sub-groups
+    for i, sub in enumerate(opt.fp16_groups):
+        groups.setdefault(opt.sub_group_to_group_id[i], []).extend(sub)
+    return [groups[k] for k in sorted(groups)]
+
+
 def master_weights(acc: Accelerator, model: Any) -> dict[str, torch.Tensor]:
     """The full fp32 master weights of the trainable parameters (a collective; rank 0 gets them, others {})."""
     from deepspeed.utils import safe_get_full_fp32_param
@@ -130,7 +136,6 @@ def master_weights(acc: Accelerator, model: Any) -> dict[str, torch.Tensor]:
 def load_master_weights(acc: Accelerator, model: Any, weights: dict[str, torch.Tensor]) -> None:
     """Full trainable weights into the model's (partitioned) parameters and DeepSpeed's fp32 master copies."""
     from deepspeed import zero
-    from deepspeed.utils import safe_set_full_fp32_param
 
     engine = _engine(acc, model)
     for name, p in _trainable(engine):
@@ -138,24 +143,49 @@ def load_master_weights(acc: Accelerator, model: Any, weights: dict[str, torch.T
         gathered = zero.GatheredParameters([p], modifier_rank=0) if hasattr(p, "ds_id") else contextlib.nullcontext()
         with gathered, torch.no_grad():  # ZeRO-3: whole while inside, repartitioned (from rank 0) on exit
             p.copy_(value.to(p.dtype))
-        safe_set_full_fp32_param(p, value.float())
+        _set_full(p, value.float())
+
+
+def _set_full(p: torch.nn.Parameter, value: torch.Tensor, key: str | None = None) -> None:
+    """A full fp32 value into DeepSpeed's master copy of `p` (key=None) or into its AdamW state `key`. ZeRO-3: this
+    process's partition of the value padded as ZeRO-3 pads it (deepspeed 0.19.8's `safe_set_full_*` does not pad,
+    and fails on a parameter whose size the process count does not divide, e.g. a value head's bias)."""
+    from deepspeed.utils import (
+        safe_set_full_fp32_param,
+        safe_set_full_optimizer_state,
+        safe_set_local_fp32_param,
+        safe_set_local_optimizer_state,
+    )
+
+    if not hasattr(p, "ds_id"):  # ZeRO-2
+        return safe_set_full_fp32_param(p, value) if key is None else safe_set_full_optimizer_state(p, value, key)
+    n = p.ds_tensor.numel()  # the partition's size, padding included
+    group = p.ds_process_group
+    rank, world = torch.distributed.get_rank(group), torch.distributed.get_world_size(group)
+    local = torch.nn.functional.pad(value.flatten(), (0, n * world - value.numel()))[rank * n : (rank + 1) * n]
+    safe_set_local_fp32_param(p, local) if key is None else safe_set_local_optimizer_state(p, local, key)
 
 
 def full_optimizer_state(acc: Accelerator, model: Any) -> dict[str, Any]:
-    """AdamW's state as one process's `optimizer.state_dict()` (parameters numbered in order), gathered from the
-    partitions (a collective; rank 0 gets the tensors)."""
+    """AdamW's state as one process's `optimizer.state_dict()` (parameters numbered in order, group after group),
+    gathered from the partitions (a collective; rank 0 gets the tensors)."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
     engine = _engine(acc, model)
     base = engine.optimizer.optimizer  # the torch AdamW over DeepSpeed's flat fp32 partitions
     groups = [{k: v for k, v in g.items() if k != "params"} for g in base.param_groups]
-    params = _trainable(engine)
-    if len(groups) != 1:
-        raise ValueError("rlhfkit's DeepSpeed checkpoints hold one parameter group")
-    groups[0]["params"] = list(range(len(params)))
+    params = _groups(engine)
+    if len(groups) != len(params):
+        raise ValueError(f"DeepSpeed's optimizer has {len(groups)} parameter groups for {len(params)} of the model's")
+    first = 0
+    for g, ps in zip(groups, params):
+        g["params"] = list(range(first, first + len(ps)))
+        first += len(ps)
     started = [s for s in base.state.values() if "step" in s]
+    if started:
+        _link_state(engine.optimizer)
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for i, (_, p) in enumerate(params):
+    for i, p in enumerate(p for ps in params for p in ps):
         if started:
             full = {k: safe_get_full_optimizer_state(p, k) for k in _ADAM_STATE}
             step = started[0]["step"]
@@ -163,10 +193,16 @@ def full_optimizer_state(acc: Accelerator, model: Any) -> dict[str, Any]:
     return {"state": state if acc.is_main_process else {}, "param_groups": groups}
 
 
+def _link_state(opt: Any) -> None:
+    """ZeRO-2 reads and writes AdamW's state through per-parameter views, linked once: after the first group's first
+    step (deepspeed 0.19.8), when a second group (a critic's) has no state yet. Link every group's now."""
+    if hasattr(opt, "_hp_optimizer_states_linked"):
+        opt._hp_optimizer_states_linked = False
+        opt._lazy_init_hp_params_optimizer_state()
+
+
 def load_full_optimizer_state(acc: Accelerator, model: Any, saved: dict[str, Any]) -> None:
     """Partition a full AdamW state (as `full_optimizer_state` writes it) into DeepSpeed's optimizer."""
-    from deepspeed.utils import safe_set_full_optimizer_state
-
     engine = _engine(acc, model)
     base = engine.optimizer.optimizer
     for group, hyper in zip(base.param_groups, saved["param_groups"]):
@@ -182,11 +218,10 @@ def load_full_optimizer_state(acc: Accelerator, model: Any, saved: dict[str, Any
         for k in _ADAM_STATE:
             st.setdefault(k, torch.zeros_like(flat, memory_format=torch.preserve_format))
         st["step"].fill_(float(step))
-    if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-2 links its views of that state
-        opt._lazy_init_hp_params_optimizer_state()
-    for i, (_, p) in enumerate(_trainable(engine)):
+    _link_state(opt)
+    for i, p in enumerate(p for ps in _groups(engine) for p in ps):
         for k in _ADAM_STATE:
-            safe_set_full_optimizer_state(p, saved["state"][i][k].to(acc.device).float(), k)
+            _set_full(p, saved["state"][i][k].to(acc.device).float(), k)
 
 
 def gathered_model_state(acc: Accelerator, model: Any) -> dict[str, torch.Tensor] | None:
@@ -197,3 +232,26 @@ def gathered_model_state(acc: Accelerator, model: Any) -> dict[str, torch.Tensor
         return None
     state = engine._zero3_consolidated_16bit_state_dict()  # layer by layer; "16bit" is the training dtype
     return dict(state) if state is not None else {}
+
+
+@contextlib.contextmanager
+def whole_weights(acc: Accelerator, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`module` (the policy inside the engine) with whole weights until the block ends, however many forwards run
+    inside it (the rollout engine's: their number differs between processes, so none may communicate). ZeRO-3: its
+    parameters gathered once (a collective), the engine's module hooks (which would gather and release them again
+    around every sub-module's forward) lifted meanwhile and registered again after, as DeepSpeed's own
+    `deepspeed.runtime.zero.unwrap_model_for_generation` does for the whole engine. ZeRO-2: whole already."""
+    if zero_stage(acc) < 3:
+        yield module
+        return
+    from deepspeed import zero
+
+    offload = acc.deepspeed_engine_wrapped.engine.optimizer.parameter_offload
+    with zero.GatheredParameters(list(module.parameters())):
+        for hook in offload.forward_hooks + offload.backward_hooks:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield module
+        finally:
+            offload._register_deepspeed_module(offload.module)
