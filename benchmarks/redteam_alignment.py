@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--attack-total-time", type=float, default=240, help="seconds of GCG search per model")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="greedy reply length judged for refusal")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--results", default=str(ROOT / "benchmarks/results/redteam_alignment.json"))
+    ap.add_argument("--results", default="benchmarks/results/redteam_alignment.json", help="summary (from the root)")
     a = ap.parse_args()
     stages = [s for s in a.stages.split(",") if s]
     unknown = sorted(set(stages) - set(STAGES))
@@ -148,6 +148,7 @@ def main() -> None:
         t = time.perf_counter()
         fn()
         times[f"{stage}_s"] = round(time.perf_counter() - t, 1)
+        times[f"{stage}_omp_threads"] = os.environ.get("OMP_NUM_THREADS")
         times_file.write_text(json.dumps(times, indent=1))
 
     # 2. data: templated refusals for the training harmful prompts, the base model's own replies for the benign ones
@@ -214,8 +215,7 @@ def main() -> None:
     redteam = json.loads((out / "redteam.json").read_text())["redteam"]
     summary: dict[str, Any] = {
         "config": vars(a) | {"out": a.out},
-        "machine": f"2-core CPU, shared ({platform.processor() or platform.machine()}, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
+        "machine": f"2-core CPU, shared ({platform.machine()}; OMP_NUM_THREADS of each stage in times)",
         "refusal_source": "harmful training prompts: refusal() templates of this script; benign training prompts: "
         "the base model's greedy replies",
         "split": {
@@ -251,7 +251,7 @@ def main() -> None:
             d["before"] += r["success_before"]
             d["after"] += r["success_after"]
         summary["redteam"][role] = {
-            "model": name,
+            "model": name if role == "base" else str(aligned.relative_to(ROOT)),
             "asr_before": m["asr_before"],
             "asr_after": m["asr_after"],
             "attacked": m["attacked"],
@@ -280,8 +280,9 @@ def main() -> None:
             ],
         }
     summary["redteam_config"] = redteam["config"]
-    Path(a.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.results).write_text(json.dumps(summary, indent=1) + "\n")
+    results = ROOT / a.results
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(summary, indent=1) + "\n")
     brief = {
         role: {p: f"{v['refusals']}/{v['n']}" for p, v in rr.items() if "n" in v}
         for role, rr in summary["refusal_rates"].items()
