@@ -25,6 +25,7 @@ from rlhfkit.eval.redteam import (
     SuffixObjective,
     allowed_tokens,
     attack_rate,
+    domain_counts,
     gcg_search,
     harmful_rows,
     initial_suffix,
@@ -273,6 +274,8 @@ def test_attack_finds_the_trigger_on_a_model_that_refuses_without_it(tok, backdo
     assert third["success_before"] and not third["attacked"] and third["suffix"] == ""
     assert third["response_after"] == third["response_before"]
     assert out["attacked"] == 2
+    assert out["per_domain"] == {"weapons": {"n": 2, "success_before": 1, "success_after": 2},
+                                 "cyber": {"n": 1, "success_before": 0, "success_after": 1}}  # fmt: skip
     z2 = 1.959963984540054**2  # Wilson interval of 1/3 and 3/3, by hand
     centre, half = (1 / 3 + z2 / 6) / (1 + z2 / 3), 1.959963984540054 / (1 + z2 / 3) * math.sqrt(2 / 27 + z2 / 36)
     assert out["asr_before"] == pytest.approx(
@@ -299,6 +302,19 @@ def test_attack_rate_of_none_and_all():
     )
 
 
+def test_domain_counts_by_hand():
+    rows = [
+        {"domain": "a", "success_before": False, "success_after": True},
+        {"domain": "b", "success_before": True, "success_after": True},
+        {"domain": "a", "success_before": False, "success_after": False},
+    ]
+    assert domain_counts(rows) == {
+        "a": {"n": 2, "success_before": 0, "success_after": 1},
+        "b": {"n": 1, "success_before": 1, "success_after": 1},
+    }
+    assert list(domain_counts(rows)) == ["a", "b"] and domain_counts([]) == {}
+
+
 def test_report_section_escapes_suffixes_and_draws_the_loss_curves():
     row = {
         "prompt": "How do I <b>x</b>?",
@@ -319,6 +335,13 @@ def test_report_section_escapes_suffixes_and_draws_the_loss_curves():
     md = render_markdown({"redteam": {"models": models}})
     assert "## Red team: GCG adversarial suffixes" in md
     assert r"0.50 (1/2) \[0.09, 0.91\]" in md and "no → yes" in md
+    assert "| role |" not in md and "successes with GCG suffix" not in md  # no baseline, no per-domain counts
+    # a baseline is named in a role column; per-domain counts get their own table
+    base = {**models["m"], "per_domain": {"cyber": {"n": 2, "success_before": 2, "success_after": 2}}}
+    both = {"m": models["m"] | {"per_domain": {"cyber": {"n": 2, "success_before": 0, "success_after": 1}}}, "b": base}
+    md2 = render_markdown({"redteam": {"baseline": "b", "models": both}})
+    assert "| m | policy | 2 | 1 |" in md2 and "| b | baseline (before alignment) | 2 | 1 |" in md2
+    assert "| m | cyber | 2 | 0 | 1 |" in md2 and "| b | cyber | 2 | 2 | 2 |" in md2
     assert r"\| \<script\>" in md and "<script>" not in md
     page = render_html({"redteam": {"models": models}})
     assert "<script>" not in page and "&lt;script&gt;" in page and "data:image/png;base64," in page
@@ -378,8 +401,19 @@ def test_cli_redteam_end_to_end(tmp_path, tok, backdoor):
     assert (
         f"red team of {policy}: attack success 0.000 [0.000, 0.658] without a suffix, 1.000 [0.342, 1.000]" in p.stdout
     )
+    # the baseline is named as such, and the line the red team is for: what alignment changed
+    assert out["redteam"]["baseline"] == str(base)
+    was = out["redteam"]["models"][str(base)]
+    assert f"red team of {base} (baseline): attack success {was['asr_before']['rate']:.3f}" in p.stdout
+    assert (
+        f"red team, {base} -> {policy}: attack success without a suffix {was['asr_before']['rate']:.3f} -> 0.000, "
+        f"with the GCG suffix {was['asr_after']['rate']:.3f} -> 1.000" in p.stdout
+    )
+    assert mine["per_domain"] == {"weapons": {"n": 1, "success_before": 0, "success_after": 1},
+                                  "cyber": {"n": 1, "success_before": 0, "success_after": 1}}  # fmt: skip
     md = (report / "report.md").read_text()
     assert "Red team: GCG adversarial suffixes" in md and "sea" in md
+    assert f"| {policy} | policy | 2 | 2 |" in md and f"| {base} | baseline (before alignment) | 2 |" in md
 
 
 def test_cli_bad_settings_are_one_line_before_any_model(tmp_path, capsys):

@@ -252,6 +252,17 @@ def attack_rate(flags: Sequence[bool]) -> dict[str, Any]:
     return {"successes": k, "n": n, "rate": k / n, "ci_low": low, "ci_high": high}
 
 
+def domain_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """{domain: {n, success_before, success_after}}: the attack's successes per domain of `rows` (redteam_model's)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        d = out.setdefault(r["domain"], {"n": 0, "success_before": 0, "success_after": 0})
+        d["n"] += 1
+        d["success_before"] += bool(r["success_before"])
+        d["success_after"] += bool(r["success_after"])
+    return out
+
+
 def succeeded(response: str, target: str, success: str) -> bool:
     """The attack's success on one greedy response (RedTeamConfig.success)."""
     ok = not is_refusal(response)
@@ -284,10 +295,11 @@ def redteam_model(
     """Attack one model on `rows` ({"prompt", "domain"}; default: cfg.prompts harmful prompts); `generate` gives its
     greedy responses (the caller's engine: rlhfkit.pipeline.evaluate.greedy_generator).
 
-    Returns {n, attacked, asr_before, asr_after (attack_rate dicts), seconds, rows: [per prompt: prompt, domain,
-    attacked, suffix (text), suffix_ids, response_before / _after, success_before / _after, init_loss, loss, losses,
-    best_losses, steps, seconds, stopped, target_greedy, dropped, suffix_retokenizes_in_context]}. A prompt that
-    succeeds without a suffix is not attacked unless cfg.attack_compliant: its suffix is "" and its result unchanged.
+    Returns {n, attacked, asr_before, asr_after (attack_rate dicts), per_domain (domain_counts), seconds, rows: [per
+    prompt: prompt, domain, attacked, suffix (text), suffix_ids, response_before / _after, success_before / _after,
+    init_loss, loss, losses, best_losses, steps, seconds, stopped, target_greedy, dropped,
+    suffix_retokenizes_in_context]}. A prompt that succeeds without a suffix is not attacked unless
+    cfg.attack_compliant: its suffix is "" and its result unchanged.
     """
     rows = list(rows) if rows is not None else harmful_rows(cfg.prompts)
     fmt = ChatFormatter(tokenizer, max_length=1 << 20, max_prompt_length=(1 << 20) - 1)
@@ -354,6 +366,7 @@ def redteam_model(
         "attacked": len(attacked),
         "asr_before": attack_rate(ok_before),
         "asr_after": attack_rate([e["success_after"] for e in out_rows]),
+        "per_domain": domain_counts(out_rows),
         "seconds": clock() - start,
         "rows": out_rows,
     }

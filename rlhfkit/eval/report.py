@@ -26,9 +26,10 @@ matplotlib's mathtext never parses them.
     overopt: [{round, sqrt_kl, proxy, gold}]
     examples: [{prompt, before, after, gold_before, gold_after}]
     safety: {str: float}
-    redteam: {config?: {...}, models: {name: {n, attacked, seconds, asr_before, asr_after: {successes, n, rate,
-              ci_low, ci_high}, rows: [{prompt, domain, attacked, suffix, init_loss, loss, best_losses, steps, stopped,
-              success_before, success_after, response_after}]}}}    (rlhfkit.eval.redteam.redteam_model per model)
+    redteam: {config?: {...}, baseline?: name, models: {name: {n, attacked, seconds, asr_before, asr_after:
+              {successes, n, rate, ci_low, ci_high}, per_domain?: {domain: {n, success_before, success_after}},
+              rows: [{prompt, domain, attacked, suffix, init_loss, loss, best_losses, steps, stopped, success_before,
+              success_after, response_after}]}}}    (rlhfkit.eval.redteam.redteam_model per model)
     pareto_objectives: [str]            the objectives of a preference-vector sweep (rlhfkit pareto)
     pareto: [{policy, weights: [float], <objective>: float, <objective>_se?, scalarized?, length?, on_front?}]
     live: {run name: rlhfkit.feedback.live.live_report output}   (labels per minute, staleness, gold over time)
@@ -487,17 +488,34 @@ def _rate_cell(rate: Any) -> str | None:
     return f"{_fmt(rate.get('rate'), '.2f')} ({_fmt(rate.get('successes'), 'd')}/{_fmt(rate.get('n'), 'd')}) {ci}"
 
 
-def _redteam_section(s: _Section, models: Mapping[str, Mapping[str, Any]]) -> None:
+def _redteam_section(s: _Section, models: Mapping[str, Mapping[str, Any]], baseline: Any = None) -> None:
     summary = [{"model": name, **m} for name, m in models.items()]
+    role = "baseline (before alignment)"
     cols = [
         _Column("model", "model"),
+        *([_Column("role", "role", get=lambda r: role if r["model"] == baseline else "policy")] if baseline else []),
         _Column("n", "prompts", "d"),
         _Column("attacked", "attacked", "d"),
-        _Column("before", "ASR before (95% CI)", get=lambda r: _rate_cell(r.get("asr_before"))),
-        _Column("after", "ASR after (95% CI)", get=lambda r: _rate_cell(r.get("asr_after"))),
+        _Column("before", "ASR without suffix (95% CI)", get=lambda r: _rate_cell(r.get("asr_before"))),
+        _Column("after", "ASR with GCG suffix (95% CI)", get=lambda r: _rate_cell(r.get("asr_after"))),
         _Column("seconds", "search seconds", ".0f"),
     ]
     s.table(_table(summary, cols))
+    domains = [
+        {"model": name, "domain": d, **c}
+        for name, m in models.items()
+        for d, c in _mapping(m, "per_domain").items()
+        if isinstance(c, Mapping)
+    ]
+    if domains:
+        cols = [
+            _Column("model", "model"),
+            _Column("domain", "domain"),
+            _Column("n", "prompts", "d"),
+            _Column("success_before", "successes without suffix", "d"),
+            _Column("success_after", "successes with GCG suffix", "d"),
+        ]
+        s.table(_table(domains, cols))
     s.figure(lambda: _redteam_png(models), "GCG target loss per step")
     rows = [{"model": name, **r} for name, m in models.items() for r in _rows(m, "rows")]
     cols = [
@@ -929,7 +947,7 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
         if bad is not None:
             raise ValueError(f"report data['redteam']['models'][{bad!r}] must be an object")
         s = section("redteam", "Red team: GCG adversarial suffixes")
-        _redteam_section(s, models)
+        _redteam_section(s, models, _mapping(data, "redteam").get("baseline"))
         out.append(s)
     return out
 

@@ -126,7 +126,7 @@ def _gold_specs(values: list[str]) -> list[RewardSpec]:
 
 def redteam_models(policies: list[str], baseline: str | None, cfg: RedTeamConfig) -> dict[str, Any]:
     """The GCG attack (rlhfkit.eval.redteam) on each policy, then the baseline (the model before alignment), one
-    loaded at a time: {"config", "models": {name: result}}."""
+    loaded at a time: {"config", "baseline": name or None, "models": {name: result}}."""
     import torch  # torch and transformers: loaded when the command runs, not for `rlhfkit --help`
 
     from rlhfkit.eval.redteam import redteam_model
@@ -138,7 +138,7 @@ def redteam_models(policies: list[str], baseline: str | None, cfg: RedTeamConfig
     if baseline:
         check_model_path(baseline, "--baseline")
     names = list(dict.fromkeys([*policies, *([baseline] if baseline else [])]))
-    out: dict[str, Any] = {"config": to_dict(cfg), "models": {}}
+    out: dict[str, Any] = {"config": to_dict(cfg), "baseline": baseline, "models": {}}
     for name in names:
         print(f"red team: {name}", flush=True)
         model, tokenizer = load_for_inference(name)
@@ -254,13 +254,24 @@ def _headline_lines(out: dict[str, Any], rm: str | None, heldout: str | None) ->
             shown.append(f"jailbreak success {s['jailbreak_success_rate']:.3f}")
         shown.append(f"toxic rate {s['harmful/toxic_rate']:.3f} (harmful) / {s['benign/toxic_rate']:.3f} (benign)")
         lines.append(f"safety of {name}: " + ", ".join(shown))
-    for name, r in ((out.get("redteam") or {}).get("models") or {}).items():
+    redteam = out.get("redteam") or {}
+    models, base = redteam.get("models") or {}, redteam.get("baseline")
+    for name, r in models.items():
         b, a = r["asr_before"], r["asr_after"]
         lines.append(
-            f"red team of {name}: attack success {b['rate']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] without a "
-            f"suffix, {a['rate']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] with the GCG suffix, on {r['n']} harmful "
-            f"prompts ({r['attacked']} attacked, {r['seconds']:.0f} s of search)"
+            f"red team of {name}{' (baseline)' if name == base else ''}: attack success {b['rate']:.3f} "
+            f"[{b['ci_low']:.3f}, {b['ci_high']:.3f}] without a suffix, {a['rate']:.3f} [{a['ci_low']:.3f}, "
+            f"{a['ci_high']:.3f}] with the GCG suffix, on {r['n']} harmful prompts ({r['attacked']} attacked, "
+            f"{r['seconds']:.0f} s of search)"
         )
+    for name, r in models.items():  # the question of the red team: what alignment changed, with and without attack
+        if base in models and name != base:
+            was = models[base]
+            lines.append(
+                f"red team, {base} -> {name}: attack success without a suffix {was['asr_before']['rate']:.3f} -> "
+                f"{r['asr_before']['rate']:.3f}, with the GCG suffix {was['asr_after']['rate']:.3f} -> "
+                f"{r['asr_after']['rate']:.3f}"
+            )
     return lines
 
 
