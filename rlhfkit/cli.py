@@ -99,14 +99,14 @@ def run_command(
             extra.append(f"output={output}")
         if best_of:
             extra += [f"num_samples={best_of}", "best_of=true"]
-        return trainer(name)(load_config(COMMANDS[name].config, config, extra))
+        return trainer(name)(load_config(COMMANDS[name].config, config, extra, command=name))
     if output:
         extra.append(f"train.output_dir={output}")
     if resume:
         extra.append("train.resume=true")
         cfg = _resumed_config(name, config, extra)
     else:
-        cfg = load_config(COMMANDS[name].config, config, extra)
+        cfg = load_config(COMMANDS[name].config, config, extra, command=name)
         if not cfg.train.output_dir:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=default_output_dir(name)))
     out, first = Path(cfg.train.output_dir), first_process()
@@ -142,7 +142,7 @@ def _resumed_config(name: str, config: str | None, extra: list[str]):
     out = str(given[-1]) if given else ""
     if not out and config:  # the directory may come from the config file
         try:
-            out = load_config(cls, config, extra).train.output_dir
+            out = load_config(cls, config, extra, command=name).train.output_dir
         except ConfigError:
             out = ""
     if not out:
@@ -155,7 +155,7 @@ def _resumed_config(name: str, config: str | None, extra: list[str]):
             f"--resume: {out} holds a run of `rlhfkit {saved.command}`, not `rlhfkit {name}`: "
             f"resume it with `rlhfkit {saved.command} -o {out} --resume`, or choose another output directory"
         )
-    cfg = load_config(cls, config, extra, base=saved.config)
+    cfg = load_config(cls, config, extra, base=saved.config, command=name)
     length = [saved.config.get("train", {}).get(k) for k in ("max_steps", "epochs")]
     if (Path(out) / "summary.json").exists() and [cfg.train.max_steps, cfg.train.epochs] == length:
         raise NothingToResume(

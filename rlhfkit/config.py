@@ -1308,9 +1308,14 @@ def load_config(
     overrides: list[str] | None = None,
     relative_to_yaml: bool = True,
     base: dict[str, Any] | None = None,
+    command: str | None = None,
 ) -> Any:
     """Defaults <- `base` (a saved run's config) <- YAML file <- dotted overrides, validated into `cls`, then resolved
     and frozen.
+
+    `command` (the CLI command being run) lets the YAML file be a run's saved config.yaml, whose top-level `command:`
+    names the command that wrote it: the same command reads it as a config (to rerun or vary a run), another one is
+    refused with one line.
 
     Relative input paths in the YAML file (data files, model directories, reward sources) are relative to the file's
     folder; overrides on the command line are relative to the current directory, as are output directories.
@@ -1334,6 +1339,13 @@ def load_config(
             raise ConfigError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
+        if command is not None and "command" in loaded:
+            saved = loaded.pop("command")
+            if ALIASES.get(str(saved), str(saved)) != ALIASES.get(command, command):
+                raise ConfigError(
+                    f"{path}: the saved config of a `rlhfkit {saved}` run, not of `rlhfkit {command}`: "
+                    f"use it with `rlhfkit {saved} -c {path}`"
+                )
         tree = relative_to_file(cls, loaded, path.resolve().parent) if relative_to_yaml else loaded
     if base:
         tree = deep_merge(copy.deepcopy(base), tree)  # overrides are set in place: the caller's base stays as it was

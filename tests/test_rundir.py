@@ -132,6 +132,26 @@ def test_new_runs_get_their_own_directory_printed_at_the_start(files, tmp_path):
     assert len(set(outs)) == 3
 
 
+def test_a_runs_saved_config_reruns_it_with_the_same_command_only(files, tmp_path):
+    first = tmp_path / "first"
+    r = _cli("sft", *_small(files, "sft.jsonl"), "train.lr=1e-3", "-o", str(first), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = first / "config.yaml"
+    assert yaml.safe_load(saved.read_text())["command"] == "sft"
+    # the saved config as --config (its `command:` line included) reruns the run: same weights
+    r = _cli("sft", "-c", str(saved), "-o", "again", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_file(str(first / "model/model.safetensors")), load_file(str(tmp_path / "again/model/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # and varies it: an override on top of the saved config changes what it says
+    cfg = load_config(SFTConfig, saved, ["train.lr=5e-4"], command="sft")
+    assert cfg.train.lr == 5e-4 and cfg.train.max_steps == 2
+    # another command is refused by name, before any model loads
+    line = _error(_cli("dpo", "-c", str(saved), "-o", "other", cwd=tmp_path), "dpo")
+    assert "the saved config of a `rlhfkit sft` run, not of `rlhfkit dpo`" in line and str(saved) in line, line
+    assert not (tmp_path / "other").exists()
+
+
 def test_resume_as_written_reads_the_saved_config_and_checks_what_is_given_again(files, tmp_path):
     common = [*_small(files, "prefs.jsonl", steps=4), "train.save_every=2", "train.lr=1e-3", "train.scheduler=constant"]
     common.append("eval_kl_samples=0")
