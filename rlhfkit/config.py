@@ -784,6 +784,18 @@ class PreferenceVectorConfig:
         )
 
 
+def _unit_source_weights(preference: PreferenceVectorConfig, reward: RewardConfig) -> None:
+    """With a preference vector, the objectives' weights come from it: every reward source keeps weight 1."""
+    if not preference.objectives:
+        return
+    for i, spec in enumerate(reward.sources):
+        require(
+            spec.weight == 1.0,
+            f"reward.sources[{i}].weight={spec.weight}: with preference.objectives the weights come from the "
+            "preference vector; leave the source weights at 1",
+        )
+
+
 @dataclass(frozen=True)
 class ShardingConfig:
     """Online RL under FSDP2 (train.fsdp=true or accelerate's fsdp2.yaml) or DeepSpeed ZeRO (train.deepspeed=2|3 or a
@@ -829,13 +841,7 @@ class RLConfig:
 
     def validate(self) -> None:
         refuse_packing(self.data)
-        if self.preference.objectives:
-            for i, spec in enumerate(self.reward.sources):
-                require(
-                    spec.weight == 1.0,
-                    f"reward.sources[{i}].weight={spec.weight}: with preference.objectives the weights come from the "
-                    "preference vector; leave the source weights at 1",
-                )
+        _unit_source_weights(self.preference, self.reward)
         a, tc = self.algo, self.train
         rows = tc.batch_size * a.num_samples
         mini = a.mini_batch_size or rows
@@ -1016,10 +1022,26 @@ class SampleConfig:
     """Replace an existing output file."""
     seed: int = 0
     """Sampling seed."""
+    preference: PreferenceVectorConfig = field(default_factory=PreferenceVectorConfig)
+    """Preference-conditioned data (the offline stage of Rewards-in-Context, Yang et al. 2024): with objectives set and
+    format sft or prefs, each prompt's responses (sampled from the untagged prompt) are scored per objective, and for
+    each of `weights_per_prompt` weight vectors w ~ Dirichlet(alpha) the row's prompt carries w's tag (as an online
+    run with the same preference settings writes it) and its response is the best under w . r (sft), or best vs worst
+    under w . r (prefs). Train on it with `rlhfkit sft` / `rlhfkit dpo`, then optionally an online run with the same
+    preference settings; `rlhfkit pareto` sweeps the result."""
+    weights_per_prompt: int = 1
+    """Weight vectors drawn per prompt for preference-conditioned rows (each a row of its own)."""
 
     def validate(self) -> None:
         require(self.num_samples >= 1, "num_samples must be at least 1")
         refuse_packing(self.data)
+        if self.preference.objectives:
+            require(
+                self.format in ("sft", "prefs") and not self.best_of,
+                f"preference.objectives needs format=sft or format=prefs (and best_of=false), got format={self.format}",
+            )
+            require(self.weights_per_prompt >= 1, f"weights_per_prompt must be >= 1, got {self.weights_per_prompt}")
+        _unit_source_weights(self.preference, self.reward)
         require(
             not ((self.best_of or self.format != "samples") and not self.reward.sources),
             "best-of-N and the sft / prefs formats need a reward source (reward.sources)",

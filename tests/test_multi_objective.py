@@ -288,6 +288,67 @@ def test_collect_writes_weights_into_prompts_and_rewards_the_weighted_sum(tiny_d
     assert ev["score"] == pytest.approx(0.5 * ev["objective/e"] + 0.5 * ev["objective/a"], abs=1e-6)
 
 
+WORDS = (
+    "reward.sources=[{kind: rule, path: length, name: short, params: {max_words: 0, coef: 1.0}}, "
+    "{kind: rule, path: length, name: long, params: {max_words: 0, coef: -1.0}}]"
+)
+
+
+@pytest.mark.parametrize("fmt", ["prefs", "sft"])
+def test_sample_writes_preference_conditioned_rows_ranked_under_each_drawn_vector(tiny_dir, tmp_path, fmt):
+    from rlhfkit.rollout.prompts import draw_weights, format_weights
+
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write about film {i}."} for i in range(6)])
+    args = [
+        "sample",
+        f"model.name_or_path={tiny_dir}",
+        f"data.train={tmp_path / 'prompts.jsonl'}",
+        "num_samples=4",
+        f"format={fmt}",
+        "sampling.max_new_tokens=10",
+        WORDS,
+        "preference.objectives=[short, long]",
+        "preference.dirichlet_alpha=0.3",
+        "preference.decimals=1",
+        "weights_per_prompt=3",
+        "seed=5",
+    ]
+    r = _cli(*args, "-o", str(tmp_path / "rows.jsonl"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    drawn = [list(map(tuple, draw_weights(3, 2, 0.3, (5, i), 1))) for i in range(6)]  # as an online run draws them
+    expected = [w for ws in drawn for w in ws if fmt == "sft" or w[0] != w[1]]  # equal weights: no preference
+    assert len(rows) <= len(expected) and len(rows) >= len(expected) - 2  # (a prompt's 4 samples may tie)
+    assert {tuple(r["weights"]) for r in rows} <= {w for ws in drawn for w in ws}
+    for row in rows:
+        w = row["weights"]
+        prompt = row["prompt"]  # one user turn is written as a plain string
+        user = prompt if isinstance(prompt, str) else [m for m in prompt if m["role"] == "user"][-1]["content"]
+        assert user.endswith("\n" + format_weights(["short", "long"], w, "[weights {weights}]", 1))
+        objectives = torch.tensor(row["objectives"])  # (4 responses, 2): -words, +words
+        assert torch.equal(objectives[:, 0], -objectives[:, 1])
+        under_w = objectives @ torch.tensor(w)
+        if fmt == "sft":
+            assert len(row["response"].split()) == objectives[int(under_w.argmax()), 1]
+            assert row["score"] == pytest.approx(float(under_w.max()), abs=1e-5)
+            continue
+        chosen, rejected = len(row["chosen"].split()), len(row["rejected"].split())
+        assert (chosen > rejected) == (w[1] > w[0])  # the long objective weighs more: the longer response wins
+        assert {chosen, rejected} == {int(objectives[:, 1].max()), int(objectives[:, 1].min())}
+        assert row["strength"] == pytest.approx(float(under_w.max() - under_w.min()), abs=1e-5)
+    if fmt == "prefs":  # a conditioned DPO run reads them (the tagged prompt is an ordinary chat prompt)
+        r = _cli(
+            "dpo", f"model.name_or_path={tiny_dir}", f"data.train={tmp_path / 'rows.jsonl'}", "train.max_steps=1",
+            "train.batch_size=2", "train.progress=false", "data.eval_fraction=0", "eval_kl_samples=0", "-o",
+            str(tmp_path / "dpo"), cwd=tmp_path,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+    # bad combinations: one line, before any model loads
+    r = _cli(*args, "format=samples", "-o", str(tmp_path / "x.jsonl"), cwd=tmp_path)
+    assert r.returncode == 2 and "preference.objectives needs format=sft or format=prefs" in r.stderr, r.stderr
+    assert "Loading weights" not in r.stderr and not (tmp_path / "x.jsonl").exists()
+
+
 def test_preference_vector_is_checked_against_the_reward_sources(tiny_dir, tmp_path):
     from rlhfkit.config import ConfigError, RLOOConfig
     from rlhfkit.trainers import rl_common
@@ -425,6 +486,8 @@ def test_cli_multi_objective_end_to_end(tiny_dir, two_head_rm, tmp_path):
         "pareto",
         "--run",
         str(tmp_path / "rloo"),
+        "--policy",
+        f"warm={tiny_dir}",
         "--prompts",
         str(tmp_path / "held.jsonl"),
         "--steps",
@@ -436,7 +499,7 @@ def test_cli_multi_objective_end_to_end(tiny_dir, two_head_rm, tmp_path):
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "rloo" / "pareto" / "pareto.json").read_text())
     assert [(x["policy"], x["weights"]) for x in data["pareto"]] == [
-        (p, w) for p in ("base", "trained") for w in ([1.0, 0.0], [0.5, 0.5], [0.0, 1.0])
+        (p, w) for p in ("base", "warm", "trained") for w in ([1.0, 0.0], [0.5, 0.5], [0.0, 1.0])
     ]
     assert all(
         x["scalarized"] == pytest.approx(x["weights"][0] * x["pos"] + x["weights"][1] * x["neg"], abs=1e-5)

@@ -139,6 +139,18 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{args.run}: no model/ (the run has not finished)")
     policies = {"trained": str(model_dir)}
+    for entry in args.policy:  # more models read with the run's tags, e.g. a preference-conditioned warm start
+        label, sep, path = entry.partition("=")
+        if (
+            not sep
+            or not label
+            or label in ("base", "trained", *policies)
+            or not (Path(path) / "config.json").is_file()
+        ):
+            raise ConfigError(
+                f"--policy {entry!r}: give LABEL=MODEL_DIR with a new label (not base / trained) and a model directory"
+            )
+        policies = {label: path, **policies}
     if not args.no_baseline:
         policies = {"base": args.baseline or cfg.model.name_or_path, **policies}
     sampling = replace(cfg.sampling, max_new_tokens=args.max_new_tokens or cfg.sampling.max_new_tokens)
@@ -174,6 +186,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=1, help="responses per prompt and weight vector")
     p.add_argument("--baseline", help="model swept beside the trained one (default: the run's model.name_or_path)")
     p.add_argument("--no-baseline", action="store_true", help="sweep the trained policy only")
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        help="LABEL=MODEL_DIR: another model swept with the run's tags (repeat)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=0, help="default: the run's sampling.max_new_tokens")
     p.add_argument("--temperature", type=float, help="default: the run's sampling.temperature")
     p.add_argument("--seed", type=int, default=0)
