@@ -10,6 +10,12 @@ gets weights w ~ Dirichlet(alpha) written into it (--tag words: "[quite positive
 grid; numbers: "[weights positive=0.70 negative=0.30]") and its samples are rewarded w . r. Writes OUT/rloo (the run),
 OUT/pareto (pareto.json, pareto.png, report.html / .md; 2 samples per held-out prompt and weight vector) and, with
 --copy-results, benchmarks/results/multi_objective.json and docs/multi_objective_pareto.png.
+
+--warm-start dpo|sft first trains the conditioned policy offline (the offline stage of Rewards-in-Context): `rlhfkit
+sample` draws --warm-samples responses per training prompt from the base model (untagged), and for --warm-weights
+vectors w per prompt writes the tagged prompt with the best vs worst response under w . r (dpo; the best alone for
+sft); `rlhfkit dpo` / `rlhfkit sft` trains on those rows (OUT/warm), and the RLOO run starts from that model. The
+Pareto sweep shows base, warm and trained (warm start + RLOO).
 """
 
 from __future__ import annotations
@@ -85,6 +91,12 @@ def main() -> None:
     ap.add_argument("--pair", choices=sorted(PAIRS), default="opposed", help="the two objectives (see PAIRS)")
     ap.add_argument("--tag", choices=sorted(TAGS), default="words", help="weights as numbers or words")
     ap.add_argument("--eval-samples", type=int, default=2, help="responses per held-out prompt and weight vector")
+    ap.add_argument("--warm-start", choices=["none", "dpo", "sft"], default="none", help="conditioned offline stage")
+    ap.add_argument("--warm-samples", type=int, default=8, help="responses per training prompt for the warm start")
+    ap.add_argument("--warm-weights", type=int, default=2, help="weight vectors per training prompt (rows each)")
+    ap.add_argument("--warm-lr", type=float, default=5e-5)
+    ap.add_argument("--warm-epochs", type=float, default=1.0)
+    ap.add_argument("--warm-beta", type=float, default=0.1, help="DPO beta of the warm start")
     ap.add_argument("--copy-results", action="store_true", help="write benchmarks/results and docs/ figures")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
@@ -92,38 +104,58 @@ def main() -> None:
     lines = PROMPTS.read_text().splitlines()
     (out / "train.jsonl").write_text("\n".join(lines[: -a.heldout]) + "\n")
     (out / "heldout.jsonl").write_text("\n".join(lines[-a.heldout :]) + "\n")
+    sources = f"""reward:
+  sources:
+    - {PAIRS[a.pair][1]}
+preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}{TAGS[a.tag]}}}
+"""
+    times: dict[str, float] = {}
+    start = a.model
+    if a.warm_start != "none":
+        start = str(out / "warm" / "model")
+        t = time.perf_counter()
+        (out / "sample.yaml").write_text(
+            f"""model: {{name_or_path: {a.model}}}
+data: {{train: train.jsonl, max_length: 160, max_prompt_length: 128}}
+sampling: {{max_new_tokens: {a.tokens}, batch_size: 64}}
+num_samples: {a.warm_samples}
+format: {"prefs" if a.warm_start == "dpo" else "sft"}
+weights_per_prompt: {a.warm_weights}
+overwrite: true
+{sources}"""
+        )
+        rlhfkit("sample", "--config", str(out / "sample.yaml"), "-o", str(out / "warm.jsonl"))
+        times["warm_sample_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        shutil.rmtree(out / "warm", ignore_errors=True)
+        loss = [f"loss.beta={a.warm_beta}", "eval_kl_samples=0"] if a.warm_start == "dpo" else []
+        rlhfkit(
+            a.warm_start, f"model.name_or_path={a.model}", "model.trainable_layers=8", f"data.train={out / 'warm.jsonl'}",
+            "data.max_length=160", "data.max_prompt_length=128", "data.eval_fraction=0", f"train.lr={a.warm_lr}",
+            f"train.epochs={a.warm_epochs}", "train.batch_size=8", "train.progress=false", *loss, "-o", str(out / "warm"),
+        )  # fmt: skip
+        times["warm_train_s"] = round(time.perf_counter() - t, 1)
     (out / "rloo.yaml").write_text(
-        f"""model: {{name_or_path: {a.model}, trainable_layers: 8}}
+        f"""model: {{name_or_path: {start}, trainable_layers: 8}}
 data: {{train: train.jsonl, eval: heldout.jsonl, max_length: 160, max_prompt_length: 128}}
 train: {{batch_size: {a.prompts_per_step}, max_steps: {a.steps}, lr: {a.lr}, scheduler: constant, progress: false}}
 sampling: {{max_new_tokens: {a.tokens}}}
 algo: {{num_samples: {a.samples}}}
 kl: {{coef: {a.kl}, estimator: k3, placement: loss}}
-reward:
-  sources:
-    - {PAIRS[a.pair][1]}
-preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}{TAGS[a.tag]}}}
-eval_samples: 8
+{sources}eval_samples: 8
 """
     )
-    times = {}
     t = time.perf_counter()
     if (out / "rloo").exists():
         shutil.rmtree(out / "rloo")
     rlhfkit("rloo", "--config", str(out / "rloo.yaml"), "-o", str(out / "rloo"))
     times["rloo_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    rlhfkit(
-        "pareto",
-        "--run",
-        str(out / "rloo"),
-        "--prompts",
-        str(out / "heldout.jsonl"),
-        "-o",
-        str(out / "pareto"),
-        "--samples",
-        str(a.eval_samples),
-    )
+    sweep = ["pareto", "--run", str(out / "rloo"), "--prompts", str(out / "heldout.jsonl"), "-o", str(out / "pareto")]
+    sweep += ["--samples", str(a.eval_samples), "--baseline", a.model]
+    if a.warm_start != "none":
+        sweep += ["--policy", f"warm={start}"]
+    rlhfkit(*sweep)
     times["pareto_s"] = round(time.perf_counter() - t, 1)
     data = json.loads((out / "pareto" / "pareto.json").read_text())
     summary = json.loads((out / "rloo" / "summary.json").read_text())
