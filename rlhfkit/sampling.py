@@ -24,7 +24,7 @@ from rlhfkit.data.schemas import PromptExample
 from rlhfkit.models import check_model_path, load_for_inference
 from rlhfkit.rewards import build_reward, check_reward_paths
 from rlhfkit.rewards.base import Scores
-from rlhfkit.rewards.preference import PreferenceConditioner, check_objectives, objective_scores
+from rlhfkit.rewards.preference import PreferenceConditioner, check_objectives, objective_scores, scalarize
 from rlhfkit.rollout import encode_prompts, make_engine, sampling_params
 from rlhfkit.rollout.prompts import Prompt, condition_messages
 from rlhfkit.seeding import set_seed
@@ -124,7 +124,7 @@ def conditioned_rows(
         _, weights = conditioner.prepare([p] * m, seed=(cfg.seed, i))
         mine = texts[i * n : (i + 1) * n]
         for w in weights:
-            s = (values[i] * w).sum(-1).tolist()  # w . r of each response
+            s = scalarize(values[i], w).tolist()  # w . r of each response
             prompt = PromptExample(condition_messages(p.messages, conditioner.tag(w.tolist()))).to_row()["prompt"]
             best, worst = max(range(n), key=s.__getitem__), min(range(n), key=s.__getitem__)
             extra = {"weights": [round(float(x), 6) for x in w], "objectives": values[i].tolist()}
