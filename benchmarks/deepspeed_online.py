@@ -28,9 +28,12 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's rlhfkit and its tests' setup
+from tests.test_fsdp_online import SAME as GLOBAL  # noqa: E402  (global numbers, logged once per step)
+from tests.test_fsdp_online import _args, online_work  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "deepspeed_online_cpu.jsonl"
 TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-GLOBAL = ("train/loss", "train/grad_norm", "train/kl", "train/kl_coef", "eval/score", "eval/kl", "eval/response_length")
 GREEDY = ["sampling.temperature=0"]
 SAMPLED = ["algo.num_samples=2", "kl.coef=0.05"]
 LORA = ["model.lora.enabled=true", "algo.critic=separate", "algo.critic_path={rm}", *GREEDY]
@@ -64,27 +67,14 @@ CASES = {
 
 
 def _cli(work: Path, launcher: list[str], command: str, out: Path, per_process: int, steps: int, keys: list[str]):
-    args = [
-        command,
-        f"model.name_or_path={work / 'tiny'}",
-        f"data.train={work / 'prompts.jsonl'}",
-        "data.eval_fraction=0.25",
-        "eval_samples=2",
-        f"reward.sources=[{{kind: model, path: {work / 'rm'}}}]",
-        f"train.batch_size={per_process}",
-        f"train.max_steps={steps}",
-        "train.lr=1e-3",
-        "train.progress=false",
-        "sampling.max_new_tokens=6",
-        *[k.format(rm=work / "rm") for k in keys],
-        "-o",
-        str(out),
-    ]
+    """The setup of tests/test_fsdp_online.py (its `_args`), with `keys` ({rm}: the tiny reward model) added."""
+    args = _args(work, command, out, per_process, steps, *[k.format(rm=work / "rm") for k in keys])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, *launcher, "-m", "rlhfkit.cli", *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, *launcher, "-m", "rlhfkit.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if r.returncode != 0:
-        raise SystemExit(f"{' '.join(args[:1])} failed:\n{r.stderr[-3000:]}")
+        raise SystemExit(f"{command} failed:\n{r.stderr[-3000:]}")
 
 
 def _logged(out: Path) -> dict[int, dict]:
@@ -143,14 +133,8 @@ def main() -> None:
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
         parser.error(f"unknown cases {unknown}: choose from {', '.join(CASES)}")
-    from rlhfkit.data import write_jsonl
-    from rlhfkit.models.tiny import save_tiny
-
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        save_tiny(work / "tiny", kind="causal")
-        save_tiny(work / "rm", kind="reward")
-        write_jsonl(work / "prompts.jsonl", [{"prompt": f"Write about film {i}."} for i in range(16)])
+        work = online_work(Path(tmp))
         for name in args.cases or list(CASES):
             row = run_case(name, work)
             print(json.dumps(row))

@@ -121,7 +121,7 @@ def conditioned_rows(
     values = objective_scores(scored, conditioner.objectives).view(len(prompts), n, -1)  # (P, n, K)
     rows = []
     for i, p in enumerate(prompts):
-        _, weights = conditioner.prepare([p] * m, seed=(cfg.seed, i))
+        weights = conditioner.draw(m, (cfg.seed, i))  # as an online run draws a prompt's weights
         mine = texts[i * n : (i + 1) * n]
         for w in weights:
             s = scalarize(values[i], w).tolist()  # w . r of each response

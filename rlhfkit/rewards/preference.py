@@ -98,16 +98,19 @@ class PreferenceConditioner:
             )
         return Prompt(prompt.messages, ids)
 
+    def draw(self, n: int, seed: Sequence[int]) -> Tensor:
+        """(n, K) weight vectors ~ Dirichlet(alpha), drawn with `seed` and snapped to what the tag shows."""
+        c = self.cfg
+        drawn = draw_weights(n, len(self.objectives), c.dirichlet_alpha, seed, c.decimals, len(c.levels))
+        return torch.tensor(drawn, dtype=torch.float32)
+
     def prepare(
         self, prompts: Sequence[Prompt], seed: Sequence[int] | None = None, weights: Sequence[float] | None = None
     ) -> tuple[list[Prompt], Tensor]:
         """(conditioned prompts, weights (P, K)): weights drawn with `seed` (e.g. (run seed, step, rank), so a resumed
         run draws the same), or the one vector `weights` for every prompt; both snapped to what the tag shows."""
-        c = self.cfg
         if weights is None:
-            k, n = len(self.objectives), len(prompts)
-            drawn = draw_weights(n, k, c.dirichlet_alpha, seed or (0,), c.decimals, len(c.levels))
-            w = torch.tensor(drawn, dtype=torch.float32)
+            w = self.draw(len(prompts), seed or (0,))
         else:
             w = torch.tensor([self.snap(weights)] * len(prompts), dtype=torch.float32).view(len(prompts), -1)
         return [self.condition(p, row) for p, row in zip(prompts, w.tolist())], w
