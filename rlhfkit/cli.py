@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         resume, best_of = getattr(args, "resume", False), getattr(args, "best_of", None)
         args.command = canonical(args.command)
         run_command(args.command, args.config, args.overrides, args.output, resume, best_of)
+        _finish_together()
     except NothingToResume as e:
         print(f"rlhfkit {args.command}: {e}")
         return 0
@@ -199,6 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _leave_process_group()
     return 0
+
+
+def _finish_together() -> None:
+    """After a run that finished well on every process: wait until rank 0 has written the final model, so that no
+    process tears its gloo group down while a peer still uses it (seen as "terminate called without an active
+    exception" on a rank that left first). Not on errors: a failed peer would never arrive."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _leave_process_group() -> None:
