@@ -127,6 +127,27 @@ def test_rm_source_invariant_to_order_and_batch_size(rm_dir: Path, rm: RewardMod
     assert rm([], []).total.shape == (0,)
 
 
+def test_rm_source_keeps_the_trained_prompt_cut_when_only_max_length_is_given(rm_dir: Path, tmp_path: Path) -> None:
+    """A reward model trained on the end of its prompts (rlhfkit_encoding.json) reads the same tokens when a caller
+    only changes max_length: the prompt is still cut to the trained max_prompt_length, not to half of max_length."""
+    import shutil
+
+    from rlhfkit.rewards.sources import ENCODING_FILE
+
+    saved = tmp_path / "rm"
+    shutil.copytree(rm_dir, saved)
+    (saved / ENCODING_FILE).write_text('{"max_length": 32, "max_prompt_length": 6}')
+    long_prompt = [{"role": "user", "content": "one two three four five six seven eight nine ten " * 3}]
+    trained = RewardModelSource.from_path(saved)
+    wider = RewardModelSource.from_path(saved, max_length=48)  # room for more response, same prompt cut
+    assert (trained.formatter.max_length, trained.formatter.max_prompt_length) == (32, 6)
+    assert (wider.formatter.max_length, wider.formatter.max_prompt_length) == (48, 6)
+    assert wider.encode(long_prompt, "ok") == trained.encode(long_prompt, "ok")
+    explicit = RewardModelSource.from_path(saved, max_length=48, max_prompt_length=20)
+    assert explicit.formatter.max_prompt_length == 20
+    assert len(explicit.encode(long_prompt, "ok")) > len(trained.encode(long_prompt, "ok"))
+
+
 def test_rm_source_restores_training_mode_and_keeps_no_grad(rm: RewardModelSource) -> None:
     rm.model.train()
     try:

@@ -162,13 +162,15 @@ class RewardModelSource:
         A multi-objective one (saved with ``objectives``) scores every head (see ``heads``).
 
         Lengths left as None are those the model was trained with (``rlhfkit_encoding.json``, written by ``rlhfkit
-        rm``), so new responses are cut exactly as its training pairs were; otherwise 1024 and half of it.
+        rm``), each on its own, so new responses are cut exactly as its training pairs were (a wider max_length
+        alone keeps the trained prompt cut: these models can be very sensitive to how much of the prompt they see);
+        without that file, 1024 and half of it.
         """
         saved = Path(os.fspath(path)) / ENCODING_FILE
         trained = json.loads(saved.read_text()) if saved.exists() else {}
-        if trained and max_length is None:
-            max_length = int(trained["max_length"])
-            max_prompt_length = max_prompt_length or int(trained["max_prompt_length"])
+        if trained:  # each length not given is the trained one (a new max_length alone keeps the prompt's cut)
+            max_length = max_length or int(trained["max_length"])
+            max_prompt_length = max_prompt_length or min(int(trained["max_prompt_length"]), max_length - 1)
         max_length = max_length or 1024
         delimiter = (trained.get("process") or {}).get("delimiter")
 
