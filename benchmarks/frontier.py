@@ -71,9 +71,22 @@ def online_args(method: str, beta: float, a: argparse.Namespace) -> list[str]:
     if method == "ppo":  # one sample per prompt: 4x the prompts, the same samples per rollout as the group methods
         return common + [f"train.batch_size={4 * a.prompts_per_step}", "algo.num_samples=1", f"kl.coef={beta}"]
     group = [f"train.batch_size={a.prompts_per_step}", "algo.num_samples=4"]
-    if method == "online-dpo":  # a DPO step moves further than a policy-gradient step at the same rate
-        return common + group + [f"algo.dpo_beta={beta}", "kl.coef=0", f"train.lr={a.lr / 4}"]
+    if method == "online-dpo":
+        return common + group + [f"algo.dpo_beta={beta}", "kl.coef=0", f"train.lr={method_lr(method, a)}"]
     return common + group + [f"kl.coef={beta}", "kl.placement=loss", "kl.estimator=k3"]
+
+
+def method_lr(method: str, a: argparse.Namespace) -> float | None:
+    """The learning rate a method's rows are trained (and keyed) with; None for the untrained ones."""
+    if method in ("reference", "best-of-n"):
+        return None
+    return a.dpo_lr if method in ("dpo", "online-dpo") and a.dpo_lr else a.lr
+
+
+def series(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """A method's name, with its learning rate where the results hold the method at more than one."""
+    lrs = {r.get("lr") for r in rows if r["method"] == row["method"]}
+    return f"{row['method']} (lr {row.get('lr'):g})" if len(lrs) > 1 else row["method"]
 
 
 def evaluate(policy: str, reference: str, prompts: list[Any], a: argparse.Namespace, seed: int) -> dict[str, float]:
@@ -116,9 +129,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = sorted({r["method"] for r in rows})
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
+    for method in sorted({series(r, rows) for r in rows}):
+        mine = [r for r in rows if series(r, rows) == method]
         for ax, key in zip(axes, ("gold", "positive_share")):
             ax.scatter([r["kl"] for r in mine], [r[key] for r in mine], s=14, alpha=0.45)
             # mean over seeds per beta, joined in KL order
@@ -154,6 +166,11 @@ def main() -> None:
     ap.add_argument("--prompts-per-step", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument(
+        "--dpo-lr", type=float, default=None,
+        help="learning rate of DPO and online DPO (default: --lr; the rows of 2026-12-06 07:00 used --lr / 4)",
+    )  # fmt: skip
+    ap.add_argument("--dpo-epochs", type=int, default=2, help="epochs of offline DPO over its pairs")
     ap.add_argument("--trainable-layers", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--plot-only", action="store_true")
@@ -185,13 +202,14 @@ def run(a: argparse.Namespace, out: Path, results: Path, rows: list[dict[str, An
             cwd=ROOT, check=True,
         )  # fmt: skip
     prompts = load_examples(str(heldout), "prompt")
-    done = {(r["method"], r["knob"], r["seed"]) for r in rows}
+    done = {(r["method"], r["knob"], r["seed"], r.get("lr")) for r in rows}
 
     def record(method: str, knob: float, seed: int, fn: Any) -> None:
-        if (method, knob, seed) in done:
+        lr = method_lr(method, a)
+        if (method, knob, seed, lr) in done:
             return
         t = time.perf_counter()
-        row = {"method": method, "knob": knob, "seed": seed, **fn(), "seconds": round(time.perf_counter() - t, 1)}
+        row = {"method": method, "knob": knob, "seed": seed, "lr": lr, **fn(), "seconds": round(time.perf_counter() - t, 1)}
         rows.append(row)
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -210,7 +228,8 @@ def run(a: argparse.Namespace, out: Path, results: Path, rows: list[dict[str, An
                     continue
                 betas = [float(b) for b in a.betas.split(",")] if a.betas else BETAS[method]
                 if i < len(betas):
-                    run_dir = out / f"{method}-b{betas[i]}-s{seed}"
+                    lr = method_lr(method, a)
+                    run_dir = out / f"{method}-b{betas[i]}-s{seed}" if lr == a.lr else out / f"{method}-b{betas[i]}-lr{lr:g}-s{seed}"
                     job = functools.partial(train_and_eval, method, betas[i], seed, run_dir, a, train, prompts)
                     record(method, betas[i], seed, job)
 
@@ -230,8 +249,8 @@ def train_and_eval(
             )  # fmt: skip
         rlhfkit(
             "dpo", f"data.train={pairs}", f"model.name_or_path={a.model}", f"loss.beta={beta}",
-            f"model.trainable_layers={a.trainable_layers}", "data.eval_fraction=0", "train.epochs=2",
-            f"train.lr={a.lr / 4}", "train.batch_size=8", f"train.seed={seed}", "train.progress=false",
+            f"model.trainable_layers={a.trainable_layers}", "data.eval_fraction=0", f"train.epochs={a.dpo_epochs}",
+            f"train.lr={method_lr(method, a)}", "train.batch_size=8", f"train.seed={seed}", "train.progress=false",
             "eval_kl_samples=0", "-o", str(run_dir), log=Path(f"{run_dir}.log"),
         )  # fmt: skip
     else:
@@ -243,9 +262,9 @@ def train_and_eval(
 def table(rows: list[dict[str, Any]]) -> str:
     """Mean (min-max over seeds) per method and knob."""
     lines = ["| method | beta / n | seeds | KL (nats) | gold | positive share |", "|---|---:|---:|---|---|---|"]
-    keys = sorted({(r["method"], r["knob"]) for r in rows})
+    keys = sorted({(series(r, rows), r["knob"]) for r in rows})
     for method, knob in keys:
-        mine = [r for r in rows if r["method"] == method and r["knob"] == knob]
+        mine = [r for r in rows if series(r, rows) == method and r["knob"] == knob]
 
         def cell(k: str, mine: list[dict[str, Any]] = mine) -> str:
             v = [r[k] for r in mine]
