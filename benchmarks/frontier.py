@@ -209,7 +209,14 @@ def run(a: argparse.Namespace, out: Path, results: Path, rows: list[dict[str, An
         if (method, knob, seed, lr) in done:
             return
         t = time.perf_counter()
-        row = {"method": method, "knob": knob, "seed": seed, "lr": lr, **fn(), "seconds": round(time.perf_counter() - t, 1)}
+        row = {
+            "method": method,
+            "knob": knob,
+            "seed": seed,
+            "lr": lr,
+            **fn(),
+            "seconds": round(time.perf_counter() - t, 1),
+        }
         rows.append(row)
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -229,7 +236,11 @@ def run(a: argparse.Namespace, out: Path, results: Path, rows: list[dict[str, An
                 betas = [float(b) for b in a.betas.split(",")] if a.betas else BETAS[method]
                 if i < len(betas):
                     lr = method_lr(method, a)
-                    run_dir = out / f"{method}-b{betas[i]}-s{seed}" if lr == a.lr else out / f"{method}-b{betas[i]}-lr{lr:g}-s{seed}"
+                    run_dir = (
+                        out / f"{method}-b{betas[i]}-s{seed}"
+                        if lr == a.lr
+                        else out / f"{method}-b{betas[i]}-lr{lr:g}-s{seed}"
+                    )
                     job = functools.partial(train_and_eval, method, betas[i], seed, run_dir, a, train, prompts)
                     record(method, betas[i], seed, job)
 

@@ -97,6 +97,10 @@ def main() -> None:
     ap.add_argument("--warm-lr", type=float, default=5e-5)
     ap.add_argument("--warm-epochs", type=float, default=1.0)
     ap.add_argument("--warm-beta", type=float, default=0.1, help="DPO beta of the warm start")
+    ap.add_argument(
+        "--warm-group", action="store_true",
+        help="DPO warm start with group_same_responses: an opening's rows under its drawn tags share a step",
+    )  # fmt: skip
     ap.add_argument("--copy-results", action="store_true", help="write benchmarks/results and docs/ figures")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
@@ -129,6 +133,7 @@ overwrite: true
         t = time.perf_counter()
         shutil.rmtree(out / "warm", ignore_errors=True)
         loss = [f"loss.beta={a.warm_beta}", "eval_kl_samples=0"] if a.warm_start == "dpo" else []
+        loss += ["group_same_responses=true"] if a.warm_group and a.warm_start == "dpo" else []
         rlhfkit(
             a.warm_start, f"model.name_or_path={a.model}", "model.trainable_layers=8", f"data.train={out / 'warm.jsonl'}",
             "data.max_length=160", "data.max_prompt_length=128", "data.eval_fraction=0", f"train.lr={a.warm_lr}",

@@ -463,6 +463,11 @@ class DPOConfig:
     """After training, sample this many held-out prompts from the policy and report KL to the reference (0: skip)."""
     eval_kl_tokens: int = 32
     """New tokens per sample for that KL estimate."""
+    group_same_responses: bool = False
+    """Shuffle the training pairs so that pairs comparing the same two responses (under different prompts) share an
+    optimizer step: e.g. the preference-conditioned rows of `rlhfkit sample weights_per_prompt=N`, where one opening's
+    best and worst swap places under opposite tags, so that only the tag explains the label. Off: pairs move one by
+    one, and a step can be pulled by whichever tag its pairs mostly carry."""
 
     def validate(self) -> None:
         self.train.validate_accumulation()

@@ -106,6 +106,23 @@ def test_nan_stops_with_good_checkpoint(tmp_path):
         assert torch.allclose(weights[name], p.detach().cpu())
 
 
+def test_data_order_keeps_groups_together_and_in_order():
+    groups = ["a", "b", "a", "c", "b", "a", "d", "d"]  # rows 0, 2, 5 are one group; 1, 4 another; ...
+    order = DataOrder(n_rows=8, global_batch=4, seed=3, groups=groups)
+    for epoch in range(3):
+        rows = order.rows_for_step(2 * epoch) + order.rows_for_step(2 * epoch + 1)
+        assert sorted(rows) == list(range(8))  # a permutation of all rows per epoch
+        runs = [groups[i] for i in rows]
+        assert [k for j, k in enumerate(runs) if j == 0 or runs[j - 1] != k] == list(dict.fromkeys(runs))  # contiguous
+        for key in "abcd":
+            members = [i for i in rows if groups[i] == key]
+            assert members == sorted(members)  # in their original order
+    firsts = {tuple(DataOrder(8, 4, s, groups).rows_for_step(0)) for s in range(6)}
+    assert len(firsts) > 1  # the groups themselves are shuffled
+    with pytest.raises(ValueError, match="3 keys for 8 rows"):
+        DataOrder(8, 4, 0, groups=["a", "b", "c"])
+
+
 def test_data_order_is_a_permutation_per_epoch():
     order = DataOrder(n_rows=10, global_batch=3, seed=1)
     assert order.steps_per_epoch == 3

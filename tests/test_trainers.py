@@ -181,6 +181,48 @@ def test_dpo_first_step_loss_is_log2_and_live_equals_precompute(tiny_dir, tmp_pa
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_dpo_group_same_responses_puts_opposite_tags_in_one_step(tiny_dir, tmp_path, monkeypatch):
+    """Preference-conditioned rows: each opening's two responses under two tags, the winner swapped between tags. With
+    group_same_responses (batch 2) every step holds exactly one opening's two rows, winner swapped; without it the
+    shuffle splits some of them up."""
+    from rlhfkit.trainers import dpo
+    from rlhfkit.trainers.dpo import DPOObjective, train_dpo
+
+    rows = []
+    for i in range(12):
+        good, bad = f"film {i} was wonderful", f"film {i} was awful"
+        rows.append({"prompt": f"[positive] Review film {i}.", "chosen": good, "rejected": bad})
+        rows.append({"prompt": f"[negative] Review film {i}.", "chosen": bad, "rejected": good})
+    data = tmp_path / "cond.jsonl"
+    write_jsonl(data, rows)
+    seen: list[list[frozenset]] = []
+    collate = DPOObjective.collate
+
+    def spy(self, batch_rows):
+        seen.append(dpo.same_response_groups([r.pair for r in batch_rows]))
+        return collate(self, batch_rows)
+
+    monkeypatch.setattr(DPOObjective, "collate", spy)
+    steps = {}
+    for grouped in (True, False):
+        seen.clear()
+        over = _common(tiny_dir, tmp_path / f"g{grouped}", 12) + [
+            f"data.train={data}",
+            "data.eval_fraction=0",
+            "train.batch_size=2",
+            "eval_kl_samples=0",
+            f"group_same_responses={str(grouped).lower()}",
+        ]
+        summary = train_dpo(load_config(DPOConfig, None, over))
+        steps[grouped] = [b for b in seen if len(b) == 2][:12]  # the 12 training steps (2 pairs each)
+        assert len(steps[grouped]) == 12
+        if grouped:
+            assert any("24 pairs in 12 groups" in n for n in summary["notes"])
+    assert all(len(set(b)) == 1 for b in steps[True])  # one opening per step: both of its tags
+    assert len({next(iter(b)) for b in steps[True]}) == 12  # each opening once per epoch
+    assert not all(len(set(b)) == 1 for b in steps[False])
+
+
 def test_dpo_with_lora_uses_disabled_adapters_as_reference(tiny_dir, tmp_path):
     from rlhfkit.trainers.dpo import train_dpo
 

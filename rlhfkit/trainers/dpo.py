@@ -32,6 +32,11 @@ class DPORow:
     ref_rejected: float = 0.0
 
 
+def same_response_groups(pairs: Sequence[EncodedPair]) -> list[frozenset[tuple[int, ...]]]:
+    """One key per pair: the unordered pair of its two responses' tokens (the prompt and which side won ignored)."""
+    return [frozenset((tuple(p.chosen_ids), tuple(p.rejected_ids))) for p in pairs]
+
+
 class DPOObjective:
     def __init__(
         self,
@@ -183,8 +188,21 @@ def train_dpo(cfg: DPOConfig) -> dict[str, Any]:
         eval_rows = precompute_reference(eval_pairs, reference, pad, **fwd)
     # 5. the loop
     objective = DPOObjective(pad, cfg.loss, reference, 8, cfg.model.fused_head, cfg.model.padding_free)
+    groups = same_response_groups(train_pairs) if cfg.group_same_responses else None
+    if groups is not None:
+        notes.append(
+            f"group_same_responses: {len(train_pairs)} pairs in {len(set(groups))} groups of the same two responses"
+        )
     result = run_loop(
-        model, objective, train_rows, eval_rows, cfg.train, out, run_config=to_dict(cfg), accelerator=accelerator
+        model,
+        objective,
+        train_rows,
+        eval_rows,
+        cfg.train,
+        out,
+        run_config=to_dict(cfg),
+        accelerator=accelerator,
+        groups=groups,
     )
     if not result.is_main:
         return {}

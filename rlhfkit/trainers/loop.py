@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,12 +77,24 @@ class LoopResult:
 
 
 class DataOrder:
-    """Deterministic order of rows: a fresh permutation per epoch, seeded by (seed, epoch); position = optimizer step."""
+    """Deterministic order of rows: a fresh permutation per epoch, seeded by (seed, epoch); position = optimizer step.
 
-    def __init__(self, n_rows: int, global_batch: int, seed: int):
+    With `groups` (one hashable key per row), the permutation moves whole groups: the rows of a group follow each
+    other in their original order, so they share an optimizer step (or two neighbouring ones, when a group straddles
+    a batch boundary)."""
+
+    def __init__(self, n_rows: int, global_batch: int, seed: int, groups: Sequence[Hashable] | None = None):
         if n_rows < global_batch:
             raise TooFewRowsError(n_rows, global_batch)
+        if groups is not None and len(groups) != n_rows:
+            raise ValueError(f"groups has {len(groups)} keys for {n_rows} rows")
         self.n_rows, self.global_batch, self.seed = n_rows, global_batch, seed
+        self.members: list[list[int]] | None = None
+        if groups is not None:
+            by_key: dict[Hashable, list[int]] = {}
+            for i, key in enumerate(groups):
+                by_key.setdefault(key, []).append(i)
+            self.members = list(by_key.values())
         self.steps_per_epoch = n_rows // global_batch  # the partial last batch is dropped: every step has one shape
         self._cache: tuple[int, list[int]] | None = None
 
@@ -90,7 +102,11 @@ class DataOrder:
         epoch, offset = divmod(step, self.steps_per_epoch)
         if self._cache is None or self._cache[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._cache = (epoch, torch.randperm(self.n_rows, generator=g).tolist())
+            if self.members is None:
+                self._cache = (epoch, torch.randperm(self.n_rows, generator=g).tolist())
+            else:
+                perm = torch.randperm(len(self.members), generator=g).tolist()
+                self._cache = (epoch, [i for k in perm for i in self.members[k]])
         start = offset * self.global_batch
         return self._cache[1][start : start + self.global_batch]
 
@@ -226,14 +242,18 @@ def run_loop(
     run_config: dict[str, Any] | None = None,
     accelerator: Accelerator | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    groups: Sequence[Hashable] | None = None,
 ) -> LoopResult:
-    """Train `model` on `train_rows` with `objective`; see the module docstring for the order of things."""
+    """Train `model` on `train_rows` with `objective`; see the module docstring for the order of things. `groups`: one
+    key per training row; rows sharing a key are kept together in the shuffled order (see DataOrder)."""
     accelerator = accelerator or make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
-    order = DataOrder(len(train_rows), cfg.batch_size * world, cfg.seed)
+    order = DataOrder(len(train_rows), cfg.batch_size * world, cfg.seed, groups)
     n_steps = total_steps(cfg, len(train_rows), world)
     # what a resumed run must share with the saved one (the step count may grow: "train longer" is a valid resume)
     identity = {"batch_size": cfg.batch_size, "processes": world, "seed": cfg.seed, "rows": len(train_rows)}
+    if order.members is not None:  # only then: checkpoints saved before grouping existed still resume
+        identity["groups"] = len(order.members)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     s = Session(cfg, out_dir, model, groups, n_steps, identity, accelerator, run_config, n_steps)
     state = s.resume()
