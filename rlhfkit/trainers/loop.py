@@ -254,8 +254,8 @@ def run_loop(
     identity = {"batch_size": cfg.batch_size, "processes": world, "seed": cfg.seed, "rows": len(train_rows)}
     if order.members is not None:  # only then: checkpoints saved before grouping existed still resume
         identity["groups"] = len(order.members)
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
-    s = Session(cfg, out_dir, model, groups, n_steps, identity, accelerator, run_config, n_steps)
+    param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    s = Session(cfg, out_dir, model, param_groups, n_steps, identity, accelerator, run_config, n_steps)
     state = s.resume()
     start = state["step"] if state else 0
     model = s.model
