@@ -12,7 +12,9 @@ gold scorer itself (no learned reward model in between: that is the demo's job):
 - ppo (value head, KL k1 in the reward), grpo and rloo (4 samples per prompt, KL k3 in the loss): `kl.coef` = beta;
 - online-dpo (best vs worst of 4 samples, judged by gold): `algo.dpo_beta` = beta;
 - dpo: offline, on best-vs-worst pairs of 4 samples of the starting policy per training opening labelled by gold
-  (`rlhfkit sample format=prefs`), `loss.beta` = beta;
+  (`rlhfkit sample format=prefs`), `loss.beta` = beta, `--dpo-epochs` passes;
+- DPO and online DPO train at `--dpo-lr` (default: `--lr`, as the policy-gradient methods); rows are keyed by
+  method, knob, seed, learning rate (and offline DPO's epochs), so another rate or epoch count adds points;
 - best-of-n: n samples per held-out opening, the best by gold kept; KL = log n - (n - 1) / n (Stiennon et al. 2020).
 Every trained policy is then evaluated the same way: one sample per held-out opening (seeded), the gold score, the
 positive share and KL(pi || ref) per sequence on the policy's own samples (k1 summed over tokens, the Monte-Carlo KL).
@@ -170,7 +172,9 @@ def main() -> None:
         "--dpo-lr", type=float, default=None,
         help="learning rate of DPO and online DPO (default: --lr; the rows of 2026-12-06 07:00 used --lr / 4)",
     )  # fmt: skip
-    ap.add_argument("--dpo-epochs", type=int, default=2, help="epochs of offline DPO over its pairs")
+    ap.add_argument(
+        "--dpo-epochs", type=int, default=4, help="epochs of offline DPO over its pairs (the lr / 4 rows used 2)"
+    )
     ap.add_argument("--trainable-layers", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--plot-only", action="store_true")
@@ -202,11 +206,12 @@ def run(a: argparse.Namespace, out: Path, results: Path, rows: list[dict[str, An
             cwd=ROOT, check=True,
         )  # fmt: skip
     prompts = load_examples(str(heldout), "prompt")
-    done = {(r["method"], r["knob"], r["seed"], r.get("lr")) for r in rows}
+    done = {(r["method"], r["knob"], r["seed"], r.get("lr"), r.get("epochs")) for r in rows}
 
     def record(method: str, knob: float, seed: int, fn: Any) -> None:
         lr = method_lr(method, a)
-        if (method, knob, seed, lr) in done:
+        epochs = a.dpo_epochs if method == "dpo" else None  # offline DPO's passes over its pairs
+        if (method, knob, seed, lr, epochs) in done:
             return
         t = time.perf_counter()
         row = {
@@ -214,6 +219,7 @@ def run(a: argparse.Namespace, out: Path, results: Path, rows: list[dict[str, An
             "knob": knob,
             "seed": seed,
             "lr": lr,
+            **({"epochs": epochs} if epochs is not None else {}),
             **fn(),
             "seconds": round(time.perf_counter() - t, 1),
         }
