@@ -89,12 +89,10 @@ class DataOrder:
         if groups is not None and len(groups) != n_rows:
             raise ValueError(f"groups has {len(groups)} keys for {n_rows} rows")
         self.n_rows, self.global_batch, self.seed = n_rows, global_batch, seed
-        self.members: list[list[int]] | None = None
-        if groups is not None:
-            by_key: dict[Hashable, list[int]] = {}
-            for i, key in enumerate(groups):
-                by_key.setdefault(key, []).append(i)
-            self.members = list(by_key.values())
+        by_key: dict[Hashable, list[int]] = {}  # no groups: one row each, and the permutation is the rows' own
+        for i, key in enumerate(range(n_rows) if groups is None else groups):
+            by_key.setdefault(key, []).append(i)
+        self.members = list(by_key.values())
         self.steps_per_epoch = n_rows // global_batch  # the partial last batch is dropped: every step has one shape
         self._cache: tuple[int, list[int]] | None = None
 
@@ -102,11 +100,8 @@ class DataOrder:
         epoch, offset = divmod(step, self.steps_per_epoch)
         if self._cache is None or self._cache[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            if self.members is None:
-                self._cache = (epoch, torch.randperm(self.n_rows, generator=g).tolist())
-            else:
-                perm = torch.randperm(len(self.members), generator=g).tolist()
-                self._cache = (epoch, [i for k in perm for i in self.members[k]])
+            perm = torch.randperm(len(self.members), generator=g).tolist()
+            self._cache = (epoch, [i for k in perm for i in self.members[k]])
         start = offset * self.global_batch
         return self._cache[1][start : start + self.global_batch]
 
@@ -252,7 +247,7 @@ def run_loop(
     n_steps = total_steps(cfg, len(train_rows), world)
     # what a resumed run must share with the saved one (the step count may grow: "train longer" is a valid resume)
     identity = {"batch_size": cfg.batch_size, "processes": world, "seed": cfg.seed, "rows": len(train_rows)}
-    if order.members is not None:  # only then: checkpoints saved before grouping existed still resume
+    if groups is not None:  # only then: checkpoints saved before grouping existed still resume
         identity["groups"] = len(order.members)
     param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     s = Session(cfg, out_dir, model, param_groups, n_steps, identity, accelerator, run_config, n_steps)
