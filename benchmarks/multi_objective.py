@@ -16,6 +16,10 @@ sample` draws --warm-samples responses per training prompt from the base model (
 vectors w per prompt writes the tagged prompt with the best vs worst response under w . r (dpo; the best alone for
 sft); `rlhfkit dpo` / `rlhfkit sft` trains on those rows (OUT/warm), and the RLOO run starts from that model. The
 Pareto sweep shows base, warm and trained (warm start + RLOO).
+
+--mirrored sets preference.mirrored (antithetic weights): each RLOO step's second half of prompts carries the first
+half's weight vectors reversed, so the step's reward has no net pull toward either objective, and with
+--warm-weights 2 each opening's two warm rows carry a vector and its mirror (best and worst swapped).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ TAGS = {
     "words": ", levels: [not, slightly, moderately, quite, very], entry: '{weight} {name}', separator: ', ', "
     "format: '[{weights}]'",
 }
+
+MIRRORED = {False: "", True: ", mirrored: true"}
 
 
 def rlhfkit(*args: str) -> None:
@@ -101,6 +107,10 @@ def main() -> None:
         "--warm-group", action="store_true",
         help="DPO warm start with group_same_responses: an opening's rows under its drawn tags share a step",
     )  # fmt: skip
+    ap.add_argument(
+        "--mirrored", action="store_true",
+        help="preference.mirrored: half of each draw is the other half reversed (a step's prompts; a warm row pair)",
+    )  # fmt: skip
     ap.add_argument("--copy-results", action="store_true", help="write benchmarks/results and docs/ figures")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
@@ -111,7 +121,7 @@ def main() -> None:
     sources = f"""reward:
   sources:
     - {PAIRS[a.pair][1]}
-preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}{TAGS[a.tag]}}}
+preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}{TAGS[a.tag]}{MIRRORED[a.mirrored]}}}
 """
     times: dict[str, float] = {}
     start = a.model

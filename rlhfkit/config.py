@@ -754,6 +754,12 @@ class PreferenceVectorConfig:
     policy along the trade-off without retraining (`rlhfkit pareto` sweeps them)."""
     dirichlet_alpha: float = 1.0
     """Concentration of the Dirichlet the weights are drawn from: 1 is uniform on the simplex, < 1 favours corners."""
+    mirrored: bool = False
+    """Antithetic weights: of each draw (a step's prompts, or `rlhfkit sample weights_per_prompt=N`'s vectors of one
+    prompt) the first half is drawn and the second half is the first reversed, (a, b) -> (b, a) for two objectives.
+    Each vector keeps its Dirichlet law, but the draw as a whole favours no objective: the reward has no net pull
+    that a policy could follow without reading the weights, and with weights_per_prompt=2 every prompt's two rows
+    rank its responses under opposite weights (best and worst swap for opposed objectives)."""
     format: str = "[weights {weights}]"
     """The tag appended (on its own line) to the prompt's last user turn; {weights} becomes "name=0.70 other=0.30".
     At the end, so that keep_end prompt truncation never cuts it."""

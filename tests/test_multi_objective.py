@@ -219,6 +219,33 @@ def test_weights_are_drawn_on_the_simplex_and_formatted():
     assert turns == ({"role": "system", "content": "s"}, {"role": "user", "content": "hi\n[w]"})
 
 
+def test_mirrored_weights_pair_each_drawn_vector_with_its_reverse():
+    from rlhfkit.config import PreferenceVectorConfig
+    from rlhfkit.rewards.preference import PreferenceConditioner
+    from rlhfkit.rollout import Prompt, draw_weights
+
+    for n, k in [(6, 2), (7, 3), (1, 2)]:
+        w = draw_weights(n, k, 0.3, (4, 2), decimals=2, mirrored=True)
+        half = (n + 1) // 2
+        assert w.shape == (n, k)
+        assert (w[:half] == draw_weights(half, k, 0.3, (4, 2), decimals=2)).all()  # the first half: a plain draw
+        assert (w[half:] == w[: n // 2, ::-1]).all()  # the rest: those rows reversed
+    big = draw_weights(4000, 2, 0.3, (9,), decimals=2, mirrored=True)
+    assert big.mean(0) == pytest.approx([0.5, 0.5], abs=1e-12)  # the whole draw favours neither objective
+    plain = draw_weights(4000, 2, 0.3, (9,), decimals=2)
+    assert abs(big[:, 0].std() - plain[:, 0].std()) < 0.02  # each vector keeps its law (same spread)
+    assert (big.max(1) > 0.9).mean() == pytest.approx((plain.max(1) > 0.9).mean(), abs=0.03)
+
+    class Fmt:
+        def encode_prompt(self, messages):
+            return [len(messages[-1]["content"])]
+
+    cfg = PreferenceVectorConfig(objectives=("s", "b"), dirichlet_alpha=0.3, mirrored=True)
+    cfg.validate()
+    _, weights = PreferenceConditioner(cfg, Fmt()).prepare([Prompt(({"role": "user", "content": "x"},), [1])] * 4)
+    assert weights[2:].tolist() == weights[:2].flip(-1).tolist()  # a step's prompts: half drawn, half mirrored
+
+
 def test_weights_as_words_are_snapped_to_the_levels_the_tag_shows():
     from rlhfkit.config import PreferenceVectorConfig
     from rlhfkit.rewards.preference import PreferenceConditioner
@@ -347,6 +374,27 @@ def test_sample_writes_preference_conditioned_rows_ranked_under_each_drawn_vecto
     r = _cli(*args, "format=samples", "-o", str(tmp_path / "x.jsonl"), cwd=tmp_path)
     assert r.returncode == 2 and "preference.objectives needs format=sft or format=prefs" in r.stderr, r.stderr
     assert "Loading weights" not in r.stderr and not (tmp_path / "x.jsonl").exists()
+
+
+def test_sample_mirrored_rows_swap_chosen_and_rejected_under_each_prompts_two_tags(tiny_dir, tmp_path):
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write about film {i}."} for i in range(5)])
+    r = _cli(
+        "sample", f"model.name_or_path={tiny_dir}", f"data.train={tmp_path / 'prompts.jsonl'}", "num_samples=4",
+        "format=prefs", "sampling.max_new_tokens=10", WORDS, "preference.objectives=[short, long]",
+        "preference.dirichlet_alpha=0.3", "preference.decimals=1", "preference.mirrored=true",
+        "weights_per_prompt=2", "seed=3", "-o", str(tmp_path / "rows.jsonl"), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    by_prompt: dict[str, list] = {}
+    for row in rows:
+        by_prompt.setdefault(row["prompt"].split("\n[weights")[0], []).append(row)
+    assert len(by_prompt) >= 4  # (a prompt whose 4 samples tie, or whose draw is (0.5, 0.5), has no rows)
+    for pair in by_prompt.values():
+        assert len(pair) == 2  # the opposed objectives: a vector and its mirror always disagree
+        a, b = pair
+        assert a["weights"] == b["weights"][::-1]
+        assert (a["chosen"], a["rejected"]) == (b["rejected"], b["chosen"])  # the same two responses, swapped
 
 
 def test_preference_vector_is_checked_against_the_reward_sources(tiny_dir, tmp_path):

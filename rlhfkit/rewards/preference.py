@@ -99,9 +99,11 @@ class PreferenceConditioner:
         return Prompt(prompt.messages, ids)
 
     def draw(self, n: int, seed: Sequence[int]) -> Tensor:
-        """(n, K) weight vectors ~ Dirichlet(alpha), drawn with `seed` and snapped to what the tag shows."""
+        """(n, K) weight vectors ~ Dirichlet(alpha), drawn with `seed` and snapped to what the tag shows (with
+        `mirrored`, the second half the first half reversed)."""
         c = self.cfg
-        drawn = draw_weights(n, len(self.objectives), c.dirichlet_alpha, seed, c.decimals, len(c.levels))
+        k, levels = len(self.objectives), len(c.levels)
+        drawn = draw_weights(n, k, c.dirichlet_alpha, seed, c.decimals, levels, c.mirrored)
         return torch.tensor(drawn, dtype=torch.float32)
 
     def prepare(

@@ -42,11 +42,20 @@ def snap_weights(weights: np.ndarray, decimals: int = 2, levels: int = 0) -> np.
     return np.round(np.asarray(weights, dtype=np.float64), decimals)
 
 
-def draw_weights(n: int, k: int, alpha: float, seed: Sequence[int], decimals: int = 2, levels: int = 0) -> np.ndarray:
+def draw_weights(
+    n: int, k: int, alpha: float, seed: Sequence[int], decimals: int = 2, levels: int = 0, mirrored: bool = False
+) -> np.ndarray:
     """(n, k) weight vectors ~ Dirichlet(alpha, ..., alpha), snapped to what the prompt shows (`snap_weights`).
-    `seed` (e.g. (run seed, step, rank)) fixes the draw, so that a resumed run draws the same weights."""
+    `seed` (e.g. (run seed, step, rank)) fixes the draw, so that a resumed run draws the same weights.
+    `mirrored`: antithetic draws: the first ceil(n / 2) rows are drawn, row i + ceil(n / 2) is row i reversed (for two
+    objectives (a, b) -> (b, a)); a symmetric Dirichlet gives the reversed vector the same law, so each row's
+    distribution is unchanged, but the rows' mean is the uniform vector (exactly for even n): no objective outweighs
+    the others in the draw as a whole."""
     rng = np.random.default_rng([int(s) for s in seed])
-    return snap_weights(rng.dirichlet([alpha] * k, size=n), decimals, levels)
+    if not mirrored:
+        return snap_weights(rng.dirichlet([alpha] * k, size=n), decimals, levels)
+    drawn = snap_weights(rng.dirichlet([alpha] * k, size=(n + 1) // 2), decimals, levels)
+    return np.concatenate([drawn, drawn[: n // 2, ::-1]])
 
 
 def format_weights(
