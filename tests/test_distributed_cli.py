@@ -22,9 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("dist")
+def make_work(d: Path) -> Path:
+    """The tiny model and the data of every test here (tests/conftest.py's session fixture `dist_work`)."""
     save_tiny(d / "tiny", kind="causal")
     prefs = [
         {
@@ -115,9 +114,15 @@ class _Baselines(dict):
         return out
 
 
-@pytest.fixture(scope="module")
-def baselines(work) -> dict[str, Path]:
-    return _Baselines(work)
+# tests/conftest.py holds them per session: tests/test_deepspeed.py compares against the same 1-process runs
+@pytest.fixture
+def work(dist_work: Path) -> Path:
+    return dist_work
+
+
+@pytest.fixture
+def baselines(dist_baselines: dict[str, Path]) -> dict[str, Path]:
+    return dist_baselines
 
 
 def test_cli_data_parallel_two_processes_equal_one(work, baselines):
