@@ -1,7 +1,8 @@
 """A preference-vector policy on the builtin model: two cheap objectives, a short RLOO run on random weights, then the
 Pareto front of the trained policy (and of the base model, with the same tags) on held-out prompts.
 
-    python benchmarks/multi_objective.py --out runs/multi_objective [--pair opposed|brevity] [--tag words|numbers]
+    python benchmarks/multi_objective.py --out runs/multi_objective [--pair opposed|brevity]
+        [--tag words|numbers|instruction] [--mirrored]
 
 Objectives (--pair): opposed = positive (VADER's compound score of the response, in [-1, 1]) and negative (its
 negation), so that only reading the tag raises the reward; brevity = positive and short (-words / 16). Prompts: the
@@ -48,12 +49,14 @@ PAIRS = {
         "{kind: sentiment, name: positive}\n    - {kind: rule, path: length, name: short, params: {max_words: 0, coef: 0.0625}}",
     ),
 }
-# how the weights are written: numbers ("[weights positive=0.70 negative=0.30]") or words on a 5-level grid
-# ("[very positive, slightly negative]", which an instruction-tuned model already half understands)
+# how the weights are written: numbers ("[weights positive=0.70 negative=0.30]"), words on a 5-level grid
+# ("[very positive, slightly negative]", which an instruction-tuned model already half understands), or those words
+# in an instruction ("Continue this review so that it sounds very positive and slightly negative.")
+LEVELS = "levels: [not, slightly, moderately, quite, very], entry: '{weight} {name}'"
 TAGS = {
     "numbers": "",
-    "words": ", levels: [not, slightly, moderately, quite, very], entry: '{weight} {name}', separator: ', ', "
-    "format: '[{weights}]'",
+    "words": f", {LEVELS}, separator: ', ', format: '[{{weights}}]'",
+    "instruction": f", {LEVELS}, separator: ' and ', format: 'Continue this review so that it sounds {{weights}}.'",
 }
 
 MIRRORED = {False: "", True: ", mirrored: true"}
@@ -95,7 +98,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.25, help="Dirichlet concentration of the training weights")
     ap.add_argument("--heldout", type=int, default=48)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="opposed", help="the two objectives (see PAIRS)")
-    ap.add_argument("--tag", choices=sorted(TAGS), default="words", help="weights as numbers or words")
+    ap.add_argument("--tag", choices=sorted(TAGS), default="words", help="weights as numbers, words or an instruction")
     ap.add_argument("--eval-samples", type=int, default=2, help="responses per held-out prompt and weight vector")
     ap.add_argument("--warm-start", choices=["none", "dpo", "sft"], default="none", help="conditioned offline stage")
     ap.add_argument("--warm-samples", type=int, default=8, help="responses per training prompt for the warm start")
@@ -111,6 +114,7 @@ def main() -> None:
         "--mirrored", action="store_true",
         help="preference.mirrored: half of each draw is the other half reversed (a step's prompts; a warm row pair)",
     )  # fmt: skip
+    ap.add_argument("--seed", type=int, default=0, help="RLOO's train.seed (the held-out sweep keeps its seed)")
     ap.add_argument("--copy-results", action="store_true", help="write benchmarks/results and docs/ figures")
     a = ap.parse_args()
     out = (ROOT / a.out).resolve()
@@ -153,7 +157,8 @@ overwrite: true
     (out / "rloo.yaml").write_text(
         f"""model: {{name_or_path: {start}, trainable_layers: 8}}
 data: {{train: train.jsonl, eval: heldout.jsonl, max_length: 160, max_prompt_length: 128}}
-train: {{batch_size: {a.prompts_per_step}, max_steps: {a.steps}, lr: {a.lr}, scheduler: constant, progress: false}}
+train: {{batch_size: {a.prompts_per_step}, max_steps: {a.steps}, lr: {a.lr}, scheduler: constant, progress: false, \
+seed: {a.seed}}}
 sampling: {{max_new_tokens: {a.tokens}}}
 algo: {{num_samples: {a.samples}}}
 kl: {{coef: {a.kl}, estimator: k3, placement: loss}}

@@ -555,6 +555,9 @@ def test_cli_multi_objective_end_to_end(tiny_dir, two_head_rm, tmp_path):
     )
     html = (tmp_path / "rloo" / "pareto" / "report.html").read_text()
     assert "Pareto front" in html and "data:image/png;base64," in html
+    assert all(isinstance(x["example"], str) for x in data["pareto"])  # one response per row, in the report too
+    md = (tmp_path / "rloo" / "pareto" / "report.md").read_text()
+    assert "example (first prompt)" in md
     assert (tmp_path / "rloo" / "pareto" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     # bad input: one line, before any model loads
     from rlhfkit.config import ConfigError

@@ -31,7 +31,8 @@ matplotlib's mathtext never parses them.
               rows: [{prompt, domain, attacked, suffix, init_loss, loss, best_losses, steps, stopped, success_before,
               success_after, response_after}]}}}    (rlhfkit.eval.redteam.redteam_model per model)
     pareto_objectives: [str]            the objectives of a preference-vector sweep (rlhfkit pareto)
-    pareto: [{policy, weights: [float], <objective>: float, <objective>_se?, scalarized?, length?, on_front?}]
+    pareto: [{policy, weights: [float], <objective>: float, <objective>_se?, scalarized?, length?, on_front?,
+              example?: str}]
     live: {run name: rlhfkit.feedback.live.live_report output}   (labels per minute, staleness, gold over time)
 NaN and None print as "n/a".
 """
@@ -927,11 +928,13 @@ def _sections(data: Mapping[str, Any], plots: bool = True) -> list[_Section]:
             _Column("scalarized", "w · r", ".3f"),
             _Column("length", "length", ".1f"),
             _Column("on_front", "on front"),
+            _Column("example", "example (first prompt)"),
         ]
         s.table(_table(pareto, cols))
         s.note(
             "Each objective's mean over the held-out prompts under that weight vector's tag; a point is on the "
-            "front when no other weight vector of the same policy scores at least as well on every objective."
+            "front when no other weight vector of the same policy scores at least as well on every objective. "
+            "The example is the first held-out prompt's first response under that tag."
         )
         out.append(s)
 

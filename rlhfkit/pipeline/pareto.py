@@ -98,6 +98,7 @@ def sweep(
                 row[f"{o}_se"] = float(col.std() / math.sqrt(len(col))) if len(col) > 1 else 0.0
             row["scalarized"] = float((values * shown).sum(-1).mean())
             row["length"] = float(ro.response_lengths.float().mean())
+            row["example"] = ro.texts[0]  # the first prompt's first response: one opening read across the vectors
             rows.append(row)
         del model, engine
     return rows
