@@ -59,8 +59,6 @@ TAGS = {
     "instruction": f", {LEVELS}, separator: ' and ', format: 'Continue this review so that it sounds {{weights}}.'",
 }
 
-MIRRORED = {False: "", True: ", mirrored: true"}
-
 
 def rlhfkit(*args: str) -> None:
     print("+ rlhfkit", " ".join(args), flush=True)
@@ -125,7 +123,7 @@ def main() -> None:
     sources = f"""reward:
   sources:
     - {PAIRS[a.pair][1]}
-preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}{TAGS[a.tag]}{MIRRORED[a.mirrored]}}}
+preference: {{objectives: {PAIRS[a.pair][0]}, dirichlet_alpha: {a.alpha}, mirrored: {str(a.mirrored).lower()}{TAGS[a.tag]}}}
 """
     times: dict[str, float] = {}
     start = a.model
