@@ -1,6 +1,6 @@
 """Outcome-only against process rewards on the arithmetic task (every step checked by a rule), on the builtin model.
 
-    OMP_NUM_THREADS=2 python benchmarks/process_rewards.py --out runs/process [--sft-steps 12] [--rl-steps 8]
+    OMP_NUM_THREADS=2 python benchmarks/process_rewards.py --out runs/process --trainable-layers 8
 
 1. sft: a short SFT on worked solutions (`sample:arithmetic-sft`: one running sum per line, then "Answer: N")
 2. grpo, twice from that SFT model with the same seed, prompts and budget, against the rule checker (`kind: arithmetic`):
@@ -8,7 +8,9 @@
    token of each of the n steps that is right; Shao et al. 2024 §4.1.3 for the advantage)
 3. eval: greedy answers to the 128 held-out problems (`sample:arithmetic-eval`) of the SFT model and both policies:
    final-answer accuracy and fully-correct rate with Wilson 95% intervals, step accuracy (the share of a solution's
-   steps that are right) with a normal 95% interval over problems
+   steps that are right) with a normal 95% interval over problems; then the same from --sampled-eval answers per
+   problem at the training temperature (what GRPO optimizes), and every model paired against SFT and process against
+   outcome (per-problem differences on the same problems and draws, 95% interval)
 Writes <out>/process_rewards.json (and appends one line to benchmarks/results/process_rewards.jsonl with --record).
 A stage whose model is already in <out> is not run again (rerun the same command after an interruption).
 """
@@ -29,7 +31,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rlhfkit
 
 
-def evaluate(model_dir: str, n: int, tokens: int) -> dict:
+def mean_ci(values: list[float]) -> tuple[float, list[float]]:
+    """Mean and normal 95% interval (over problems)."""
+    mean = sum(values) / len(values)
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+    return mean, [mean - 1.96 * se, mean + 1.96 * se]
+
+
+def paired(result: dict, evaluation: str) -> dict:
+    """Per-problem differences (same problems, same draws) of answer and step accuracy: outcome and process against
+    SFT, process against outcome, each a mean with its 95% interval: tighter than comparing the models' intervals."""
+    out = {}
+    for a, b in (("outcome", "sft"), ("process", "sft"), ("process", "outcome")):
+        for metric in ("answer", "steps"):
+            x, y = result[a][evaluation]["per_problem"][metric], result[b][evaluation]["per_problem"][metric]
+            mean, ci = mean_ci([u - v for u, v in zip(x, y)])
+            out[f"{a}-{b} {metric}"] = {"mean": mean, "ci": ci}
+    return out
+
+
+def evaluate(model_dir: str, n: int, tokens: int, temperature: float = 0.0, samples: int = 1) -> dict:
+    """Accuracy of `model_dir` on the first `n` held-out problems: greedy (temperature 0, one answer each) or
+    `samples` answers each at `temperature` (what GRPO optimizes), intervals over problems."""
+    import torch
+
     from rlhfkit.config import SamplingConfig
     from rlhfkit.data import ChatFormatter, load_examples, resolve_data_path
     from rlhfkit.eval.winrate import wilson_interval
@@ -41,24 +66,36 @@ def evaluate(model_dir: str, n: int, tokens: int) -> dict:
     model, tokenizer = load_for_inference(model_dir, "float32")
     examples = load_examples(resolve_data_path("sample:arithmetic-eval"), "prompt")[:n]
     prompts = encode_prompts(examples, ChatFormatter(tokenizer, 512, 256))
-    sampling = SamplingConfig(max_new_tokens=tokens, temperature=0.0, batch_size=64)
-    ro = make_engine(model, tokenizer, sampling).generate([p.ids for p in prompts], sampling_params(sampling), 1)
-    checks = [check_response(numbers_of(prompt_text(p.messages)), t) for p, t in zip(prompts, ro.texts)]
-    answers = sum(c.answer_correct for c in checks)
-    perfect = sum(all(c.correct) and len(c.correct) == c.expected for c in checks)
-    shares = [sum(c.correct) / c.expected for c in checks]
-    mean = sum(shares) / len(shares)
-    se = math.sqrt(sum((s - mean) ** 2 for s in shares) / (len(shares) - 1) / len(shares))
-    return {
-        "problems": len(checks),
-        "answer_accuracy": answers / len(checks),
-        "answer_ci": list(wilson_interval(answers, len(checks))),
-        "fully_correct": perfect / len(checks),
-        "fully_correct_ci": list(wilson_interval(perfect, len(checks))),
-        "step_accuracy": mean,
-        "step_ci": [mean - 1.96 * se, mean + 1.96 * se],
-        "examples": [{"prompt": prompt_text(p.messages), "response": t} for p, t in zip(prompts[:3], ro.texts[:3])],
-    }
+    sampling = SamplingConfig(max_new_tokens=tokens, temperature=temperature, batch_size=64)
+    torch.manual_seed(0)  # the same draws for every model evaluated
+    ro = make_engine(model, tokenizer, sampling).generate([p.ids for p in prompts], sampling_params(sampling), samples)
+    checks = [  # a prompt's samples are consecutive
+        check_response(numbers_of(prompt_text(prompts[i // samples].messages)), t) for i, t in enumerate(ro.texts)
+    ]
+
+    def per_problem(values: list[float]) -> list[float]:
+        return [sum(values[i : i + samples]) / samples for i in range(0, len(values), samples)]
+
+    answers = per_problem([float(c.answer_correct) for c in checks])
+    perfect = per_problem([float(all(c.correct) and len(c.correct) == c.expected) for c in checks])
+    shares = per_problem([sum(c.correct) / c.expected for c in checks])
+
+    result: dict = {"problems": len(prompts), "samples": samples, "temperature": temperature}
+    for key, ci_key, values, binary in (
+        ("answer_accuracy", "answer_ci", answers, True),
+        ("fully_correct", "fully_correct_ci", perfect, True),
+        ("step_accuracy", "step_ci", shares, False),
+    ):
+        mean, ci = mean_ci(values)
+        if samples == 1 and binary:  # one 0/1 outcome per problem: Wilson
+            ci = list(wilson_interval(round(mean * len(values)), len(values)))
+        result[key], result[ci_key] = mean, ci
+    result["per_problem"] = {"answer": answers, "steps": shares}  # for the paired comparisons
+    result["examples"] = [
+        {"prompt": prompt_text(prompts[i // samples].messages), "response": ro.texts[i]}
+        for i in range(0, 3 * samples, samples)
+    ]
+    return result
 
 
 def main() -> None:
@@ -71,6 +108,19 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate")
     ap.add_argument("--tokens", type=int, default=36)
+    ap.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
+    ap.add_argument(
+        "--trainable-layers",
+        type=int,
+        default=None,
+        help="GRPO trains only the top N blocks (default: the whole model)",
+    )
+    ap.add_argument(
+        "--sampled-eval",
+        type=int,
+        default=4,
+        help="answers per held-out problem sampled at --temperature (what GRPO optimizes); 0: greedy only",
+    )
     ap.add_argument("--eval", type=int, default=128, help="held-out problems")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--record", action="store_true", help="append the result to benchmarks/results/")
@@ -125,6 +175,8 @@ def main() -> None:
             f"algo.num_samples={a.samples}",
             f"algo.reward_placement={placement}",
             f"sampling.max_new_tokens={a.tokens}",
+            f"sampling.temperature={a.temperature}",
+            *([f"model.trainable_layers={a.trainable_layers}"] if a.trainable_layers is not None else []),
             "reward.sources=[{kind: arithmetic}]",
             "eval_samples=0",
         )
@@ -138,21 +190,28 @@ def main() -> None:
             "kl_last": summary["final_train"]["kl"],
         }
     t = time.perf_counter()
-    result["sft"]["eval"] = evaluate(str(out / "sft" / "model"), a.eval, a.tokens)
-    for placement in ("outcome", "process"):
-        result[placement]["eval"] = evaluate(str(out / placement / "model"), a.eval, a.tokens)
+    for stage in ("sft", "outcome", "process"):
+        result[stage]["eval"] = evaluate(str(out / stage / "model"), a.eval, a.tokens)
+        if a.sampled_eval:
+            result[stage]["sampled_eval"] = evaluate(
+                str(out / stage / "model"), a.eval, a.tokens, a.temperature, a.sampled_eval
+            )
     times["eval_s"] = time.perf_counter() - t
+    result["paired"] = {e: paired(result, e) for e in ("eval", "sampled_eval") if e in result["sft"]}
     result["times"] = {k: round(v, 1) for k, v in times.items()} | {"total_s": round(sum(times.values()), 1)}
     (out / "process_rewards.json").write_text(json.dumps(result, indent=2) + "\n")
     if a.record:
         with (ROOT / "benchmarks" / "results" / "process_rewards.jsonl").open("a") as f:
             f.write(json.dumps(result) + "\n")
     brief = {
-        k: {m: v["eval"][m] for m in ("answer_accuracy", "step_accuracy", "fully_correct")}
+        f"{k} {e}": {m: round(v[e][m], 4) for m in ("answer_accuracy", "step_accuracy", "fully_correct")}
         for k, v in result.items()
         if k in ("sft", "outcome", "process")
+        for e in ("eval", "sampled_eval")
+        if e in v
     }
-    print(json.dumps({"eval": brief, "times": result["times"]}))
+    diffs = {e: {k: round(v["mean"], 4) for k, v in d.items()} for e, d in result["paired"].items()}
+    print(json.dumps({"eval": brief, "paired": diffs, "times": result["times"]}))
 
 
 if __name__ == "__main__":
