@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))  # this checkout's rlhfkit
 def mean_ci(values: list[float]) -> tuple[float, list[float]]:
     """Mean and normal 95% interval (over problems)."""
     mean = sum(values) / len(values)
+    if len(values) < 2:  # no spread to measure
+        return mean, [math.nan, math.nan]
     se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
     return mean, [mean - 1.96 * se, mean + 1.96 * se]
 
@@ -93,7 +95,7 @@ def evaluate(model_dir: str, n: int, tokens: int, temperature: float = 0.0, samp
     result["per_problem"] = {"answer": answers, "steps": shares}  # for the paired comparisons
     result["examples"] = [
         {"prompt": prompt_text(prompts[i // samples].messages), "response": ro.texts[i]}
-        for i in range(0, 3 * samples, samples)
+        for i in range(0, min(3, len(prompts)) * samples, samples)
     ]
     return result
 
