@@ -52,22 +52,33 @@ def paired(result: dict, evaluation: str) -> dict:
     return out
 
 
-def evaluate(model_dir: str, n: int, tokens: int, temperature: float = 0.0, samples: int = 1) -> dict:
-    """Accuracy of `model_dir` on the first `n` held-out problems: greedy (temperature 0, one answer each) or
-    `samples` answers each at `temperature` (what GRPO optimizes), intervals over problems."""
-    import torch
-
-    from rlhfkit.config import SamplingConfig
+def evaluate(model_dir: str, n: int, tokens: int, settings: dict[str, tuple[float, int]]) -> dict[str, dict]:
+    """Accuracy of `model_dir` on the first `n` held-out problems, one result per setting name -> (temperature,
+    samples): greedy is (0, 1); `samples` answers each at a temperature is what GRPO optimizes. Intervals over
+    problems. The model is loaded once for all settings."""
     from rlhfkit.data import ChatFormatter, load_examples, resolve_data_path
-    from rlhfkit.eval.winrate import wilson_interval
     from rlhfkit.models import load_for_inference
-    from rlhfkit.rewards.base import prompt_text
-    from rlhfkit.rollout import encode_prompts, make_engine, sampling_params
-    from rlhfkit.tasks.arithmetic import check_response, numbers_of
+    from rlhfkit.rollout import encode_prompts
 
     model, tokenizer = load_for_inference(model_dir, "float32")
     examples = load_examples(resolve_data_path("sample:arithmetic-eval"), "prompt")[:n]
     prompts = encode_prompts(examples, ChatFormatter(tokenizer, 512, 256))
+    return {
+        name: score(model, tokenizer, prompts, tokens, temperature, samples)
+        for name, (temperature, samples) in settings.items()
+    }
+
+
+def score(model, tokenizer, prompts: list, tokens: int, temperature: float, samples: int) -> dict:
+    """One evaluation setting of `evaluate`."""
+    import torch
+
+    from rlhfkit.config import SamplingConfig
+    from rlhfkit.eval.winrate import wilson_interval
+    from rlhfkit.rewards.base import prompt_text
+    from rlhfkit.rollout import make_engine, sampling_params
+    from rlhfkit.tasks.arithmetic import check_response, numbers_of
+
     sampling = SamplingConfig(max_new_tokens=tokens, temperature=temperature, batch_size=64)
     torch.manual_seed(0)  # the same draws for every model evaluated
     ro = make_engine(model, tokenizer, sampling).generate([p.ids for p in prompts], sampling_params(sampling), samples)
@@ -192,12 +203,9 @@ def main() -> None:
             "kl_last": summary["final_train"]["kl"],
         }
     t = time.perf_counter()
+    settings = {"eval": (0.0, 1)} | ({"sampled_eval": (a.temperature, a.sampled_eval)} if a.sampled_eval else {})
     for stage in ("sft", "outcome", "process"):
-        result[stage]["eval"] = evaluate(str(out / stage / "model"), a.eval, a.tokens)
-        if a.sampled_eval:
-            result[stage]["sampled_eval"] = evaluate(
-                str(out / stage / "model"), a.eval, a.tokens, a.temperature, a.sampled_eval
-            )
+        result[stage] |= evaluate(str(out / stage / "model"), a.eval, a.tokens, settings)
     times["eval_s"] = time.perf_counter() - t
     result["paired"] = {e: paired(result, e) for e in ("eval", "sampled_eval") if e in result["sft"]}
     result["times"] = {k: round(v, 1) for k, v in times.items()} | {"total_s": round(sum(times.values()), 1)}
