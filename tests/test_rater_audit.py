@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhfkit.config import ConfigError
+from rlhfkit.eval.metrics import pairwise_accuracy, pairwise_auc
 from rlhfkit.feedback import annotate_cli
 from rlhfkit.feedback.agreement import UNSET, group_report
 from rlhfkit.feedback.app import create_app
@@ -295,3 +297,39 @@ def test_pipeline_reports_kl_per_domain_and_rater_groups(tmp_path):
     _, md = write_run_report(run)
     text = Path(md).read_text()
     assert "KL per prompt domain" in text and "Rater groups (label audit)" in text and "rater attribute" in text
+
+
+def test_reward_model_quality_scores_each_distinct_response_once():
+    """k responses per prompt give k(k-1) labelled rows per rater: every (prompt, response) is scored once, and the
+    figures equal scoring each row's two texts on their own."""
+    rng = random.Random(0)
+    prompts = ["p1", [{"role": "user", "content": "p2"}]]
+    texts = [f"response {i} " + "x" * rng.randrange(8) for i in range(5)]
+    rows = [
+        {"prompt": p, "chosen": a, "rejected": b, "rater": r}
+        for p in prompts
+        for a in texts
+        for b in texts
+        if a != b
+        for r in ("a1", "b1")
+        if rng.random() < 0.7
+    ]
+
+    def value(prompt, text):  # depends on the prompt too, so a key that ignored it would show
+        return float(len(text) + (0.5 if isinstance(prompt, list) else 0.0) + text.count("3"))
+
+    calls = []
+
+    def score(ps, ts):
+        calls.append(len(ts))
+        return [value(p, t) for p, t in zip(ps, ts)]
+
+    q = rm_quality(score, rows, ATTRS)
+    assert calls == [len({(str(r["prompt"]), t) for r in rows for t in (r["chosen"], r["rejected"])})]
+    assert calls[0] <= 10
+    chosen = [value(r["prompt"], r["chosen"]) for r in rows]  # the row-by-row scores
+    rejected = [value(r["prompt"], r["rejected"]) for r in rows]
+    assert q["pairs"] == len(rows)
+    assert q["auc"] == pytest.approx(pairwise_auc(chosen, rejected))
+    assert q["accuracy"] == pytest.approx(pairwise_accuracy(chosen, rejected))
+    assert 0 < q["accuracy"] < 1

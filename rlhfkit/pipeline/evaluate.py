@@ -103,9 +103,7 @@ def rm_quality(
     rows = [r for r in heldout if not r.get("tie")]
     if not rows:
         return {}
-    prompts = [r["prompt"] for r in rows]
-    chosen = score(prompts, [r["chosen"] for r in rows])
-    rejected = score(prompts, [r["rejected"] for r in rows])
+    chosen, rejected = _score_pairs(score, rows)
     probs, labels = pairwise_probabilities(chosen, rejected)
     bins = calibration_curve_bins(probs, labels)
     groups: dict[str, Any] = {}
@@ -131,6 +129,29 @@ def rm_quality(
             "counts": bins.counts.tolist(),
         },
     }
+
+
+def _score_pairs(
+    score: Callable[[Sequence[Any], Sequence[str]], list[float]], rows: Sequence[dict[str, Any]]
+) -> tuple[list[float], list[float]]:
+    """(chosen scores, rejected scores) of preference rows, each distinct (prompt, response) scored once: the held-out
+    labels of k responses per prompt hold up to k(k-1) rows per rater over only k texts."""
+    index: dict[tuple[str, str], int] = {}
+    prompts: list[Any] = []
+    responses: list[str] = []
+    slots: list[tuple[int, int]] = []
+    for r in rows:
+        key = json.dumps(r["prompt"], sort_keys=True)
+        pair = []
+        for text in (r["chosen"], r["rejected"]):
+            at = index.setdefault((key, text if isinstance(text, str) else json.dumps(text)), len(responses))
+            if at == len(responses):
+                prompts.append(r["prompt"])
+                responses.append(text)
+            pair.append(at)
+        slots.append((pair[0], pair[1]))
+    scores = score(prompts, responses) if responses else []
+    return [scores[c] for c, _ in slots], [scores[j] for _, j in slots]
 
 
 def _diversity(texts: Sequence[str]) -> dict[str, float]:
