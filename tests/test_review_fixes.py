@@ -303,6 +303,49 @@ def test_grouped_pairs_give_the_same_loss_and_gradient_with_fewer_forwards():
     assert all(torch.allclose(x, y, atol=1e-5, rtol=1e-4) for x, y in zip(ga, gb))
 
 
+def test_held_out_scoring_batches_a_prompts_pairs_together_and_keeps_row_order(monkeypatch):
+    from rlhfkit.trainers import rm as rm_mod
+    from rlhfkit.trainers.rm import MultiHeadRewardObjective, RewardObjective
+
+    tok = tiny_tokenizer()
+    model = tiny_reward_model(tok).eval()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 30, (3,), generator=g).tolist() for _ in range(5)]
+    responses = [[torch.randint(3, 30, (n,), generator=g).tolist() for n in (2, 4, 3, 5)] for _ in prompts]
+    pairs = [
+        EncodedPair(p, rs[i], rs[j], rater=r, index=k, dimensions=(("a", "chosen"), ("b", "tie" if i else "rejected")))
+        for k, (p, rs) in enumerate(zip(prompts, responses))
+        for i in range(4)
+        for j in range(4)
+        if i != j
+        for r in ("x", "y")
+    ]
+    rows = [pairs[i] for i in torch.randperm(len(pairs), generator=g).tolist()]  # prompts interleaved
+    obj = RewardObjective(tok.pad_token_id, RewardLossConfig(), eval_batch_size=4)
+    seen = []
+    forward = rm_mod.pair_scores
+    monkeypatch.setattr(
+        rm_mod, "pair_scores", lambda m, b, pf: seen.append(b["input_ids"].shape[0]) or forward(m, b, pf)
+    )
+    c, r = obj.score_pairs(model, rows)
+    with torch.no_grad():  # the reference: one pair at a time
+        one = [rm_mod.pair_scores(model, obj.collate([row]), False) for row in rows]
+    assert c.shape == r.shape == (len(rows),)
+    assert np.allclose(c, [float(x[0][0]) for x in one], atol=1e-5)
+    assert np.allclose(r, [float(x[1][0]) for x in one], atol=1e-5)
+    # 5 prompts x 4 responses = 20 distinct sequences, in chunks of at most 8 (two prompts each), not 2 x 120
+    assert seen[:3] == [8, 8, 4] and sum(seen[:3]) == 20
+    assert obj.score_pairs(model, [])[0].shape == (0,)
+    heads = MultiHeadRewardObjective(tok.pad_token_id, RewardLossConfig(), ["a", "b"], eval_batch_size=4)
+    two = tiny_reward_model(tok)
+    two.score = torch.nn.Linear(two.config.hidden_size, 2, bias=False)
+    hc, hr = heads.score_pairs(two.eval(), rows)
+    assert hc.shape == (len(rows), 2)
+    with torch.no_grad():
+        first = rm_mod.pair_scores(two, heads.collate([rows[7]]), False)
+    assert np.allclose(hc[7], first[0][0].numpy(), atol=1e-5) and np.allclose(hr[7], first[1][0].numpy(), atol=1e-5)
+
+
 def test_curation_keeps_the_same_label_from_two_raters():
     from rlhfkit.data import dedupe_exact
     from rlhfkit.data.schemas import parse_preference

@@ -88,16 +88,44 @@ class RewardObjective:
 
     @torch.no_grad()
     def score_pairs(self, model: torch.nn.Module, rows: Sequence[EncodedPair]) -> tuple[np.ndarray, np.ndarray]:
+        """(chosen scores, rejected scores) in the order of `rows`. Pairs of one prompt go into the same batch, so
+        each distinct sequence is scored once (K responses labelled pairwise by several raters: K forwards, not
+        2 per label); a batch holds about 2 x eval_batch_size distinct sequences."""
         device = next(model.parameters()).device
+        chunks = _chunks_by_prompt(rows, 2 * self.eval_batch_size)
         chosen, rejected = [], []
-        for batch in eval_batches(self, rows, device, self.eval_batch_size):
+        for batch in eval_batches(self, [tuple(rows[i] for i in c) for c in chunks], device, 1):
             r_c, r_r = pair_scores(model, batch, self.padding_free)
             chosen.append(r_c.cpu().numpy())
             rejected.append(r_r.cpu().numpy())
-        return np.concatenate(chosen), np.concatenate(rejected)
+        if not rows:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+        at = np.array([i for c in chunks for i in c], dtype=np.int64)
+        by_chunk_c, by_chunk_r = np.concatenate(chosen), np.concatenate(rejected)
+        out_c, out_r = np.empty_like(by_chunk_c), np.empty_like(by_chunk_r)
+        out_c[at], out_r[at] = by_chunk_c, by_chunk_r
+        return out_c, out_r
 
     def evaluate(self, model: torch.nn.Module, rows: Sequence[EncodedPair]) -> dict[str, float]:
         return reward_model_report(self, model, rows, self.gap_rows)
+
+
+def _chunks_by_prompt(rows: Sequence[EncodedPair], max_sequences: int) -> list[list[int]]:
+    """Row positions in chunks: the pairs of one prompt (first-seen order) stay together, and prompts are added to a
+    chunk until it holds `max_sequences` distinct sequences (one prompt with more is a chunk of its own)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(tuple(r.prompt_ids), []).append(i)
+    chunks: list[list[int]] = []
+    size = 0
+    for positions in groups.values():
+        n = len({tuple(rows[i].chosen_ids) for i in positions} | {tuple(rows[i].rejected_ids) for i in positions})
+        if not chunks or size + n > max_sequences:
+            chunks.append([])
+            size = 0
+        chunks[-1].extend(positions)
+        size += n
+    return chunks
 
 
 class MultiHeadRewardObjective(RewardObjective):
