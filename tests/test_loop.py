@@ -132,3 +132,29 @@ def test_data_order_is_a_permutation_per_epoch():
     assert DataOrder(10, 3, 1).rows_for_step(4) == order.rows_for_step(4)  # deterministic: resume needs this
     with pytest.raises(ValueError, match="only 2 training rows"):
         DataOrder(2, 3, 0)
+
+
+def test_a_checkpoint_that_cannot_be_written_says_why_and_keeps_the_last_good_one(tmp_path, monkeypatch):
+    from rlhfkit.trainers import checkpoint
+
+    _train(tmp_path, "disk", save_every=2, max_steps=2)
+    good = latest_checkpoint(tmp_path / "disk")
+    before = {f.name: f.read_bytes() for f in good.iterdir()}
+    real = torch.save
+
+    def full_disk(obj, f, *a, **k):  # what torch.save raises when the disk fills mid-write
+        if str(f).endswith("optimizer.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 113260096 vs 113259984")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError) as err:
+        run_loop(
+            ToyLM(), ToyObjective(), _rows(), [], _cfg(tmp_path, "disk", save_every=2, resume=True), tmp_path / "disk"
+        )
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'disk' / 'checkpoints'}") and "could not write the checkpoint" in msg
+    assert "unexpected pos" in msg and "GiB free on its disk; earlier checkpoints are kept" in msg and "\n" not in msg
+    assert latest_checkpoint(tmp_path / "disk") == good  # the last good checkpoint is intact, no half-written one
+    assert {f.name: f.read_bytes() for f in good.iterdir()} == before
+    assert not list((tmp_path / "disk" / "checkpoints").glob("*.tmp"))

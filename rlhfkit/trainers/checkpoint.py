@@ -43,22 +43,36 @@ def save_checkpoint(
     """Write atomically: a temp directory swapped into place, so a killed save never loses the previous checkpoint."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / "trainable.safetensors"))
-    torch.save(optim_state, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    if scaler is not None:
-        torch.save(scaler.state_dict(), tmp / "scaler.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}))
-    (tmp / "rng-0.json").write_text(json.dumps(rng_state()))
-    for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optim_state, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **extra}))
+        (tmp / "rng-0.json").write_text(json.dumps(rng_state()))
+        for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as e:  # a full disk surfaces from torch.save as "unexpected pos ..."
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            f"{path}: could not write the checkpoint ({str(e).strip().splitlines()[0]}); "
+            f"{_free(path.parent)} free on its disk; earlier checkpoints are kept"
+        ) from e
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _free(folder: Path) -> str:
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return f"{shutil.disk_usage(p).free / 2**30:.2f} GiB"
+    return "unknown space"
 
 
 def load_checkpoint(
