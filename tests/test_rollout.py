@@ -126,3 +126,35 @@ def test_rollout_select_and_trim(tok, model):
     short = ro.select([2, 3]).trimmed()  # the two rows of the 1-token prompt "a"
     assert short.prompt_ids.shape[1] == int(ro.prompt_mask[2].sum())
     assert short.response_ids.shape[1] == int(ro.response_mask[[2, 3]].sum(-1).max())
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_sample_with_kl_takes_the_engines_logprobs_and_only_the_reference_runs_a_forward(tok, model, temperature):
+    from rlhfkit.rollout import sample_with_kl
+    from rlhfkit.rollout.forward import model_logprobs, sequence_kl
+
+    reference = tiny_causal_lm(tok, seed=2).eval()
+    eng = HFEngine(model, tok, batch_size=4)
+    params = SamplingParams(max_new_tokens=6, temperature=temperature)
+    calls = {"policy": 0, "reference": 0}
+    hooks = [
+        m.register_forward_pre_hook(lambda *_a, k=k: calls.__setitem__(k, calls[k] + 1))
+        for k, m in (("policy", model), ("reference", reference))
+    ]
+    try:
+        torch.manual_seed(5)
+        eng.generate(_prompts(tok), params, 2)
+        generating = calls["policy"]  # the policy's forwards while sampling alone
+        torch.manual_seed(5)
+        ro, kl = sample_with_kl(eng, _prompts(tok), params, reference, micro=3, num_samples=2)
+        assert calls["policy"] == 2 * generating  # no extra policy forward for the KL
+        assert ro.rollout_logprobs is not None and calls["reference"] == 3  # 8 rows in micro-batches of 3
+        # against the training forward of both models (the path taken when an engine records no log-probs)
+        t = params.logprob_temperature
+        expected = sequence_kl(ro, model_logprobs(model, ro, t, 3), model_logprobs(reference, ro, t, 3))
+        assert calls["policy"] == 2 * generating + 3
+    finally:
+        for h in hooks:
+            h.remove()
+    assert kl.shape == (8,) and torch.allclose(kl, expected, atol=1e-4)
+    assert kl.abs().max() > 1e-2  # two different models: the KL is not trivially 0

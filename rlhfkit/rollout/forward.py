@@ -114,7 +114,9 @@ def sample_with_kl(
     num_samples: int = 1,
 ) -> tuple[Rollout, Tensor | None]:
     """Sample `num_samples` responses per prompt from the engine's model and, with a reference, their KL per sequence
-    (B,) at the sampling temperature. The policy is switched to eval mode (no dropout) while it samples."""
+    (B,) at the sampling temperature. The policy is switched to eval mode (no dropout) while it samples. The policy's
+    log-probs are the engine's own where it records them (they equal a training forward's within float rounding, see
+    tests/test_rollout_engine.py), so only the reference runs a forward."""
     model = engine.model
     was_training = model.training
     model.eval()
@@ -124,7 +126,10 @@ def sample_with_kl(
         if reference is None:
             return ro, None
         t = params.logprob_temperature
-        logp = model_logprobs(model, ro, t, micro)
+        if ro.rollout_logprobs is not None:  # the engine's own: softmax(logits / t) before truncation, as below
+            logp = ro.rollout_logprobs.to(ro.response_mask.device) * ro.response_mask
+        else:
+            logp = model_logprobs(model, ro, t, micro)
         ref = model_logprobs(reference, ro, t, micro)
         return ro, sequence_kl(ro, logp, ref)
     finally:
