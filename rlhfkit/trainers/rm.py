@@ -91,6 +91,8 @@ class RewardObjective:
         """(chosen scores, rejected scores) in the order of `rows`. Pairs of one prompt go into the same batch, so
         each distinct sequence is scored once (K responses labelled pairwise by several raters: K forwards, not
         2 per label); a batch holds about 2 x eval_batch_size distinct sequences."""
+        if not rows:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
         device = next(model.parameters()).device
         chunks = _chunks_by_prompt(rows, 2 * self.eval_batch_size)
         chosen, rejected = [], []
@@ -98,8 +100,6 @@ class RewardObjective:
             r_c, r_r = pair_scores(model, batch, self.padding_free)
             chosen.append(r_c.cpu().numpy())
             rejected.append(r_r.cpu().numpy())
-        if not rows:
-            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
         at = np.array([i for c in chunks for i in c], dtype=np.int64)
         by_chunk_c, by_chunk_r = np.concatenate(chosen), np.concatenate(rejected)
         out_c, out_r = np.empty_like(by_chunk_c), np.empty_like(by_chunk_r)
